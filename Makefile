@@ -1,0 +1,23 @@
+# One-command entry points. Each creates the environment first if it is missing (idempotent:
+# a second run reinstalls nothing). VENV=/path/to/venv uses another environment.
+VENV ?= $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+export VENV
+
+.PHONY: env test demo benchmark clean-env
+
+env:
+	@bash tools/env/setup_env.sh
+
+test: env
+	$(PY) -m pytest -q tests
+
+# The main job. Until the detectors land it runs the layer benchmark.
+demo: env
+	$(PY) tools/benchmark_layer.py
+
+benchmark: env
+	$(PY) tools/benchmark_layer.py --markdown
+
+clean-env:
+	rm -rf $(VENV) build/env

@@ -1,0 +1,1 @@
+"""CondConv for Detectron2."""

@@ -1,0 +1,170 @@
+"""Routing functions for CondConv and the self-routing drop-in for ``nn.Conv2d``."""
+from typing import Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .condconv import CondConv2d
+
+__all__ = ["CondConvRouter", "RoutedCondConv2d", "ROUTING_ACTIVATIONS"]
+
+# "sigmoid": the paper's routing, r = sigmoid(FC(GAP(x))); the weights need not sum to one,
+#     so several experts can be fully on (paper, sec. 3 and the routing ablation).
+# "softmax": r = softmax(FC(GAP(x)) / temperature), which sums to one; the routing of Dynamic
+#     Convolution (Chen et al., CVPR 2020), where the temperature is annealed from ~30 to 1.
+ROUTING_ACTIVATIONS = ("sigmoid", "softmax")
+
+
+class CondConvRouter(nn.Module):
+    """Computes per-example routing weights: global average pool -> dropout -> linear -> act.
+
+    One router can feed every CondConv of a block (the official EfficientNet-CondConv code
+    routes once per block from the block's input)::
+
+        router = CondConvRouter(64, num_experts=8)
+        conv1 = CondConv2d(64, 64, 3, padding=1, num_experts=8)
+        conv2 = CondConv2d(64, 64, 3, padding=1, num_experts=8)
+        r = router(x)
+        y = conv2(conv1(x, r).relu(), r)
+
+    Args:
+        in_channels: channels of the input that is pooled.
+        num_experts: number of routing weights per example.
+        activation: "sigmoid" (the paper) or "softmax" (Dynamic Convolution); see
+            :data:`ROUTING_ACTIVATIONS`.
+        temperature: softmax temperature; the logits are divided by it. Only for "softmax".
+            It is a plain attribute, so a training hook can anneal it.
+        dropout: dropout probability on the pooled routing input (training only).
+    """
+
+    __constants__ = ["in_channels", "num_experts", "activation"]
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_experts: int,
+        *,
+        activation: str = "sigmoid",
+        temperature: float = 1.0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if not isinstance(num_experts, int) or num_experts < 1:
+            raise ValueError(f"CondConvRouter needs num_experts >= 1, got {num_experts!r}")
+        if activation not in ROUTING_ACTIVATIONS:
+            raise ValueError(
+                f"CondConvRouter: activation must be one of {ROUTING_ACTIVATIONS}, "
+                f"got {activation!r}"
+            )
+        if activation == "sigmoid" and temperature != 1.0:
+            raise ValueError(
+                "CondConvRouter: temperature only applies to activation='softmax' "
+                f"(got temperature={temperature} with 'sigmoid')"
+            )
+        if not temperature > 0:
+            raise ValueError(f"CondConvRouter: temperature must be > 0, got {temperature}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"CondConvRouter: dropout must be in [0, 1), got {dropout}")
+        self.in_channels = in_channels
+        self.num_experts = num_experts
+        self.activation = activation
+        self.temperature = float(temperature)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(in_channels, num_experts)
+        # As the official code's Dense layer: Glorot-uniform kernel, zero bias, so that every
+        # routing weight starts near sigmoid(0) = 0.5.
+        nn.init.xavier_uniform_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x: (B, in_channels, H, W).
+
+        Returns:
+            (B, num_experts) routing weights.
+        """
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                "CondConvRouter expects input of shape (B, {}, H, W), got {}".format(
+                    self.in_channels, list(x.shape)
+                )
+            )
+        pooled = x.mean(dim=(2, 3))
+        logits = self.fc(self.dropout(pooled))
+        if self.activation == "softmax":
+            return F.softmax(logits / self.temperature, dim=1)
+        return torch.sigmoid(logits)
+
+    def extra_repr(self) -> str:
+        s = f"activation={self.activation!r}"
+        if self.activation == "softmax":
+            s += f", temperature={self.temperature}"
+        return s
+
+
+_IntOrPair = Union[int, Tuple[int, int]]
+
+
+class RoutedCondConv2d(CondConv2d):
+    """A drop-in replacement for ``nn.Conv2d`` that routes itself: ``forward(x)``.
+
+    Takes ``nn.Conv2d``'s arguments plus ``num_experts`` and the router's options; the router
+    (:class:`CondConvRouter`) pools this layer's own input.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _IntOrPair,
+        stride: _IntOrPair = 1,
+        padding: Union[str, _IntOrPair] = 0,
+        dilation: _IntOrPair = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        num_experts: int = 8,
+        path: str = "auto",
+        device=None,
+        dtype=None,
+        *,
+        routing_activation: str = "sigmoid",
+        routing_temperature: float = 1.0,
+        routing_dropout: float = 0.0,
+    ):
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            num_experts,
+            path,
+            device,
+            dtype,
+        )
+        self.router = CondConvRouter(
+            in_channels,
+            num_experts,
+            activation=routing_activation,
+            temperature=routing_temperature,
+            dropout=routing_dropout,
+        )
+        if device is not None or dtype is not None:
+            self.router.to(device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """
+        Args:
+            x: (B, in_channels, H, W).
+
+        Returns:
+            (B, out_channels, H', W').
+        """
+        return self._conv_forward(x, self.router(x))

@@ -1,0 +1,30 @@
+"""condconv_det: CondConv (Yang et al., NeurIPS 2019) for Detectron2.
+
+detectron2 itself is not on PyPI and is therefore not listed in install_requires: install it
+first (see README.md, or let `make env` build it from the pinned source distribution).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="condconv_det",
+    version="0.1.0",
+    description="Conditionally parameterized convolutions (CondConv) for Detectron2",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.8",
+    packages=find_packages(include=("condconv_det", "condconv_det.*")),
+    install_requires=[
+        "torch>=1.13",
+        "torchvision>=0.14",
+        "fvcore>=0.1.5",
+        "pycocotools>=2.0.2",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7",
+            "onnx>=1.14",
+            "onnxruntime>=1.16",
+            "onnxscript>=0.1",
+        ],
+    },
+)

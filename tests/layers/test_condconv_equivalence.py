@@ -1,0 +1,111 @@
+"""Every CondConv2d path equals a per-example loop over F.conv2d, in values and gradients."""
+import itertools
+
+import pytest
+import torch
+
+from condconv_det.layers import CondConv2d, cond_conv2d
+from tests.layers.reference import condconv_reference
+
+IN_CHANNELS = 4
+# groups -> (groups, out_channels); "dw" is depthwise with a channel multiplier of 1.
+GROUPS = {1: (1, 6), 2: (2, 6), "dw": (IN_CHANNELS, IN_CHANNELS)}
+TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-9, atol=1e-11)}
+
+
+def _case(kernel, stride, dilation, groups_key, bias, batch, experts, dtype, seed=0):
+    groups, out_channels = GROUPS[groups_key]
+    torch.manual_seed(seed)
+    layer = CondConv2d(
+        IN_CHANNELS,
+        out_channels,
+        kernel,
+        stride=stride,
+        padding=dilation * (kernel // 2),
+        dilation=dilation,
+        groups=groups,
+        bias=bias,
+        num_experts=experts,
+    ).to(dtype)
+    if bias:  # the default init is tiny; make the bias visible in the comparison
+        torch.nn.init.normal_(layer.bias)
+    x = torch.randn(batch, IN_CHANNELS, 9, 8, dtype=dtype, requires_grad=True)
+    routing = torch.rand(batch, experts, dtype=dtype, requires_grad=True)
+    return layer, x, routing
+
+
+def _grads(out, tensors):
+    grad_out = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    return torch.autograd.grad(out, tensors, grad_out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("path", ["auto", "single", "grouped", "matmul"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("groups_key", list(GROUPS), ids=lambda g: f"groups{g}")
+@pytest.mark.parametrize("dilation", [1, 2], ids=lambda d: f"dil{d}")
+@pytest.mark.parametrize("stride", [1, 2], ids=lambda s: f"s{s}")
+@pytest.mark.parametrize("kernel", [1, 3, 5], ids=lambda k: f"k{k}")
+def test_paths_match_per_example_loop(kernel, stride, dilation, groups_key, bias, path, dtype):
+    batches = [1] if path == "single" else [1, 3]
+    for batch, experts in itertools.product(batches, [1, 4, 8]):
+        layer, x, routing = _case(kernel, stride, dilation, groups_key, bias, batch, experts, dtype)
+        layer.path = path
+        out = layer(x, routing)
+        ref = condconv_reference(
+            x, routing, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation,
+            layer.groups,
+        )
+        where = f"batch={batch} experts={experts}"
+        assert out.shape == ref.shape, where
+        torch.testing.assert_close(out, ref, **TOLERANCE[dtype], msg=lambda m: f"{where}: {m}")
+
+        params = [x, routing, layer.weight] + ([layer.bias] if bias else [])
+        for name, got, want in zip(
+            ["x", "routing", "weight", "bias"], _grads(out, params), _grads(ref, params)
+        ):
+            torch.testing.assert_close(
+                got, want, **TOLERANCE[dtype], msg=lambda m: f"{where} grad {name}: {m}"
+            )
+
+
+@pytest.mark.parametrize("path", ["single", "grouped", "matmul"])
+@pytest.mark.parametrize("kernel,groups_key", [(3, 1), (1, 2), (3, "dw")])
+def test_gradcheck(path, kernel, groups_key):
+    batch = 1 if path == "single" else 2
+    layer, x, routing = _case(kernel, 2, 1, groups_key, True, batch, 3, torch.float64)
+    layer.path = path
+    x = x[..., :5, :5].detach().requires_grad_(True)
+    weight = layer.weight.detach().clone().requires_grad_(True)
+    bias = layer.bias.detach().clone().requires_grad_(True)
+
+    def fn(x, routing, weight, bias):
+        return cond_conv2d(
+            x, routing, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups,
+            path,
+        )
+
+    inputs = (x, routing, weight, bias)
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("path", ["auto", "grouped", "matmul"])
+@pytest.mark.parametrize("kernel,groups_key", [(3, 1), (1, 1), (3, "dw")])
+def test_channels_last_input(path, kernel, groups_key):
+    layer, x, routing = _case(kernel, 1, 1, groups_key, True, 3, 4, torch.float32)
+    layer.path = path
+    want = layer(x, routing)
+    got = layer(x.contiguous(memory_format=torch.channels_last), routing)
+    torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+
+
+def test_paths_agree_in_train_and_eval_mode():
+    layer, x, routing = _case(3, 1, 1, 1, True, 3, 4, torch.float32)
+    outs = []
+    for mode in (True, False):
+        layer.train(mode)
+        for path in ("grouped", "matmul"):
+            layer.path = path
+            outs.append(layer(x, routing))
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], **TOLERANCE[torch.float32])
