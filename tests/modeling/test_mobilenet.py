@@ -1,0 +1,128 @@
+"""MobileNet-family backbones: shapes from the tables, placement of CondConv, freezing."""
+import pytest
+import torch
+from detectron2.layers import FrozenBatchNorm2d
+
+from condconv_det.layers import CondConv2d
+from condconv_det.modeling.backbone import ARCHS, MobileNet
+
+ALL_FEATURES = ["stem", "res2", "res3", "res4", "res5"]
+
+
+def _features(arch):
+    return ALL_FEATURES + (["head"] if ARCHS[arch].head_channels else [])
+
+
+def _condconvs(model):
+    return [m for m in model.modules() if isinstance(m, CondConv2d)]
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_output_shape_equals_real_outputs(arch):
+    torch.manual_seed(0)
+    model = MobileNet(arch, out_features=_features(arch), width_mult=0.5 if "tiny" not in arch else 1.0).eval()
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        outputs = model(x)
+    shapes = model.output_shape()
+    assert sorted(outputs) == sorted(shapes)
+    for name, out in outputs.items():
+        spec = shapes[name]
+        assert out.shape == (2, spec.channels, 96 // spec.stride, 64 // spec.stride), name
+
+
+@pytest.mark.parametrize("arch", ["tiny_v1", "tiny_v2", "tiny_effnet"])
+def test_condconv_goes_where_the_table_says(arch):
+    table = ARCHS[arch]
+    model = MobileNet(arch, out_features=["res5"])
+    blocks = [b for name in model.stage_names for b in getattr(model, name)][1:]  # minus stem
+    expected = [row.experts for row in table.stages for _ in range(row.repeats)]
+    assert [getattr(b, "num_experts") for b in blocks] == expected
+    for block, experts in zip(blocks, expected):
+        convs = _condconvs(block)
+        assert (len(convs) > 0) == (experts > 0)
+        assert all(c.num_experts == experts for c in convs)
+        # Block routing: one router on the block's input feeds its CondConvs.
+        assert (block.router is not None) == (experts > 0)
+
+
+def test_static_twin_has_no_condconv_and_same_other_shapes():
+    condconv = MobileNet("tiny_v2", out_features=["res5"])
+    static = MobileNet("tiny_v2", out_features=["res5"], num_experts=0)
+    assert _condconvs(static) == [] and len(_condconvs(condconv)) > 0
+    assert not any("router" in n for n, _ in static.named_parameters())
+    s = {n: p.shape for n, p in static.named_parameters()}
+    c = {n: p.shape for n, p in condconv.named_parameters() if "router" not in n}
+    assert sorted(s) == sorted(c)
+    for name, shape in s.items():
+        assert c[name] == shape or c[name][1:] == shape, name  # CondConv weights: (E, *shape)
+
+
+def test_condconv_stages_and_experts_override_the_table():
+    model = MobileNet("tiny_v2", out_features=["res5"], condconv_stages=[1], num_experts=5)
+    blocks = [b for name in model.stage_names for b in getattr(model, name)][1:]
+    rows = [i for i, row in enumerate(ARCHS["tiny_v2"].stages) for _ in range(row.repeats)]
+    assert [b.num_experts for b in blocks] == [5 if r == 1 else 0 for r in rows]
+
+
+def test_layer_routing_gives_each_conv_a_router():
+    model = MobileNet("tiny_effnet", out_features=["res5"], routing="layer")
+    for conv in _condconvs(model):
+        assert conv.router is not None
+    for block in model.res5:
+        assert block.router is None
+    out = model(torch.randn(2, 3, 64, 64))["res5"]
+    out.mean().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "router" in n and "res5" in n)
+
+
+def test_unused_stages_are_not_built():
+    full = MobileNet("mobilenet_v2", out_features=["res5"])
+    short = MobileNet("mobilenet_v2", out_features=["res3"])
+    assert short.stage_names == ["stem", "res2", "res3"]
+    assert not hasattr(short, "res4") and short.head is None
+    assert sum(p.numel() for p in short.parameters()) < sum(p.numel() for p in full.parameters()) / 10
+
+
+def test_freeze_at_two_freezes_stem_and_res2():
+    model = MobileNet("tiny_v2", out_features=["res3", "res5"], freeze_at=2)
+    for name in ("stem", "res2"):
+        stage = getattr(model, name)
+        assert all(not p.requires_grad for p in stage.parameters())
+        assert any(isinstance(m, FrozenBatchNorm2d) for m in stage.modules())
+    assert all(p.requires_grad for p in model.res3.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = model(torch.randn(2, 3, 64, 64))
+    sum(o.mean() for o in out.values()).backward()
+    assert all(p.grad is None for p in model.res2.parameters())
+    assert all(p.grad is not None for p in model.res3.parameters())
+    # Frozen statistics do not move in training mode.
+    for key, value in model.state_dict().items():
+        if key.startswith(("stem", "res2")):
+            torch.testing.assert_close(value, before[key])
+
+
+# Official EfficientNet-CondConv release: params 5.3M / 13.3M / 24.0M (with the 1000-way
+# classifier). Backbone ("head" feature) + classifier must match within 1%.
+@pytest.mark.parametrize("experts,params", [(0, 5.3e6), (4, 13.3e6), (8, 24.0e6)])
+def test_efficientnet_b0_parameter_counts(experts, params):
+    model = MobileNet("efficientnet_b0", out_features=["head"], num_experts=experts)
+    classifier = 1280 * 1000 + 1000
+    total = sum(p.numel() for p in model.parameters()) + classifier
+    assert abs(total - params) / params < 0.01, total
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(arch="mobilenet_v9"), "unknown MobileNet arch"),
+        (dict(condconv_stages=[9]), "out of range"),
+        (dict(num_experts=-1), "num_experts must be >= 0"),
+        (dict(out_features=["res6"]), "out_features must be"),
+        (dict(arch="mobilenet_v1", out_features=["head"]), "out_features must be"),
+        (dict(routing="stage"), "routing must be one of"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MobileNet(**kwargs)
