@@ -393,6 +393,11 @@ class MobileNet(Backbone):
         self._out_features = list(out_features)
         self.freeze(freeze_at)
 
+    @staticmethod
+    def has_head(arch: Union[str, MobileNetArch]) -> bool:
+        """Whether the architecture has a final 1x1 conv (the "head" feature)."""
+        return bool((ARCHS[arch] if isinstance(arch, str) else arch).head_channels)
+
     @property
     def size_divisibility(self) -> int:
         return 32
