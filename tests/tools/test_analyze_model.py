@@ -1,21 +1,11 @@
 """tools/analyze_model.py prints the per-layer table and totals for classifiers and configs."""
-import importlib.util
-import pathlib
-
 from detectron2 import model_zoo
 
-TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "analyze_model.py"
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("analyze_model", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.tools import load_tool
 
 
 def test_classifier_summary(capsys):
-    assert _tool().main(["--arch", "mobilenet_v2", "--experts", "4"]) == 0
+    assert load_tool("analyze_model").main(["--arch", "mobilenet_v2", "--experts", "4"]) == 0
     out = capsys.readouterr().out
     assert "backbone.res5" in out and "| fc " in out
     assert "mobilenet_v2 (experts 4) at 224x224:" in out and "in CondConv experts" in out
@@ -28,7 +18,7 @@ def test_detector_config_summary(capsys):
         "MODEL.BACKBONE.NAME", "build_condconv_retinanet_mobilenet_fpn_backbone",
         "MODEL.MOBILENET.WIDTH_MULT", "0.5",
     ]
-    assert _tool().main(argv) == 0
+    assert load_tool("analyze_model").main(argv) == 0
     out = capsys.readouterr().out
     assert "backbone.bottom_up.res5" in out and "head.cls_score" in out
     madds = float(out.strip().splitlines()[-1].split("parameters")[1].split(",")[1].split("M multiply")[0])

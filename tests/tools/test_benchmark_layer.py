@@ -1,19 +1,9 @@
 """tools/benchmark_layer.py runs and prints one complete row per case (no timing asserted)."""
-import importlib.util
-import pathlib
-
-TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "benchmark_layer.py"
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("benchmark_layer", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.tools import load_tool
 
 
 def test_quick_markdown_table(capsys):
-    tool = _load_tool()
+    tool = load_tool("benchmark_layer")
     assert tool.main(["--quick", "--markdown", "--experts", "2", "--batches", "1", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("# benchmark_layer:") and "GB/s" in lines[0]
