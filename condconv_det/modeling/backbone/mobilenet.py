@@ -393,6 +393,14 @@ class MobileNet(Backbone):
         self._out_features = list(out_features)
         self.freeze(freeze_at)
 
+    def block_names(self) -> List[str]:
+        """Module names of the blocks, in order (``stem.1``, ..., ``res2.0``, ...), without the
+        stem conv (``stem.0``) and the head."""
+        names = [f"stem.{i}" for i in range(1, len(self.stem))]
+        for stage in self.stage_names[1:]:
+            names += [f"{stage}.{i}" for i in range(len(getattr(self, stage)))]
+        return names
+
     @staticmethod
     def has_head(arch: Union[str, MobileNetArch]) -> bool:
         """Whether the architecture has a final 1x1 conv (the "head" feature)."""

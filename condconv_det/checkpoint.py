@@ -1,0 +1,206 @@
+"""Pretrained weights for (CondConv) backbones: renaming and upcycling.
+
+- Renaming: torchvision's ResNet and MobileNetV2 ImageNet checkpoints to this project's module
+  names (detectron2's, for ResNet).
+- Upcycling (:func:`upcycle_state_dict`): a static checkpoint into a CondConv model. Every
+  expert starts from the pretrained kernel and each router starts at constant, uniform routing
+  ``r_i = 1/E`` (zero weights, bias ``logit(1/E)`` for sigmoid routing, zero for softmax), so
+  the mixed kernel is the pretrained one and the model's output at load time equals the static
+  model's. Identical experts would stay identical under gradient descent (equal routing, equal
+  gradients), so each expert also gets a small perturbation ``D_i`` with ``sum_i D_i = 0``: the
+  mix ``sum_i (W + D_i) / E`` is still exactly ``W``, but the routers' gradients differ per
+  expert from the first step.
+"""
+import math
+import re
+from typing import Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+from condconv_det.layers import CondConv2d, CondConvRouter
+
+__all__ = [
+    "torchvision_resnet_to_detectron2",
+    "torchvision_mobilenet_v2_to_condconv",
+    "upcycle_state_dict",
+    "load_checkpoint_strict",
+    "CheckpointMismatchError",
+]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model; the message lists every difference."""
+
+
+def torchvision_resnet_to_detectron2(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """torchvision ``resnet18/34/50/101`` names -> detectron2 ResNet names (``fc.*`` kept)."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        new = key
+        new = re.sub(r"^conv1\.", "stem.conv1.", new)
+        new = re.sub(r"^bn1\.", "stem.conv1.norm.", new)
+        new = re.sub(r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}.", new)
+        new = re.sub(r"\.bn(\d)\.", r".conv\1.norm.", new)
+        new = new.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.", ".shortcut.norm.")
+        out[new] = value
+    return out
+
+
+def torchvision_mobilenet_v2_to_condconv(
+    state_dict: Mapping[str, torch.Tensor], block_names: List[str]
+) -> Dict[str, torch.Tensor]:
+    """torchvision ``mobilenet_v2`` names -> :class:`MobileNet` ("mobilenet_v2") names.
+
+    Args:
+        state_dict: torchvision's state dict.
+        block_names: the target's block prefixes in order, ``MobileNet.block_names()``.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        m = re.match(r"features\.(\d+)\.(.*)", key)
+        if m is None:
+            c = re.match(r"classifier\.1\.(.*)", key)
+            if c is None:
+                raise CheckpointMismatchError(f"unexpected torchvision MobileNetV2 key {key!r}")
+            out[f"fc.{c.group(1)}"] = value
+            continue
+        index, rest = int(m.group(1)), m.group(2)
+        conv_or_norm = lambda r: r.replace("0.", "", 1) if r.startswith("0.") else "norm." + r[2:]  # noqa: E731
+        if index == 0:  # stem conv: 0 conv, 1 bn
+            out[f"stem.0.{'weight' if rest == '0.weight' else 'norm.' + rest[2:]}"] = value
+            continue
+        if index == len(block_names) + 1:  # the 1280-channel head conv
+            out[f"head.{'weight' if rest == '0.weight' else 'norm.' + rest[2:]}"] = value
+            continue
+        block = block_names[index - 1]
+        parts = rest.split(".")  # conv.<i>.<...>
+        layers = ["depthwise", "project"] if index == 1 else ["expand", "depthwise", "project"]
+        i = int(parts[1])
+        if index == 1:
+            # conv.0 = (dw conv, bn); conv.1 = project conv; conv.2 = project bn
+            name = {0: "depthwise", 1: "project", 2: "project"}[i]
+            tail = ".".join(parts[2:])
+            if i == 0:
+                tail = conv_or_norm(tail)
+            elif i == 2:
+                tail = "norm." + tail
+        else:
+            # conv.0 = (expand conv, bn); conv.1 = (dw conv, bn); conv.2 = project conv; conv.3 = bn
+            name = {0: "expand", 1: "depthwise", 2: "project", 3: "project"}[i]
+            tail = ".".join(parts[2:])
+            if i in (0, 1):
+                tail = conv_or_norm(tail)
+            elif i == 3:
+                tail = "norm." + tail
+        assert name in layers
+        out[f"{block}.{name}.{tail}"] = value
+    return out
+
+
+def _routers(model: nn.Module) -> Dict[str, CondConvRouter]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, CondConvRouter)}
+
+
+def upcycle_state_dict(
+    static: Mapping[str, torch.Tensor],
+    model: nn.Module,
+    *,
+    prefix: str = "",
+    noise: float = 0.01,
+    seed: int = 0,
+) -> Dict[str, torch.Tensor]:
+    """A state dict for ``model`` (CondConv or static) from a static model's state dict.
+
+    Args:
+        static: the pretrained static weights, named as ``model``'s parameters (plus
+            ``prefix``) with plain kernels where ``model`` has CondConv experts.
+        model: the target model.
+        prefix: prepended to ``static``'s names to get ``model``'s (e.g. ``backbone.bottom_up.``).
+        noise: std of the zero-sum expert perturbation, relative to each kernel's std.
+        seed: seed of that perturbation.
+
+    Returns:
+        the state dict of ``model``'s keys that ``static`` covers, plus the routers'.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    target = model.state_dict()
+    out: Dict[str, torch.Tensor] = {}
+    condconvs = {name: m for name, m in model.named_modules() if isinstance(m, CondConv2d)}
+    for key, value in static.items():
+        name = prefix + key
+        if name not in target:
+            out[name] = value  # reported as unexpected by load_checkpoint_strict
+            continue
+        want = target[name]
+        owner = name.rsplit(".", 1)[0] if "." in name else ""
+        if owner in condconvs and tuple(want.shape) == (condconvs[owner].num_experts,) + tuple(value.shape):
+            conv = condconvs[owner]
+            experts = conv.num_experts
+            scale = 1.0 / (experts * _uniform_routing(conv, model, experts))
+            stacked = value.to(want.dtype).unsqueeze(0).repeat(experts, *([1] * value.dim())) * scale
+            if experts > 1 and noise > 0 and name.endswith("weight"):
+                delta = torch.randn(stacked.shape, generator=generator, dtype=stacked.dtype)
+                delta = (delta - delta.mean(dim=0, keepdim=True)) * noise * value.float().std()
+                stacked = stacked + delta
+            out[name] = stacked
+        else:
+            out[name] = value
+    for name, router in _routers(model).items():
+        weight = torch.zeros_like(router.fc.weight)
+        bias = torch.zeros_like(router.fc.bias)
+        if router.activation == "sigmoid":
+            bias.fill_(_logit(_sigmoid_start(router.num_experts)))
+        out[f"{name}.fc.weight"], out[f"{name}.fc.bias"] = weight, bias
+    return out
+
+
+def _sigmoid_start(experts: int) -> float:
+    # Sigmoid routing cannot reach 1, so a single expert starts at r = 1/2 with a doubled kernel.
+    return 1.0 / experts if experts > 1 else 0.5
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def _uniform_routing(conv: CondConv2d, model: nn.Module, experts: int) -> float:
+    """The routing weight every expert of ``conv`` starts with after upcycling."""
+    routers = list(_routers(model).values())
+    activation = routers[0].activation if routers else "sigmoid"
+    return 1.0 / experts if activation == "softmax" else _sigmoid_start(experts)
+
+
+def load_checkpoint_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, ignore: Optional[List[str]] = None) -> None:
+    """Loads ``state_dict`` into ``model``; on any mismatch raises
+    :class:`CheckpointMismatchError` listing the missing and unexpected keys and the shapes
+    that differ. Keys matching a regex in ``ignore`` are skipped on both sides."""
+    ignore_re = [re.compile(p) for p in (ignore or [])]
+    skip = lambda k: any(r.search(k) for r in ignore_re)  # noqa: E731
+    target = {k: v for k, v in model.state_dict().items() if not skip(k) and not k.endswith("num_batches_tracked")}
+    given = {k: v for k, v in state_dict.items() if not skip(k) and not k.endswith("num_batches_tracked")}
+    missing = sorted(set(target) - set(given))
+    unexpected = sorted(set(given) - set(target))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in set(target) & set(given)
+        if tuple(given[k].shape) != tuple(target[k].shape)
+    )
+    if missing or unexpected or shapes:
+        lines = ["the checkpoint does not fit the model:"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                lines.append(f"  {title} ({len(items)}):")
+                lines.extend(f"    {item}" for item in items[:50])
+                if len(items) > 50:
+                    lines.append(f"    ... and {len(items) - 50} more")
+        lines.append(
+            "  Convert it for this model with tools/convert_pretrained.py (matching --source and "
+            "the same config / arch / experts)."
+        )
+        raise CheckpointMismatchError("\n".join(lines))
+    model.load_state_dict({**model.state_dict(), **given}, strict=True)

@@ -1,0 +1,98 @@
+"""Pretrained weights: torchvision / detectron2 checkpoints into static and CondConv models."""
+import pytest
+import torch
+import torchvision
+
+from condconv_det.checkpoint import (
+    CheckpointMismatchError,
+    load_checkpoint_strict,
+    torchvision_mobilenet_v2_to_condconv,
+    torchvision_resnet_to_detectron2,
+    upcycle_state_dict,
+)
+from condconv_det.layers import CondConv2d
+from condconv_det.modeling.classifier import build_classifier
+
+
+def _randomize_bn(model):
+    # Random statistics, so that a wrongly mapped norm cannot go unnoticed.
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def _classifier_names(renamed):
+    return {k if k.startswith("fc.") else f"backbone.{k}": v for k, v in renamed.items()}
+
+
+SOURCES = {
+    "resnet18": lambda: torchvision.models.resnet18(),
+    "resnet50": lambda: torchvision.models.resnet50(),
+    "mobilenet_v2": lambda: torchvision.models.mobilenet_v2(),
+}
+
+
+def _convert(arch, source, target):
+    sd = source.state_dict()
+    if arch == "mobilenet_v2":
+        return _classifier_names(torchvision_mobilenet_v2_to_condconv(sd, target.backbone.block_names()))
+    return _classifier_names(torchvision_resnet_to_detectron2(sd))
+
+
+@pytest.mark.parametrize("arch", sorted(SOURCES))
+def test_torchvision_into_static_and_upcycled_condconv_models(arch):
+    torch.manual_seed(0)
+    source = _randomize_bn(SOURCES[arch]())
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        want = source(x)
+
+    static = build_classifier(arch, num_experts=0).eval()
+    load_checkpoint_strict(static, _convert(arch, source, static))
+    with torch.no_grad():
+        torch.testing.assert_close(static(x), want, rtol=1e-4, atol=1e-4)
+
+    kwargs = {} if arch == "mobilenet_v2" else {"condconv_stages": ("res4", "res5")}
+    condconv = build_classifier(arch, num_experts=4, **kwargs).eval()
+    load_checkpoint_strict(condconv, upcycle_state_dict(_convert(arch, source, condconv), condconv))
+    with torch.no_grad():
+        torch.testing.assert_close(condconv(x), want, rtol=1e-4, atol=1e-4)
+    # Experts are perturbed (so they can specialise) but mix back to the pretrained kernel.
+    conv = next(m for m in condconv.modules() if isinstance(m, CondConv2d))
+    assert not torch.equal(conv.weight[0], conv.weight[1])
+
+
+@pytest.mark.parametrize("activation,experts", [("sigmoid", 1), ("sigmoid", 8), ("softmax", 3)])
+def test_upcycled_routing_reproduces_the_static_kernel(activation, experts):
+    from condconv_det.layers import RoutedCondConv2d
+
+    torch.manual_seed(0)
+    static = torch.nn.Conv2d(8, 8, 3, padding=1)
+    layer = RoutedCondConv2d(8, 8, 3, padding=1, num_experts=experts, routing_activation=activation)
+    sd = upcycle_state_dict(static.state_dict(), layer)
+    load_checkpoint_strict(layer, sd)
+    x = torch.randn(3, 8, 7, 7)
+    torch.testing.assert_close(layer(x), static(x), rtol=1e-5, atol=1e-5)
+    # The router still learns: its weight gets a gradient despite starting at zero.
+    layer(x).square().sum().backward()
+    assert layer.router.fc.weight.grad.abs().sum() > 0
+
+
+def test_checkpoint_that_does_not_fit_lists_every_difference():
+    model = build_classifier("resnet18", num_experts=0)
+    sd = _classifier_names(torchvision_resnet_to_detectron2(torchvision.models.resnet18().state_dict()))
+    sd.pop("backbone.res2.0.conv1.weight")
+    sd["backbone.extra.weight"] = torch.zeros(1)
+    sd["fc.weight"] = torch.zeros(10, 512)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_checkpoint_strict(model, sd)
+    message = str(info.value)
+    assert "missing keys (1):" in message and "backbone.res2.0.conv1.weight" in message
+    assert "unexpected keys (1):" in message and "backbone.extra.weight" in message
+    assert "fc.weight: checkpoint (10, 512) vs model (1000, 512)" in message
+    assert "tools/convert_pretrained.py" in message
