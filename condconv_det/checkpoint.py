@@ -26,6 +26,7 @@ __all__ = [
     "upcycle_state_dict",
     "load_checkpoint_strict",
     "CheckpointMismatchError",
+    "CondConvCheckpointer",
 ]
 
 
@@ -204,3 +205,62 @@ def load_checkpoint_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         )
         raise CheckpointMismatchError("\n".join(lines))
     model.load_state_dict({**model.state_dict(), **given}, strict=True)
+
+
+def _condconv_keys(model: nn.Module) -> List[str]:
+    keys = []
+    for name, module in model.named_modules():
+        if isinstance(module, CondConv2d):
+            prefix = f"{name}." if name else ""
+            keys.append(prefix + "weight")
+            if module.bias is not None:
+                keys.append(prefix + "bias")
+    return keys
+
+
+try:
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+except ImportError:  # condconv_det.checkpoint's converters work without detectron2
+    DetectionCheckpointer = None
+
+if DetectionCheckpointer is not None:
+
+    class CondConvCheckpointer(DetectionCheckpointer):
+        """detectron2's ``DetectionCheckpointer`` that upcycles static weights into CondConv
+        layers, so ``MODEL.WEIGHTS`` can name a static checkpoint directly: detectron2's MSRA
+        ``R-50.pkl``, a torchvision-converted ``.pkl``, or any static model's ``.pth``.
+
+        A kernel whose shape is one expert's (``(O, I/g, kh, kw)`` for a ``(E, O, I/g, kh, kw)``
+        CondConv weight) is upcycled as :func:`upcycle_state_dict` does; the routers then start
+        at uniform routing unless the checkpoint has them. detectron2's own checkpointer would
+        skip such kernels with a shape warning, leaving the CondConv layers untrained.
+        """
+
+        def _load_model(self, checkpoint):
+            model_sd = self.model.state_dict()
+            condconv = set(_condconv_keys(self.model))
+            if checkpoint.get("matching_heuristics", False):
+                self._convert_ndarray_to_tensor(checkpoint["model"])
+                # Match names against the static view of the model: one expert's shape.
+                static_view = {k: (v[0] if k in condconv else v) for k, v in model_sd.items()}
+                checkpoint["model"] = align_and_update_state_dicts(
+                    static_view,
+                    checkpoint["model"],
+                    c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
+                )
+                checkpoint["matching_heuristics"] = False
+            weights = checkpoint["model"]
+            static_keys = [
+                k for k in condconv
+                if k in weights and tuple(weights[k].shape) == tuple(model_sd[k].shape[1:])
+            ]
+            if static_keys:
+                upcycled = upcycle_state_dict({k: weights.pop(k) for k in static_keys}, self.model)
+                for key, value in upcycled.items():
+                    weights.setdefault(key, value)
+                self.logger.info(
+                    f"Upcycled {len(static_keys)} static kernels into CondConv experts "
+                    "(uniform routing: the model computes what the static checkpoint does)."
+                )
+            return super()._load_model(checkpoint)

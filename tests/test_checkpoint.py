@@ -96,3 +96,64 @@ def test_checkpoint_that_does_not_fit_lists_every_difference():
     assert "unexpected keys (1):" in message and "backbone.extra.weight" in message
     assert "fc.weight: checkpoint (10, 512) vs model (1000, 512)" in message
     assert "tools/convert_pretrained.py" in message
+
+
+def _to_caffe2_names(d2_state_dict):
+    """detectron2 ResNet names -> the MSRA Caffe2 names of detectron2's ImageNet R-50.pkl."""
+    blobs = {}
+    branch = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c", "shortcut": "branch1"}
+    suffix = {"weight": "w", "norm.weight": "bn_s", "norm.bias": "bn_b"}
+    for key, value in d2_state_dict.items():
+        if "running" in key or "num_batches" in key:
+            continue
+        if key.startswith("stem."):
+            name = {"stem.conv1.weight": "conv1_w", "stem.conv1.norm.weight": "res_conv1_bn_s",
+                    "stem.conv1.norm.bias": "res_conv1_bn_b"}[key]
+        else:
+            stage, block, conv, rest = key.split(".", 3)
+            name = f"{stage}_{block}_{branch[conv]}_{suffix[rest]}"
+        blobs[name] = value.numpy()
+    return {"blobs": blobs}
+
+
+def test_msra_pkl_loads_into_a_condconv_model_through_the_checkpointer(tmp_path):
+    import pickle
+
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from condconv_det import add_condconv_config
+    from condconv_det.checkpoint import CondConvCheckpointer
+    from condconv_det.modeling.backbone import build_condconv_resnet_backbone
+
+    cfg = get_cfg()
+    add_condconv_config(cfg)
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"  # the MSRA models' norm: affine only
+    torch.manual_seed(0)
+    cfg.MODEL.CONDCONV.NUM_EXPERTS = 0
+    static = build_condconv_resnet_backbone(cfg, ShapeSpec(channels=3)).eval()
+    for name, param in static.named_parameters():  # a "pretrained" static model
+        param.data.normal_(0, 0.05) if param.dim() > 1 else param.data.uniform_(0.5, 1.5)
+    with open(tmp_path / "R-50.pkl", "wb") as f:
+        pickle.dump(_to_caffe2_names(static.state_dict()), f)
+
+    # The reference: the static model loaded by detectron2's own checkpointer (which also fills
+    # in the norms' statistics that the Caffe2 file lacks).
+    reference = build_condconv_resnet_backbone(cfg, ShapeSpec(channels=3)).eval()
+    DetectionCheckpointer(reference).load(str(tmp_path / "R-50.pkl"))
+    cfg.MODEL.CONDCONV.NUM_EXPERTS = 4
+    condconv = build_condconv_resnet_backbone(cfg, ShapeSpec(channels=3)).eval()
+    CondConvCheckpointer(condconv).load(str(tmp_path / "R-50.pkl"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = reference(x)["res5"]
+        assert want.abs().max() > 0  # a real signal
+        torch.testing.assert_close(condconv(x)["res5"], want, rtol=1e-4, atol=1e-4)
+    # detectron2's own checkpointer would have left the CondConv layers untrained.
+    plain = build_condconv_resnet_backbone(cfg, ShapeSpec(channels=3)).eval()
+    DetectionCheckpointer(plain).load(str(tmp_path / "R-50.pkl"))
+    with torch.no_grad():
+        assert not torch.allclose(plain(x)["res5"], want, rtol=1e-2, atol=1e-2)
