@@ -152,6 +152,14 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded
 
 
+def _norm(norm, channels: int, eps: float) -> Optional[nn.Module]:
+    """detectron2's ``get_norm`` with the architecture's epsilon (EfficientNet: 1e-3)."""
+    module = get_norm(norm, channels)
+    if module is not None and hasattr(module, "eps"):
+        module.eps = eps
+    return module
+
+
 def _activation(name: str) -> nn.Module:
     return {"relu": nn.ReLU, "relu6": nn.ReLU6, "swish": nn.SiLU}[name](inplace=True)
 
@@ -195,9 +203,7 @@ class _MobileBlock(CNNBlockBase):
             self.router = CondConvRouter(in_channels, num_experts, **router_kwargs)
 
     def _conv(self, in_channels, out_channels, kernel, *, stride=1, groups=1, activation=None):
-        norm = get_norm(self._norm, out_channels)
-        if norm is not None and hasattr(norm, "eps"):
-            norm.eps = self._bn_eps
+        norm = _norm(self._norm, out_channels, self._bn_eps)
         common = dict(stride=stride, padding=kernel // 2, groups=groups, bias=False)
         if self.num_experts == 0:
             conv = Conv2d(in_channels, out_channels, kernel, norm=norm, activation=activation, **common)
@@ -332,9 +338,7 @@ class MobileNet(Backbone):
         build_head = "head" in out_features
 
         stem_channels = make_divisible(arch.stem_channels * width_mult)
-        stem_norm = get_norm(norm, stem_channels)
-        if stem_norm is not None and hasattr(stem_norm, "eps"):
-            stem_norm.eps = arch.bn_eps
+        stem_norm = _norm(norm, stem_channels, arch.bn_eps)
         stem = Conv2d(in_channels, stem_channels, 3, stride=2, padding=1, bias=False, norm=stem_norm, activation=_activation(arch.activation))
         nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
         level_blocks: List[List[nn.Module]] = [[stem]] + [[] for _ in levels[1:]]
@@ -383,9 +387,7 @@ class MobileNet(Backbone):
         self.head = None
         if build_head:
             head_channels = make_divisible(arch.head_channels * max(1.0, width_mult))
-            head_norm = get_norm(norm, head_channels)
-            if head_norm is not None and hasattr(head_norm, "eps"):
-                head_norm.eps = arch.bn_eps
+            head_norm = _norm(norm, head_channels, arch.bn_eps)
             self.head = Conv2d(channels, head_channels, 1, bias=False, norm=head_norm, activation=_activation(arch.activation))
             nn.init.kaiming_normal_(self.head.weight, mode="fan_out", nonlinearity="relu")
             self._out_feature_channels["head"] = head_channels
