@@ -3,6 +3,8 @@
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export VENV
+# See tools/train_net.py: spinning OpenMP threads starve other processes on small machines.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: env test demo benchmark clean-env
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from condconv_det.layers import CondConv2d
 
-__all__ = ["madds_analysis", "count_parameters"]
+__all__ = ["madds_analysis", "count_parameters", "DetectorAdapter", "eval_image_size", "analyze_detector"]
 
 
 def madds_analysis(model: nn.Module, inputs: Tuple) -> FlopCountAnalysis:
@@ -42,3 +42,41 @@ def count_parameters(model: nn.Module) -> Dict[str, int]:
         if isinstance(module, CondConv2d):
             experts += module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
     return {"total": total, "experts": experts}
+
+
+class DetectorAdapter(nn.Module):
+    """Tensor in, tensors out: what fvcore's tracer needs from a detectron2 detector."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        (result,) = self.model([{"image": image}])
+        if "instances" in result:
+            inst = result["instances"]
+            return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
+        return tuple(result.values())
+
+
+def eval_image_size(cfg) -> Tuple[int, int]:
+    """(height, width) a detector of ``cfg`` is counted at: SSD's square, else the test size
+    (short side ``INPUT.MIN_SIZE_TEST``, square like the papers' per-image figures)."""
+    if cfg.MODEL.META_ARCHITECTURE == "SSD":
+        return cfg.INPUT.SSD.SIZE, cfg.INPUT.SSD.SIZE
+    return cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST
+
+
+def analyze_detector(cfg, size: Tuple[int, int] = None) -> Tuple[nn.Module, FlopCountAnalysis]:
+    """Builds ``cfg``'s model on the CPU and counts one image of ``size`` (default: its test size)."""
+    from detectron2.modeling import build_model
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    height, width = size or eval_image_size(cfg)
+    # Random pixels: zeros would give no detections, and the counted graph would then skip
+    # the box decoding that real images go through.
+    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0)) * 255
+    return model, madds_analysis(DetectorAdapter(model), (image,))

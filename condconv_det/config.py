@@ -3,9 +3,20 @@
 Defaults equal the constructors' defaults; values are checked when a model is built
 (:func:`check_condconv_config`), with a message that names the key.
 """
+from typing import Any, Dict
+
+import yaml
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_condconv_config", "check_condconv_config"]
+__all__ = [
+    "add_condconv_config",
+    "check_condconv_config",
+    "check_ssd_config",
+    "check_ssd_input_config",
+    "get_cfg",
+    "CondConvCfgNode",
+    "MODEL_ZOO_PREFIX",
+]
 
 
 def add_condconv_config(cfg: CN) -> None:
@@ -45,6 +56,9 @@ def add_condconv_config(cfg: CN) -> None:
     # Stochastic depth: drop-path rate of the last residual block, growing linearly from 0.
     _C.MODEL.MOBILENET.DROP_PATH_RATE = 0.0
 
+    _add_ssd_input_config(cfg)
+    _add_ssd_config(cfg)
+
 
 def check_condconv_config(cfg: CN) -> None:
     """Raises ValueError naming the key when a condconv_det config value is out of range."""
@@ -77,6 +91,291 @@ def check_condconv_config(cfg: CN) -> None:
     _require(0.0 <= m.DROP_PATH_RATE < 1.0, "MODEL.MOBILENET.DROP_PATH_RATE", m.DROP_PATH_RATE, "must be in [0, 1)")
 
 
+def _add_ssd_config(cfg: CN) -> None:
+    """Adds ``MODEL.SSD``: the SSD detector (condconv_det.modeling.meta_arch.SSD) and its
+    extra-layers backbone (condconv_det.modeling.backbone.SSDBackbone)."""
+    _C = cfg
+    _C.MODEL.SSD = CN()
+    # Object classes; background gets index NUM_CLASSES (detectron2's convention).
+    _C.MODEL.SSD.NUM_CLASSES = 80
+    # Bottom-up features the SSD backbone passes on, by increasing stride; the extra layers grow
+    # from the last one. SSD300-MobileNetV1: res4 (19x19) and res5 (10x10).
+    _C.MODEL.SSD.IN_FEATURES = ["res4", "res5"]
+    # Output channels of the extra layers (1x1 conv to half the channels, then a 3x3 stride-2
+    # conv), one new feature each, named by stride ("p6", "p7", ...). TF object-detection API's.
+    _C.MODEL.SSD.EXTRA_CHANNELS = [512, 256, 256, 128]
+    # SSDLite extra layers: the 3x3 conv becomes depthwise 3x3 + pointwise 1x1.
+    _C.MODEL.SSD.EXTRA_DEPTHWISE = False
+    # CondConv experts in every extra-layer conv, each with its own router; 0: static convs.
+    _C.MODEL.SSD.EXTRA_NUM_EXPERTS = 0
+    # Norm of the extra layers and of the depthwise head convs (get_norm names, "" for none).
+    _C.MODEL.SSD.NORM = "BN"
+    # SSDLite predictors: depthwise 3x3 + norm + ReLU6 + 1x1 instead of one 3x3 conv per level.
+    _C.MODEL.SSD.HEAD_DEPTHWISE = False
+    # CondConv experts in every predictor conv, each with its own router; 0: static convs.
+    _C.MODEL.SSD.HEAD_NUM_EXPERTS = 0
+    # Default-box scale of the first level, as a fraction of the image side (SSD paper, eq. 4).
+    _C.MODEL.SSD.MIN_SCALE = 0.2
+    # Default-box scale of the last level; scales are linear in between.
+    _C.MODEL.SSD.MAX_SCALE = 0.95
+    # Aspect ratios r per level: boxes r:1 and 1:r join the two 1:1 boxes at each location. A
+    # single list applies to every level (the TF API's 6 boxes per location).
+    _C.MODEL.SSD.ASPECT_RATIOS = [[2.0, 3.0]]
+    # Clip the default boxes to the image.
+    _C.MODEL.SSD.CLIP_DEFAULT_BOXES = True
+    # Default boxes with IoU >= this with a ground-truth box are positives (besides each ground
+    # truth's best default box, always matched).
+    _C.MODEL.SSD.IOU_THRESHOLD = 0.5
+    # Hard-negative mining: negatives kept per positive (the highest-loss ones).
+    _C.MODEL.SSD.NEG_POS_RATIO = 3.0
+    # Hard-negative mining: negatives kept at least, per image, so that images without objects
+    # still train the background class.
+    _C.MODEL.SSD.MIN_NEGATIVES_PER_IMAGE = 3
+    # Box encoding weights (wx, wy, ww, wh); (10, 10, 5, 5) are SSD's variances (0.1, 0.1, 0.2,
+    # 0.2).
+    _C.MODEL.SSD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+    # Box regression loss: "smooth_l1" (the paper's), "giou", "diou" or "ciou".
+    _C.MODEL.SSD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+    # Beta of the smooth-L1 loss; 0 gives L1.
+    _C.MODEL.SSD.SMOOTH_L1_BETA = 1.0
+    # Inference: class scores (softmax) at or below this are dropped.
+    _C.MODEL.SSD.SCORE_THRESH_TEST = 0.01
+    # Inference: highest-scoring default boxes kept per class before NMS.
+    _C.MODEL.SSD.TOPK_CANDIDATES_TEST = 400
+    # Inference: IoU threshold of the per-class NMS. (Detections kept per image:
+    # TEST.DETECTIONS_PER_IMAGE, as detectron2's RetinaNet.)
+    _C.MODEL.SSD.NMS_THRESH_TEST = 0.45
+
+
+def check_ssd_config(cfg: CN) -> None:
+    """Raises ValueError naming the key when a ``MODEL.SSD`` value is out of range."""
+    c = cfg.MODEL.SSD
+    _require(c.NUM_CLASSES >= 1, "MODEL.SSD.NUM_CLASSES", c.NUM_CLASSES, "must be >= 1")
+    _require(len(c.IN_FEATURES) >= 1, "MODEL.SSD.IN_FEATURES", c.IN_FEATURES, "must not be empty")
+    _require(
+        all(ch >= 2 for ch in c.EXTRA_CHANNELS),
+        "MODEL.SSD.EXTRA_CHANNELS",
+        c.EXTRA_CHANNELS,
+        "must hold channels >= 2 (the 1x1 conv halves them)",
+    )
+    for key in ("EXTRA_NUM_EXPERTS", "HEAD_NUM_EXPERTS"):
+        _require(c[key] >= 0, f"MODEL.SSD.{key}", c[key], "must be >= 0")
+    _require(
+        0 < c.MIN_SCALE <= c.MAX_SCALE,
+        "MODEL.SSD.MIN_SCALE",
+        (c.MIN_SCALE, c.MAX_SCALE),
+        "must satisfy 0 < MIN_SCALE <= MAX_SCALE (MIN_SCALE, MAX_SCALE)",
+    )
+    _require(
+        len(c.ASPECT_RATIOS) >= 1
+        and all(isinstance(r, (list, tuple)) and all(a > 0 for a in r) for r in c.ASPECT_RATIOS),
+        "MODEL.SSD.ASPECT_RATIOS",
+        c.ASPECT_RATIOS,
+        "must be a non-empty list of lists of positive ratios (one list per level, or one for all)",
+    )
+    _require(
+        0 < c.IOU_THRESHOLD <= 1, "MODEL.SSD.IOU_THRESHOLD", c.IOU_THRESHOLD, "must be in (0, 1]"
+    )
+    _require(c.NEG_POS_RATIO >= 0, "MODEL.SSD.NEG_POS_RATIO", c.NEG_POS_RATIO, "must be >= 0")
+    _require(
+        c.MIN_NEGATIVES_PER_IMAGE >= 0,
+        "MODEL.SSD.MIN_NEGATIVES_PER_IMAGE",
+        c.MIN_NEGATIVES_PER_IMAGE,
+        "must be >= 0",
+    )
+    _require(
+        len(c.BBOX_REG_WEIGHTS) == 4 and all(w > 0 for w in c.BBOX_REG_WEIGHTS),
+        "MODEL.SSD.BBOX_REG_WEIGHTS",
+        c.BBOX_REG_WEIGHTS,
+        "must be 4 positive weights (wx, wy, ww, wh)",
+    )
+    losses = ("smooth_l1", "giou", "diou", "ciou")
+    _require(
+        c.BBOX_REG_LOSS_TYPE in losses,
+        "MODEL.SSD.BBOX_REG_LOSS_TYPE",
+        c.BBOX_REG_LOSS_TYPE,
+        f"must be one of {losses}",
+    )
+    _require(c.SMOOTH_L1_BETA >= 0, "MODEL.SSD.SMOOTH_L1_BETA", c.SMOOTH_L1_BETA, "must be >= 0")
+    _require(
+        0 <= c.SCORE_THRESH_TEST < 1,
+        "MODEL.SSD.SCORE_THRESH_TEST",
+        c.SCORE_THRESH_TEST,
+        "must be in [0, 1)",
+    )
+    _require(
+        c.TOPK_CANDIDATES_TEST >= 1,
+        "MODEL.SSD.TOPK_CANDIDATES_TEST",
+        c.TOPK_CANDIDATES_TEST,
+        "must be >= 1",
+    )
+    _require(
+        0 < c.NMS_THRESH_TEST <= 1,
+        "MODEL.SSD.NMS_THRESH_TEST",
+        c.NMS_THRESH_TEST,
+        "must be in (0, 1]",
+    )
+
+
+def _add_ssd_input_config(cfg: CN) -> None:
+    """Adds ``INPUT.SSD``: SSD's data augmentation (condconv_det.data.build_ssd_augmentation)."""
+    _C = cfg
+    _C.INPUT.SSD = CN()
+    # Side of the square every image is resized to (not aspect-preserving): 300 for SSD300, 320
+    # for SSDlite / FPN variants (320 is divisible by 32).
+    _C.INPUT.SSD.SIZE = 300
+    # Photometric distortion (training): brightness, contrast, saturation, hue, each with
+    # probability 0.5; needs INPUT.FORMAT "RGB" or "BGR".
+    _C.INPUT.SSD.PHOTOMETRIC = True
+    # Brightness shift drawn from [-delta, delta], on the 0-255 scale.
+    _C.INPUT.SSD.BRIGHTNESS_DELTA = 32.0
+    # Contrast factor (pixel values are multiplied by it) drawn from [low, high].
+    _C.INPUT.SSD.CONTRAST_RANGE = (0.5, 1.5)
+    # HSV saturation factor drawn from [low, high].
+    _C.INPUT.SSD.SATURATION_RANGE = (0.5, 1.5)
+    # Hue rotation in degrees drawn from [-delta, delta].
+    _C.INPUT.SSD.HUE_DELTA = 18.0
+    # Zoom out (training): the image on a larger canvas filled with MODEL.PIXEL_MEAN.
+    _C.INPUT.SSD.EXPAND = True
+    # Largest canvas-to-image side ratio (>= 1); the ratio is drawn from [1, max].
+    _C.INPUT.SSD.EXPAND_MAX_RATIO = 4.0
+    # Probability of zooming out.
+    _C.INPUT.SSD.EXPAND_PROB = 0.5
+    # SSD's random crop (training): a crop overlapping some object by a minimum IoU.
+    _C.INPUT.SSD.MIN_IOU_CROP = True
+    # Minimum-IoU modes, drawn uniformly together with "no crop"; 0.0 is "any crop" (only a box
+    # centre must lie in it).
+    _C.INPUT.SSD.CROP_MIN_IOUS = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9]
+    # Smallest crop side, as a fraction of the image side, in (0, 1].
+    _C.INPUT.SSD.CROP_MIN_SCALE = 0.3
+    # Bounds of the crop's aspect ratio (width / height).
+    _C.INPUT.SSD.CROP_ASPECT_RANGE = (0.5, 2.0)
+    # Crops sampled before giving up (then the image is not cropped).
+    _C.INPUT.SSD.CROP_TRIALS = 50
+    # Horizontal flip with probability 0.5 (training).
+    _C.INPUT.SSD.FLIP = True
+
+
+def check_ssd_input_config(cfg: CN) -> None:
+    """Raises ValueError naming the key when an ``INPUT.SSD`` value is out of range."""
+    c = cfg.INPUT.SSD
+    _require(c.SIZE > 0, "INPUT.SSD.SIZE", c.SIZE, "must be > 0")
+    _require(
+        not c.PHOTOMETRIC or cfg.INPUT.FORMAT in ("RGB", "BGR"),
+        "INPUT.FORMAT",
+        cfg.INPUT.FORMAT,
+        "must be 'RGB' or 'BGR' with INPUT.SSD.PHOTOMETRIC",
+    )
+    _require(
+        0 <= c.BRIGHTNESS_DELTA <= 255,
+        "INPUT.SSD.BRIGHTNESS_DELTA",
+        c.BRIGHTNESS_DELTA,
+        "must be in [0, 255]",
+    )
+    for key in ("CONTRAST_RANGE", "SATURATION_RANGE"):
+        r = c[key]
+        _require(
+            len(r) == 2 and 0 <= r[0] <= r[1],
+            f"INPUT.SSD.{key}",
+            r,
+            "must be (low, high) with 0 <= low <= high",
+        )
+    _require(0 <= c.HUE_DELTA <= 180, "INPUT.SSD.HUE_DELTA", c.HUE_DELTA, "must be in [0, 180]")
+    _require(
+        c.EXPAND_MAX_RATIO >= 1, "INPUT.SSD.EXPAND_MAX_RATIO", c.EXPAND_MAX_RATIO, "must be >= 1"
+    )
+    _require(0 <= c.EXPAND_PROB <= 1, "INPUT.SSD.EXPAND_PROB", c.EXPAND_PROB, "must be in [0, 1]")
+    _require(
+        all(0 <= m <= 1 for m in c.CROP_MIN_IOUS),
+        "INPUT.SSD.CROP_MIN_IOUS",
+        c.CROP_MIN_IOUS,
+        "must hold values in [0, 1]",
+    )
+    _require(
+        0 < c.CROP_MIN_SCALE <= 1, "INPUT.SSD.CROP_MIN_SCALE", c.CROP_MIN_SCALE, "must be in (0, 1]"
+    )
+    r = c.CROP_ASPECT_RANGE
+    _require(
+        len(r) == 2 and 0 < r[0] <= r[1],
+        "INPUT.SSD.CROP_ASPECT_RANGE",
+        r,
+        "must be (low, high) with 0 < low <= high",
+    )
+    _require(c.CROP_TRIALS >= 1, "INPUT.SSD.CROP_TRIALS", c.CROP_TRIALS, "must be >= 1")
+
+
 def _require(ok: bool, key: str, value, what: str) -> None:
     if not ok:
         raise ValueError(f"{key} {what}, got {value!r}")
+
+
+# ``_BASE_: "model_zoo://COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"`` inherits a config of the
+# installed detectron2 model zoo, so a config can change only what differs (e.g. the backbone).
+MODEL_ZOO_PREFIX = "model_zoo://"
+
+
+class CondConvCfgNode(CN):
+    """detectron2's ``CfgNode`` whose ``_BASE_`` may also name a model-zoo config.
+
+    Only the root node is of this class: children stay detectron2 ``CfgNode``s, so keys that other
+    projects add later with ``CfgNode()`` still merge (yacs requires equal node types).
+    """
+
+    @classmethod
+    def _create_config_tree_from_dict(cls, dic, key_list):
+        return CN._create_config_tree_from_dict(dic, key_list)
+
+    @classmethod
+    def _decode_cfg_value(cls, value):
+        return CN._decode_cfg_value(value)
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False) -> Dict[str, Any]:
+        with cls._open_cfg(filename) as f:
+            text = f.read()
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.constructor.ConstructorError:  # e.g. !!python/object/apply:eval, as fvcore
+            if not allow_unsafe:
+                raise
+            loaded = yaml.unsafe_load(text) or {}
+        base = loaded.get("_BASE_")
+        if not (isinstance(base, str) and base.startswith(MODEL_ZOO_PREFIX)):
+            return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+        base_cfg = cls.load_yaml_with_base(model_zoo_config_path(base), allow_unsafe=allow_unsafe)
+        del loaded["_BASE_"]
+        _merge_dict(loaded, base_cfg)
+        return base_cfg
+
+
+def model_zoo_config_path(name: str) -> str:
+    """The file of ``model_zoo://<path>`` in the installed detectron2 model zoo."""
+    from detectron2 import model_zoo
+
+    path = name[len(MODEL_ZOO_PREFIX) :] if name.startswith(MODEL_ZOO_PREFIX) else name
+    try:
+        return model_zoo.get_config_file(path)
+    except RuntimeError as e:
+        raise FileNotFoundError(
+            f"_BASE_ {name!r}: {path!r} is not a config of the installed detectron2 model zoo "
+            "(detectron2/model_zoo/configs); check the spelling, or reinstall detectron2 with its "
+            "model-zoo configs (see README, Install)."
+        ) from e
+
+
+def _merge_dict(a: Dict[str, Any], b: Dict[str, Any]) -> None:
+    """Merges ``a`` into ``b`` in place, ``a`` winning, like fvcore's ``_BASE_`` merge."""
+    for key, value in a.items():
+        if isinstance(value, dict) and isinstance(b.get(key), dict):
+            _merge_dict(value, b[key])
+        else:
+            b[key] = value
+
+
+def get_cfg() -> CN:
+    """detectron2's default config with condconv_det's keys, able to load model-zoo bases."""
+    from detectron2.config import get_cfg as d2_get_cfg
+
+    cfg = CondConvCfgNode(d2_get_cfg())
+    add_condconv_config(cfg)
+    return cfg

@@ -3,10 +3,10 @@ import pathlib
 
 import pytest
 import torch
-from detectron2.config import get_cfg
+from detectron2 import model_zoo
 from detectron2.modeling import build_model
 
-from condconv_det import add_condconv_config
+from condconv_det.config import get_cfg
 from condconv_det.layers import CondConv2d
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -15,7 +15,6 @@ FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("Base
 
 def _load(path):
     cfg = get_cfg()
-    add_condconv_config(cfg)
     cfg.merge_from_file(str(path))
     cfg.MODEL.DEVICE = "cpu"
     return cfg
@@ -45,3 +44,32 @@ def test_static_twin_differs_only_in_experts(path):
     b.defrost()
     b.MODEL.CONDCONV.NUM_EXPERTS = a.MODEL.CONDCONV.NUM_EXPERTS
     assert a.dump() == b.dump()
+
+
+def test_model_zoo_base_changes_only_the_backbone():
+    ours = _load(CONFIGS / "COCO-Detection/faster_rcnn_condconv_R_50_FPN_1x.yaml")
+    zoo = _load(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    assert ours.MODEL.BACKBONE.NAME == "build_condconv_resnet_fpn_backbone"
+    assert ours.MODEL.WEIGHTS == zoo.MODEL.WEIGHTS == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+    zoo.MODEL.BACKBONE.NAME = ours.MODEL.BACKBONE.NAME
+    assert ours.dump() == zoo.dump()
+
+
+def test_static_faster_rcnn_is_detectron2s(tmp_path):
+    from detectron2.config import get_cfg as d2_get_cfg
+
+    ours = build_model(_load(CONFIGS / "COCO-Detection/faster_rcnn_static_R_50_FPN_1x.yaml"))
+    zoo_cfg = d2_get_cfg()
+    zoo_cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    zoo_cfg.MODEL.DEVICE = "cpu"
+    zoo = build_model(zoo_cfg)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in zoo.state_dict().items()
+    }
+
+
+def test_unknown_model_zoo_base_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text('_BASE_: "model_zoo://COCO-Detection/no_such_config.yaml"\n')
+    with pytest.raises(FileNotFoundError, match="no_such_config.yaml.*model zoo"):
+        get_cfg().merge_from_file(str(path))

@@ -42,37 +42,14 @@ def analyze_classifier(arch: str, experts, size: int):
     return model, analysis
 
 
-class _DetectorAdapter(torch.nn.Module):
-    """Tensor in, tensors out: what fvcore's tracer needs from a detectron2 model."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image):
-        (result,) = self.model([{"image": image}])
-        if "instances" in result:
-            inst = result["instances"]
-            return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
-        return tuple(result.values())
-
-
 def analyze_config(config_file: str, opts, size):
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
-
-    from condconv_det import add_condconv_config
+    from condconv_det.analysis import analyze_detector
+    from condconv_det.config import get_cfg
 
     cfg = get_cfg()
-    add_condconv_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts)
-    cfg.MODEL.DEVICE = "cpu"
-    model = build_model(cfg).eval()
-    height, width = size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
-    image = torch.rand(3, height, width) * 255
-    analysis = madds_analysis(_DetectorAdapter(model), (image,))
-    return model, analysis
+    return analyze_detector(cfg, size)
 
 
 def print_summary(model, analysis, label: str) -> None:

@@ -83,12 +83,28 @@ else
     src="$BUILD_DIR/src/pb1-detectron2-0.6"
     # Its setup.py packages the model-zoo configs from <root>/configs, where the sdist lacks them.
     mv "$src/detectron2/model_zoo/configs" "$src/configs"
-    # The sdist has no C++ sources: build an empty native module. Deformable conv, rotated
+    # The sdist has no C++ sources: build a native module without ops. Deformable conv, rotated
     # boxes and the fast COCO evaluator are then unavailable; this project uses none of them.
+    # It keeps the three version queries, which detectron2's collect_env_info (called by
+    # default_setup in every train_net.py) needs.
     mkdir -p "$src/detectron2/layers/csrc"
     cat > "$src/detectron2/layers/csrc/vision.cpp" <<'CPP'
 #include <torch/extension.h>
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}
+#include <string>
+
+namespace {
+std::string get_compiler_version() {
+  return "none: built without detectron2's C++/CUDA ops (condconv_det CPU build)";
+}
+std::string get_cuda_version() { return "not built"; }
+bool has_cuda() { return false; }
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("get_compiler_version", &get_compiler_version);
+  m.def("get_cuda_version", &get_cuda_version);
+  m.def("has_cuda", &has_cuda);
+}
 CPP
     (cd "$src" && MAX_JOBS=2 pip_install --no-build-isolation .)
 fi

@@ -12,3 +12,8 @@ from .resnet import (
     build_condconv_resnet_backbone,
     make_condconv_resnet_stages,
 )
+from .ssd import (
+    SSDBackbone,
+    build_condconv_mobilenet_ssd_backbone,
+    build_condconv_resnet_ssd_backbone,
+)

@@ -1,0 +1,3 @@
+"""Training and evaluation: detectron2's trainer, with what condconv_det's detectors need."""
+from .launch import launch
+from .trainer import Trainer, build_coco_evaluator, has_native_coco_eval

@@ -1,0 +1,220 @@
+"""The trainer of ``tools/train_net.py``: detectron2's ``DefaultTrainer`` with what it lacks here.
+
+Differences from ``DefaultTrainer``, each needed by condconv_det's users:
+
+- the optimizer (and AMP grad scaler) is checkpointed, so ``--resume`` continues with momentum:
+  detectron2 0.6 saves only the iteration and the LR scheduler (upstream main saves both);
+- checkpoints load through :class:`~condconv_det.checkpoint.CondConvCheckpointer`, which
+  upcycles static ImageNet weights into CondConv layers;
+- SSD configs get the SSD data mapper (augmentations of the SSD paper, fixed square input);
+- COCO evaluation falls back to pycocotools when detectron2 was built without its C++ ops;
+- DDP works on CPU (gloo): detectron2 0.6 always passes ``device_ids`` to DDP;
+- an image that fails to load names its file instead of failing deep inside a worker.
+"""
+import logging
+import os
+import weakref
+from typing import Any, Callable, Dict
+
+import torch
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoint import CondConvCheckpointer
+
+__all__ = [
+    "Trainer",
+    "build_coco_evaluator",
+    "has_native_coco_eval",
+    "create_ddp_model",
+    "check_datasets",
+    "check_weights",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def has_native_coco_eval() -> bool:
+    """Whether detectron2 was built with its C++ COCO evaluator (``COCOeval_opt``)."""
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return hasattr(_C, "COCOevalAsNativeParams")
+
+
+def build_coco_evaluator(cfg, dataset_name: str, output_dir: str = None) -> COCOEvaluator:
+    """Box AP with COCO's protocol; pycocotools' evaluator when the native one is missing."""
+    if output_dir is None:
+        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
+    return COCOEvaluator(
+        dataset_name, tasks=("bbox",), output_dir=output_dir, use_fast_impl=has_native_coco_eval()
+    )
+
+
+def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
+    """Like detectron2's ``create_ddp_model``, but CPU models get no ``device_ids``."""
+    if comm.get_world_size() == 1:
+        return model
+    if "device_ids" not in kwargs:
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        kwargs["device_ids"] = [comm.get_local_rank()] if on_cuda else None
+    return DistributedDataParallel(model, **kwargs)
+
+
+def check_datasets(names) -> None:
+    """Fails early, naming the dataset and the fix, when a dataset is unknown or its files are missing.
+
+    detectron2 would otherwise fail at the first data loader iteration, in a worker process,
+    with a bare file-not-found error.
+    """
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered:
+            near = sorted(n for n in registered if n.split("_")[0] == name.split("_")[0])
+            raise KeyError(
+                f"Dataset {name!r} (in DATASETS.TRAIN / DATASETS.TEST) is not registered. "
+                f"Registered datasets like it: {near or sorted(registered)[:20]}. Register it "
+                "with detectron2.data.datasets.register_coco_instances before training."
+            )
+        meta = MetadataCatalog.get(name)
+        if meta.get("generated_on_first_use", False):
+            continue  # the bundled dataset writes its files when first loaded
+        for key in ("json_file", "image_root"):
+            path = meta.get(key, None)
+            if path is not None and "://" not in path and not os.path.exists(path):
+                root = os.getenv("DETECTRON2_DATASETS", "datasets")
+                raise FileNotFoundError(
+                    f"Dataset {name!r}: {key} {path!r} does not exist. detectron2's builtin "
+                    f"datasets live under $DETECTRON2_DATASETS (now {root!r}); point it to the "
+                    "folder holding coco/ (README: Using COCO), or fix the registration."
+                )
+
+
+def check_weights(path: str, required: bool) -> None:
+    """Fails early when ``MODEL.WEIGHTS`` names a local file that does not exist."""
+    if not path:
+        if required:
+            raise ValueError(
+                "--eval-only needs the weights to evaluate: add MODEL.WEIGHTS path/to/model.pth "
+                "(e.g. OUTPUT_DIR/model_final.pth of a training run), or --resume to use the "
+                "last checkpoint of OUTPUT_DIR."
+            )
+        return
+    if "://" not in path and not os.path.isfile(os.path.expanduser(path)):
+        raise FileNotFoundError(
+            f"MODEL.WEIGHTS {path!r} does not exist. Give a checkpoint file (.pth, or .pkl "
+            "from tools/convert_pretrained.py), or MODEL.WEIGHTS '' to start from scratch."
+        )
+
+
+def is_ssd(cfg) -> bool:
+    return cfg.MODEL.META_ARCHITECTURE == "SSD"
+
+
+class NamedErrorMapper:
+    """Wraps a dataset mapper so that a failing record names its image file.
+
+    Without it, a corrupt or missing image surfaces as a bare PIL/IO error raised in a data
+    loader worker, with nothing saying which of thousands of files is at fault.
+    """
+
+    def __init__(self, mapper: Callable[[Dict[str, Any]], Dict[str, Any]]):
+        self.mapper = mapper
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            return self.mapper(dataset_dict)
+        except Exception as e:
+            name = dataset_dict.get("file_name", "<no file_name>")
+            if name in str(e):  # the mapper already said which file
+                raise
+            raise RuntimeError(
+                f"Could not load image {name} (image_id {dataset_dict.get('image_id')}): "
+                f"{type(e).__name__}: {e}. Fix or remove this image from the dataset."
+            ) from e
+
+
+def build_mapper(cfg, is_train: bool):
+    """The dataset mapper of ``cfg``'s meta-architecture, wrapped by :class:`NamedErrorMapper`."""
+    if is_ssd(cfg):
+        from ..data import SSDDatasetMapper
+
+        mapper = SSDDatasetMapper(cfg, is_train=is_train)
+    else:
+        mapper = DatasetMapper(cfg, is_train=is_train)
+    return NamedErrorMapper(mapper)
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's ``DefaultTrainer`` for condconv_det models (see the module docstring)."""
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ is reproduced (not called) because it wraps the model with
+        # detectron2's create_ddp_model, which fails for CPU models on detectron2 0.6.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = self.build_checkpointer(model, cfg, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def train(self):
+        """Runs training; returns the last evaluation's results (detectron2 returns them only
+        when ``TEST.EXPECTED_RESULTS`` is set)."""
+        results = super().train()
+        return results if results is not None else getattr(self, "_last_eval_results", None)
+
+    def state_dict(self) -> Dict[str, Any]:
+        ret = super().state_dict()
+        if "_trainer" not in ret:  # detectron2 0.6: the optimizer would not be saved
+            ret["optimizer"] = self.optimizer.state_dict()
+            scaler = getattr(self._trainer, "grad_scaler", None)
+            if scaler is not None:
+                ret["grad_scaler"] = scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:  # upstream main restored the optimizer itself
+            return
+        if "optimizer" not in state_dict:
+            logger.warning("The checkpoint holds no optimizer state: momentum restarts from zero.")
+            return
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        scaler = getattr(self._trainer, "grad_scaler", None)
+        if scaler is not None and "grad_scaler" in state_dict:
+            scaler.load_state_dict(state_dict["grad_scaler"])
+
+    @classmethod
+    def build_checkpointer(cls, model, cfg, **checkpointables) -> CondConvCheckpointer:
+        """The checkpointer of ``model``, saving to ``cfg.OUTPUT_DIR``."""
+        return CondConvCheckpointer(model, cfg.OUTPUT_DIR, **checkpointables)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: str = None):
+        return build_coco_evaluator(cfg, dataset_name, output_folder)

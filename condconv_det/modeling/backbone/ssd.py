@@ -1,0 +1,238 @@
+"""SSD's extra feature layers over any bottom-up backbone, as detectron2's FPN wraps one.
+
+:class:`SSDBackbone` passes chosen bottom-up features on and grows extra, ever coarser features
+from the last of them (Liu et al. 2016, sec. 2.1 "Multi-scale feature maps"): each extra layer is
+a 1x1 conv to half the channels, then a 3x3 stride-2 conv, as in the TF object-detection API's
+SSD-MobileNet; with ``depthwise=True`` the 3x3 conv is depthwise-separable (SSDLite, Sandler et
+al. 2018, sec. 6.2). Registered builders put it on the CondConv bottom-ups.
+"""
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
+from fvcore.nn import weight_init
+from torch import nn
+
+from condconv_det.config import check_condconv_config, check_ssd_config
+from condconv_det.layers import CondConvRouter
+
+from ..conv import CondConv2dNorm, msra_fill_experts
+from .mobilenet import build_condconv_mobilenet_backbone
+from .resnet import build_condconv_resnet_backbone
+
+__all__ = [
+    "SSDBackbone",
+    "make_ssd_conv",
+    "build_condconv_mobilenet_ssd_backbone",
+    "build_condconv_resnet_ssd_backbone",
+]
+
+
+def make_ssd_conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    groups: int = 1,
+    norm="",
+    activation: bool = True,
+    num_experts: int = 0,
+    router_kwargs: Optional[dict] = None,
+) -> nn.Module:
+    """A conv + norm + ReLU6 of SSD's extra layers and heads, static or CondConv.
+
+    ReLU6 is the activation of the TF API's SSD-MobileNet and of SSDLite. With ``num_experts``
+    > 0 the conv is a :class:`CondConv2dNorm` with a router of its own (it has no block to share
+    one with). Either way the module is called as ``conv(x)``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, groups: as ``nn.Conv2d``'s; padding is
+            ``kernel_size // 2``.
+        norm: a ``get_norm`` name or callable; "" for none, and then the conv has a bias.
+        activation: whether ReLU6 follows.
+        num_experts: CondConv experts; 0 gives a detectron2 ``Conv2d``.
+        router_kwargs: keyword arguments of :class:`CondConvRouter` (activation, temperature,
+            dropout).
+
+    Returns:
+        the module, He-initialised (every expert on its own) with zero bias.
+    """
+    norm_module = get_norm(norm, out_channels)
+    common = dict(
+        stride=stride,
+        padding=kernel_size // 2,
+        groups=groups,
+        bias=norm_module is None,
+    )
+    act = nn.ReLU6(inplace=True) if activation else None
+    if num_experts == 0:
+        conv = Conv2d(
+            in_channels, out_channels, kernel_size, norm=norm_module, activation=act, **common
+        )
+        weight_init.c2_msra_fill(conv)
+        return conv
+    router = CondConvRouter(in_channels, num_experts, **(router_kwargs or {}))
+    conv = CondConv2dNorm(
+        in_channels,
+        out_channels,
+        kernel_size,
+        num_experts=num_experts,
+        norm=norm_module,
+        activation=act,
+        router=router,
+        **common,
+    )
+    return msra_fill_experts(conv)
+
+
+class SSDBackbone(Backbone):
+    """A bottom-up backbone's features plus SSD's extra layers.
+
+    Args:
+        bottom_up: any detectron2 backbone.
+        in_features: bottom-up features to output, by non-decreasing stride; the extra layers
+            grow from the last one. SSD300-MobileNetV1: ``["res4", "res5"]`` (19x19 and 10x10 at
+            300); SSDLite-MobileNetV2: ``["res4", "head"]``.
+        extra_channels: output channels of each extra layer. Each doubles the stride and is
+            named ``"p<log2(stride)>"``, FPN's convention (``"p6"``, ``"p7"``, ... after a stride-32
+            feature). At 300x300 the TF API's ``(512, 256, 256, 128)`` give 5x5, 3x3, 2x2, 1x1.
+        depthwise: SSDLite extra layers: 1x1 conv to half, depthwise 3x3 stride 2, 1x1 conv.
+        norm: norm of the extra layers (``get_norm`` name or callable, "" for none).
+        num_experts: CondConv experts in every extra-layer conv (own routers); 0: static.
+        routing_activation, routing_temperature, routing_dropout: see :class:`CondConvRouter`.
+    """
+
+    def __init__(
+        self,
+        *,
+        bottom_up: Backbone,
+        in_features: Sequence[str],
+        extra_channels: Sequence[int] = (512, 256, 256, 128),
+        depthwise: bool = False,
+        norm="BN",
+        num_experts: int = 0,
+        routing_activation: str = "sigmoid",
+        routing_temperature: float = 1.0,
+        routing_dropout: float = 0.0,
+    ):
+        super().__init__()
+        bottom_shapes = bottom_up.output_shape()
+        missing = [f for f in in_features if f not in bottom_shapes]
+        if not in_features or missing:
+            raise ValueError(
+                f"in_features must be a non-empty subset of the bottom-up outputs "
+                f"{sorted(bottom_shapes)}, got {list(in_features)}"
+            )
+        strides = [bottom_shapes[f].stride for f in in_features]
+        if strides != sorted(strides):
+            raise ValueError(f"in_features must go by non-decreasing stride, got strides {strides}")
+        if num_experts < 0:
+            raise ValueError(f"num_experts must be >= 0, got {num_experts}")
+        self.bottom_up = bottom_up
+        self.in_features = list(in_features)
+        self._out_feature_channels: Dict[str, int] = {
+            f: bottom_shapes[f].channels for f in in_features
+        }
+        self._out_feature_strides: Dict[str, int] = {
+            f: bottom_shapes[f].stride for f in in_features
+        }
+
+        router_kwargs = dict(
+            activation=routing_activation, temperature=routing_temperature, dropout=routing_dropout
+        )
+        conv = dict(norm=norm, num_experts=num_experts, router_kwargs=router_kwargs)
+        channels, stride = bottom_shapes[in_features[-1]].channels, strides[-1]
+        self.extra_names: List[str] = []
+        for out_channels in extra_channels:
+            if out_channels < 2:
+                raise ValueError(f"extra_channels must be >= 2, got {list(extra_channels)}")
+            mid = out_channels // 2
+            stride *= 2
+            layers = [make_ssd_conv(channels, mid, 1, **conv)]
+            if depthwise:
+                layers += [
+                    make_ssd_conv(mid, mid, 3, stride=2, groups=mid, **conv),
+                    make_ssd_conv(mid, out_channels, 1, **conv),
+                ]
+            else:
+                layers.append(make_ssd_conv(mid, out_channels, 3, stride=2, **conv))
+            name = f"p{int(math.log2(stride))}"
+            if name in self._out_feature_channels:
+                raise ValueError(f"extra layer {name!r} clashes with a bottom-up feature's name")
+            self.add_module(name, nn.Sequential(*layers))
+            self.extra_names.append(name)
+            self._out_feature_channels[name] = out_channels
+            self._out_feature_strides[name] = stride
+            channels = out_channels
+        self._out_features = self.in_features + self.extra_names
+
+    @property
+    def size_divisibility(self) -> int:
+        # No padding: every conv here takes any size, and padding SSD's fixed 300x300 input to a
+        # multiple of 32 would move every default box.
+        return 0
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            x: (N, C, H, W) images.
+
+        Returns:
+            dict: the features ``in_features + extra_names``, each (N, C_f, H_f, W_f). A 3x3
+            stride-2 conv with padding 1 maps a side s to ceil(s / 2).
+        """
+        bottom_up_features = self.bottom_up(x)
+        outputs = {f: bottom_up_features[f] for f in self.in_features}
+        y = outputs[self.in_features[-1]]
+        for name in self.extra_names:
+            y = getattr(self, name)(y)
+            outputs[name] = y
+        return outputs
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
+            for name in self._out_features
+        }
+
+
+def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbone:
+    check_condconv_config(cfg)
+    check_ssd_config(cfg)
+    s, c = cfg.MODEL.SSD, cfg.MODEL.CONDCONV
+    missing = [f for f in s.IN_FEATURES if f not in bottom_up.output_shape()]
+    if missing:
+        raise ValueError(
+            f"MODEL.SSD.IN_FEATURES asks for {missing}, which the bottom-up backbone does not "
+            f"output ({sorted(bottom_up.output_shape())}); add them to {out_features_key}"
+        )
+    return SSDBackbone(
+        bottom_up=bottom_up,
+        in_features=s.IN_FEATURES,
+        extra_channels=s.EXTRA_CHANNELS,
+        depthwise=s.EXTRA_DEPTHWISE,
+        norm=s.NORM,
+        num_experts=s.EXTRA_NUM_EXPERTS,
+        routing_activation=c.ROUTING_ACTIVATION,
+        routing_temperature=c.ROUTING_TEMPERATURE,
+        routing_dropout=c.ROUTING_DROPOUT,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_condconv_mobilenet_ssd_backbone(cfg, input_shape: ShapeSpec) -> SSDBackbone:
+    """CondConv-MobileNet (``MODEL.MOBILENET.*``) with SSD's extra layers (``MODEL.SSD.*``)."""
+    bottom_up = build_condconv_mobilenet_backbone(cfg, input_shape)
+    return _ssd_backbone(cfg, bottom_up, "MODEL.MOBILENET.OUT_FEATURES")
+
+
+@BACKBONE_REGISTRY.register()
+def build_condconv_resnet_ssd_backbone(cfg, input_shape: ShapeSpec) -> SSDBackbone:
+    """CondConv-ResNet (``MODEL.RESNETS.*``) with SSD's extra layers (``MODEL.SSD.*``)."""
+    bottom_up = build_condconv_resnet_backbone(cfg, input_shape)
+    return _ssd_backbone(cfg, bottom_up, "MODEL.RESNETS.OUT_FEATURES")
