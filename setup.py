@@ -25,6 +25,10 @@ setup(
             "onnx>=1.14",
             "onnxruntime>=1.16",
             "onnxscript>=0.1",
+            # EfficientNet-CondConv checkpoint conversion is tested against timm's models (built
+            # with random weights: nothing is downloaded); safetensors is its checkpoint format.
+            "timm>=0.9",
+            "safetensors>=0.3",
         ],
     },
 )

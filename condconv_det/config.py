@@ -40,7 +40,7 @@ def add_condconv_config(cfg: CN) -> None:
     _C.MODEL.CONDCONV.ROUTING_DROPOUT = 0.0
 
     _C.MODEL.MOBILENET = CN()
-    # Architecture table: "mobilenet_v1", "mobilenet_v2", "efficientnet_b0" (see
+    # Architecture table: "mobilenet_v1", "mobilenet_v2", "efficientnet_b0", "efficientnet_b1" (see
     # condconv_det.modeling.backbone.mobilenet.ARCHS).
     _C.MODEL.MOBILENET.ARCH = "mobilenet_v2"
     # Width multiplier on every layer's channels (rounded to multiples of 8).
@@ -55,6 +55,16 @@ def add_condconv_config(cfg: CN) -> None:
     _C.MODEL.MOBILENET.NORM = "BN"
     # Stochastic depth: drop-path rate of the last residual block, growing linearly from 0.
     _C.MODEL.MOBILENET.DROP_PATH_RATE = 0.0
+    # Multiplier on every table row's number of blocks, rounded up (EfficientNet compound
+    # scaling; efficientnet_b0 with 1.1 is "efficientnet_b1").
+    _C.MODEL.MOBILENET.DEPTH_MULT = 1.0
+    # Epsilon of every norm layer; None keeps the table's (EfficientNet: TensorFlow's 1e-3).
+    # Weights converted from timm's own (not tf_) EfficientNet-CondConv checkpoints need 1e-5.
+    _C.MODEL.MOBILENET.BN_EPS = None
+    # "symmetric" (kernel // 2, PyTorch's) or "tf_same" (TensorFlow's "SAME": stride-2 convs pad
+    # at run time, more on the bottom/right), for weights trained in TensorFlow, e.g. timm's
+    # tf_efficientnet_cc_*.
+    _C.MODEL.MOBILENET.PADDING = "symmetric"
 
     _add_ssd_input_config(cfg)
     _add_ssd_config(cfg)
@@ -89,6 +99,19 @@ def check_condconv_config(cfg: CN) -> None:
     m = cfg.MODEL.MOBILENET
     _require(m.WIDTH_MULT > 0, "MODEL.MOBILENET.WIDTH_MULT", m.WIDTH_MULT, "must be > 0")
     _require(0.0 <= m.DROP_PATH_RATE < 1.0, "MODEL.MOBILENET.DROP_PATH_RATE", m.DROP_PATH_RATE, "must be in [0, 1)")
+    _require(m.DEPTH_MULT > 0, "MODEL.MOBILENET.DEPTH_MULT", m.DEPTH_MULT, "must be > 0")
+    _require(
+        m.BN_EPS is None or m.BN_EPS > 0,
+        "MODEL.MOBILENET.BN_EPS",
+        m.BN_EPS,
+        "must be > 0, or None for the table's",
+    )
+    _require(
+        m.PADDING in ("symmetric", "tf_same"),
+        "MODEL.MOBILENET.PADDING",
+        m.PADDING,
+        "must be 'symmetric' or 'tf_same'",
+    )
 
 
 def _add_ssd_config(cfg: CN) -> None:

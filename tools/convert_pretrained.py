@@ -3,7 +3,8 @@
 
 Static layers take the pretrained weights; CondConv layers are upcycled: every expert starts
 from the pretrained kernel (plus a small zero-sum perturbation) and every router at uniform
-routing, so the converted model computes exactly what the pretrained static model does.
+routing, so the converted model computes exactly what the pretrained static model does. A
+checkpoint that is CondConv already (timm's EfficientNet-CondConv) keeps its experts and routers.
 
     # torchvision ResNet-50 -> the backbone of a CondConv RetinaNet config
     python tools/convert_pretrained.py --source torchvision-resnet --input resnet50.pth \\
@@ -11,6 +12,15 @@ routing, so the converted model computes exactly what the pretrained static mode
     # torchvision MobileNetV2 -> a CondConv-MobileNetV2 classifier with 8 experts
     python tools/convert_pretrained.py --source torchvision-mobilenet_v2 --input mbv2.pth \\
         --output mbv2_cc8.pth --arch mobilenet_v2 --experts 8
+    # timm's EfficientNet-CondConv-B0 (a local file: timm's model.safetensors or a saved
+    # state dict) -> the same classifier, or (--config-file) a detector's backbone
+    python tools/convert_pretrained.py --source timm-efficientnet --input model.safetensors \\
+        --timm-model tf_efficientnet_cc_b0_8e --output effnet_cc8.pth
+
+A timm model name says what the state dict does not: B0 or B1, experts, and for the tf_ ports
+of TensorFlow weights, TensorFlow's padding and norm epsilon. A --config-file target computes
+what the timm model computed only with MODEL.MOBILENET.BN_EPS and .PADDING set to match (the
+tool prints the settings).
 
 Then set MODEL.WEIGHTS to the output (detectron2 loads it; the detector's heads, absent from
 an ImageNet checkpoint, keep their initialisation).
@@ -24,17 +34,23 @@ import torch
 from condconv_det.checkpoint import (
     CheckpointMismatchError,
     load_checkpoint_strict,
+    timm_efficientnet_to_condconv,
+    timm_efficientnet_variant,
     torchvision_mobilenet_v2_to_condconv,
     torchvision_resnet_to_detectron2,
     upcycle_state_dict,
 )
 
-SOURCES = ("torchvision-resnet", "torchvision-mobilenet_v2")
+SOURCES = ("torchvision-resnet", "torchvision-mobilenet_v2", "timm-efficientnet")
 
 
 def _read(path: str):
     if not os.path.isfile(path):
         raise SystemExit(f"error: --input {path!r} is not a file")
+    if path.endswith(".safetensors"):  # what timm and the Hugging Face hub distribute
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(checkpoint, dict) and "model" in checkpoint and isinstance(checkpoint["model"], dict):
         checkpoint = checkpoint["model"]
@@ -43,12 +59,19 @@ def _read(path: str):
     return checkpoint
 
 
-def _target(args):
-    """(model, the module receiving the ImageNet weights, its name prefix in the model)."""
-    if args.arch:
+def _target(args, timm_variant=None):
+    """(model, the module receiving the ImageNet weights, its name prefix in the model, whether
+    the model is a classifier)."""
+    if args.arch or (timm_variant is not None and not args.config_file):
         from condconv_det.modeling.classifier import build_classifier
 
-        model = build_classifier(args.arch, num_experts=args.experts)
+        kwargs = {"num_experts": args.experts}
+        if timm_variant is not None:
+            # The classifier that computes what the timm model computes, unless told otherwise.
+            kwargs = timm_variant.mobilenet_kwargs()
+            if args.experts is not None:
+                kwargs["num_experts"] = args.experts
+        model = build_classifier(args.arch or timm_variant.arch, **kwargs)
         return model, model.backbone, "backbone.", True
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
@@ -67,45 +90,89 @@ def _target(args):
     return model, backbone, prefix, False
 
 
+def _check_settings(backbone, timm_model: str, variant) -> None:
+    """Says which config keys make ``backbone`` compute what ``timm_model`` computed."""
+    if (backbone.bn_eps, backbone.padding) != (variant.bn_eps, variant.padding):
+        print(
+            f"note: {timm_model} was trained with padding {variant.padding!r} and norm epsilon "
+            f"{variant.bn_eps:g}; the target has {backbone.padding!r} and {backbone.bn_eps:g}. Set "
+            f"MODEL.MOBILENET.PADDING {variant.padding} MODEL.MOBILENET.BN_EPS {variant.bn_eps:g} "
+            "for the target to compute what it computed."
+        )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("--input", required=True, help="the pretrained checkpoint (a state dict)")
     parser.add_argument("--output", required=True, help="where to write the converted weights (.pth)")
-    target = parser.add_mutually_exclusive_group(required=True)
+    target = parser.add_mutually_exclusive_group()
     target.add_argument("--config-file", help="target: the model of this detectron2 config")
-    target.add_argument("--arch", help="target: an ImageNet classifier (see tools/analyze_model.py)")
+    target.add_argument(
+        "--arch",
+        help="target: an ImageNet classifier (see tools/analyze_model.py); default for "
+        "--source timm-efficientnet: the one of --timm-model",
+    )
     parser.add_argument("--experts", type=int, default=None, help="with --arch: CondConv experts")
+    parser.add_argument(
+        "--timm-model",
+        help="with --source timm-efficientnet: the timm model the checkpoint is of, e.g. "
+        "efficientnet_cc_b0_4e, tf_efficientnet_cc_b1_8e (tf_: ports of TensorFlow weights)",
+    )
     parser.add_argument("--noise", type=float, default=0.01, help="expert perturbation (relative std)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    timm_variant = None
+    if args.source == "timm-efficientnet":
+        if not args.timm_model:
+            parser.error("--source timm-efficientnet needs --timm-model")
+        try:
+            timm_variant = timm_efficientnet_variant(args.timm_model)
+        except ValueError as e:
+            raise SystemExit(f"error: --timm-model: {e}")
+    elif not (args.arch or args.config_file):
+        parser.error("one of the arguments --config-file --arch is required")
 
     source = _read(args.input)
-    model, backbone, prefix, keep_fc = _target(args)
+    model, backbone, prefix, keep_fc = _target(args, timm_variant)
     if args.source == "torchvision-resnet":
         renamed = torchvision_resnet_to_detectron2(source)
     else:
         from condconv_det.modeling.backbone import MobileNet
 
         if not isinstance(backbone, MobileNet):
-            raise SystemExit("error: --source torchvision-mobilenet_v2 needs a MobileNet target")
-        renamed = torchvision_mobilenet_v2_to_condconv(source, backbone.block_names())
+            raise SystemExit(f"error: --source {args.source} needs a MobileNet target")
+        try:
+            if timm_variant is not None:
+                _check_settings(backbone, args.timm_model, timm_variant)
+                # All of the checkpoint's blocks, also those of levels the target does not build.
+                names = backbone.block_names(include_unbuilt=True)
+                renamed = timm_efficientnet_to_condconv(source, names)
+            else:
+                renamed = torchvision_mobilenet_v2_to_condconv(source, backbone.block_names())
+        except CheckpointMismatchError as e:
+            raise SystemExit(f"error: {e}")
     fc = {k: v for k, v in renamed.items() if k.startswith("fc.")}
     renamed = {k: v for k, v in renamed.items() if not k.startswith("fc.")}
     # Stages the target does not build (e.g. res5 for a res4 backbone) are not wanted.
-    wanted = {k: v for k, v in renamed.items() if prefix + k in model.state_dict()}
+    target_keys = set(model.state_dict())
+    wanted = {k: v for k, v in renamed.items() if prefix + k in target_keys}
     dropped = sorted(set(renamed) - set(wanted))
-    converted = upcycle_state_dict(wanted, model, prefix=prefix, noise=args.noise)
+    if any(".router." in k for k in wanted):
+        # Trained CondConv weights (experts and routers): nothing to upcycle.
+        converted = {prefix + k: v for k, v in wanted.items()}
+    else:
+        converted = upcycle_state_dict(wanted, model, prefix=prefix, noise=args.noise)
     if keep_fc:
         converted.update(fc)
     # Check the backbone part strictly: every backbone weight must come from the checkpoint.
     part = {k[len(prefix):]: v for k, v in converted.items() if k.startswith(prefix)}
     try:
         load_checkpoint_strict(backbone, part)
+        if keep_fc:
+            load_checkpoint_strict(model, converted)
     except CheckpointMismatchError as e:
         raise SystemExit(f"error: {e}")
-    if keep_fc:
-        load_checkpoint_strict(model, converted)
     if dropped:
         print(f"not used by the target (not built there): {len(dropped)} tensors, e.g. {dropped[:3]}")
     torch.save({"model": converted, "__author__": "condconv_det", "matching_heuristics": False}, args.output)

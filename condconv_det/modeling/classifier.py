@@ -50,7 +50,7 @@ def build_classifier(
 
     Args:
         arch: a MobileNet-family table name ("mobilenet_v1", "mobilenet_v2",
-            "efficientnet_b0", ...) or "resnet18/34/50/101".
+            "efficientnet_b0", "efficientnet_b1", ...) or "resnet18/34/50/101".
         num_experts: experts of the CondConv layers (0: the static model; None: the default,
             the table's for MobileNets, 8 for ResNets).
         kwargs: passed to :class:`MobileNet` or :func:`make_condconv_resnet_stages`.
@@ -69,5 +69,5 @@ def build_classifier(
     backbone = MobileNet(arch, num_experts=num_experts, width_mult=width_mult, **kwargs, out_features=[
         "head" if MobileNet.has_head(arch) else "res5"
     ])
-    dropout = {"efficientnet_b0": 0.2, "mobilenet_v2": 0.2}.get(arch, 0.0)
+    dropout = {"efficientnet_b0": 0.2, "efficientnet_b1": 0.2, "mobilenet_v2": 0.2}.get(arch, 0.0)
     return ImageNetClassifier(backbone, backbone._out_features[0], num_classes, dropout=dropout)

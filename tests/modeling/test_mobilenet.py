@@ -126,3 +126,27 @@ def test_efficientnet_b0_parameter_counts(experts, params):
 def test_bad_arguments_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MobileNet(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("WIDTH_MULT", 0.0, "MODEL.MOBILENET.WIDTH_MULT must be > 0"),
+        ("DEPTH_MULT", -1.0, "MODEL.MOBILENET.DEPTH_MULT must be > 0"),
+        ("BN_EPS", 0.0, "MODEL.MOBILENET.BN_EPS must be > 0"),
+        ("PADDING", "same", "MODEL.MOBILENET.PADDING must be"),
+        ("DROP_PATH_RATE", 1.0, "MODEL.MOBILENET.DROP_PATH_RATE must be in"),
+    ],
+)
+def test_mobilenet_config_values_out_of_range_name_the_key(key, value, message):
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+
+    from condconv_det import add_condconv_config
+    from condconv_det.modeling.backbone import build_condconv_mobilenet_backbone
+
+    cfg = get_cfg()
+    add_condconv_config(cfg)
+    cfg.MODEL.MOBILENET[key] = value
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        build_condconv_mobilenet_backbone(cfg, ShapeSpec(channels=3))

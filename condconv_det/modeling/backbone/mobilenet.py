@@ -1,4 +1,4 @@
-"""CondConv-MobileNet family: MobileNetV1, MobileNetV2 and EfficientNet-B0 from typed tables.
+"""CondConv-MobileNet family: MobileNetV1, MobileNetV2, EfficientNet-B0/B1 from typed tables.
 
 Each architecture is a table of stages (a row: block type, kernel, stride, expansion, output
 channels, repeats, squeeze-excitation ratio, experts), decoded by one builder. The experts
@@ -7,6 +7,10 @@ column says where CondConv goes; the same table with zero experts is the exact s
 Outputs are named by stride like detectron2's ResNet ("res2".."res5" at strides 4..32, "stem"
 at stride 2, "head" for the final 1x1 conv), so detectron2's FPN and RetinaNet configs apply
 as they are.
+
+EfficientNet's compound scaling is the constructor's ``width_mult`` and ``depth_mult``;
+``bn_eps`` and ``padding="tf_same"`` reproduce ports of TensorFlow checkpoints exactly (timm's
+``tf_efficientnet_cc_*``, see :func:`condconv_det.checkpoint.timm_efficientnet_to_condconv`).
 """
 import math
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -26,9 +30,12 @@ __all__ = [
     "StageSpec",
     "MobileNetArch",
     "ARCHS",
+    "PADDING_MODES",
     "MobileNet",
     "DepthwiseSeparableBlock",
     "InvertedResidualBlock",
+    "scale_depth",
+    "tf_same_pad",
     "build_condconv_mobilenet_backbone",
 ]
 
@@ -140,6 +147,21 @@ ARCHS: Dict[str, MobileNetArch] = {
 }
 del S
 
+
+def scale_depth(repeats: int, depth_mult: float) -> int:
+    """Blocks of a stage after EfficientNet's depth scaling: rounded up, as the reference code
+    (and timm) do, so that B1's 1.1x adds a block to every stage."""
+    return int(math.ceil(repeats * depth_mult))
+
+
+# Tan & Le 2019, sec. 4: B1 is B0 with depth coefficient 1.1 (width 1.0, 240x240 input); the
+# official EfficientNet-CondConv-B1 and timm's efficientnet_cc_b1_8e scale the same table.
+_B0 = ARCHS["efficientnet_b0"]
+ARCHS["efficientnet_b1"] = _B0._replace(
+    stages=tuple(row._replace(repeats=scale_depth(row.repeats, 1.1)) for row in _B0.stages)
+)
+del _B0
+
 FEATURE_STRIDES = {"stem": 2, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 
@@ -162,6 +184,60 @@ def _norm(norm, channels: int, eps: float) -> Optional[nn.Module]:
 
 def _activation(name: str) -> nn.Module:
     return {"relu": nn.ReLU, "relu6": nn.ReLU6, "swish": nn.SiLU}[name](inplace=True)
+
+
+# "symmetric": kernel // 2 zeros on every side (PyTorch's and detectron2's convention).
+# "tf_same": TensorFlow's padding="SAME", which ports of TensorFlow checkpoints need to compute
+#     what they computed there (timm's tf_efficientnet_cc_*). The output is ceil(input / stride)
+#     either way, but "SAME" puts the odd pixel of padding at the bottom / right. For stride 1
+#     and the tables' odd kernels that is the symmetric padding; for stride 2 it depends on
+#     whether the input size is even, so those convs pad at run time (tf_same_pad).
+PADDING_MODES = ("symmetric", "tf_same")
+
+
+def tf_same_pad(
+    x: torch.Tensor,
+    kernel_size: Tuple[int, int],
+    stride: Tuple[int, int],
+    dilation: Tuple[int, int] = (1, 1),
+) -> torch.Tensor:
+    """Zero-pads ``x`` as TensorFlow's ``padding="SAME"`` does before a convolution.
+
+    Args:
+        x: (N, C, H, W).
+        kernel_size, stride, dilation: (h, w) pairs of the convolution that follows.
+
+    Returns:
+        (N, C, H + pad_h, W + pad_w), where ``pad = max((ceil(size / s) - 1) * s + (k - 1) * d
+        + 1 - size, 0)`` is split with the larger half at the bottom / right.
+    """
+    pads = []
+    for size, k, s, d in zip(x.shape[-2:], kernel_size, stride, dilation):
+        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        pads.append((total // 2, total - total // 2))
+    (top, bottom), (left, right) = pads
+    return F.pad(x, [left, right, top, bottom])
+
+
+class _TFSameConv2d(Conv2d):
+    """detectron2's ``Conv2d`` (conv, norm, activation) after :func:`tf_same_pad`; built with
+    ``padding=0``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(tf_same_pad(x, self.kernel_size, self.stride, self.dilation))
+
+
+class _TFSameCondConv2dNorm(CondConv2dNorm):
+    """:class:`CondConv2dNorm` after :func:`tf_same_pad`; built with ``padding=0``."""
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, routing_weights: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        if routing_weights is None and self.router is not None:
+            # Layer routing pools the layer's input itself: the unpadded one, as without padding.
+            routing_weights = self.router(x)
+        x = tf_same_pad(x, self.kernel_size, self.stride, self.dilation)
+        return super().forward(x, routing_weights)
 
 
 class SqueezeExcitation(nn.Module):
@@ -190,12 +266,27 @@ def _drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
 class _MobileBlock(CNNBlockBase):
     """Builds a block's convs as static or CondConv, with block or layer routing."""
 
-    def __init__(self, in_channels, out_channels, stride, *, num_experts, norm, bn_eps, routing, router_kwargs):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        stride,
+        *,
+        num_experts,
+        norm,
+        bn_eps,
+        routing,
+        router_kwargs,
+        padding="symmetric",
+    ):
         super().__init__(in_channels, out_channels, stride)
         if routing not in ROUTING_SCOPES:
             raise ValueError(f"routing must be one of {ROUTING_SCOPES}, got {routing!r}")
+        if padding not in PADDING_MODES:
+            raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
         self.num_experts = num_experts
         self._norm, self._bn_eps = norm, bn_eps
+        self._padding = padding
         self._layer_routing = routing == "layer"
         self._router_kwargs = router_kwargs
         self.router = None
@@ -204,13 +295,19 @@ class _MobileBlock(CNNBlockBase):
 
     def _conv(self, in_channels, out_channels, kernel, *, stride=1, groups=1, activation=None):
         norm = _norm(self._norm, out_channels, self._bn_eps)
-        common = dict(stride=stride, padding=kernel // 2, groups=groups, bias=False)
+        run_time_pad = self._padding == "tf_same" and stride > 1
+        padding = 0 if run_time_pad else kernel // 2
+        common = dict(stride=stride, padding=padding, groups=groups, bias=False)
         if self.num_experts == 0:
-            conv = Conv2d(in_channels, out_channels, kernel, norm=norm, activation=activation, **common)
+            conv_class = _TFSameConv2d if run_time_pad else Conv2d
+            conv = conv_class(
+                in_channels, out_channels, kernel, norm=norm, activation=activation, **common
+            )
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             return conv
         router = CondConvRouter(in_channels, self.num_experts, **self._router_kwargs) if self._layer_routing else None
-        conv = CondConv2dNorm(
+        condconv_class = _TFSameCondConv2dNorm if run_time_pad else CondConv2dNorm
+        conv = condconv_class(
             in_channels, out_channels, kernel, num_experts=self.num_experts, norm=norm,
             activation=activation, router=router, **common,
         )
@@ -279,12 +376,17 @@ class MobileNet(Backbone):
         arch: a name in :data:`ARCHS` or a :class:`MobileNetArch`.
         in_channels: input channels.
         width_mult: multiplier on every layer's channels.
+        depth_mult: multiplier on every stage's number of blocks, rounded up (EfficientNet's
+            depth coefficient: B1 is B0 with 1.1, also available as "efficientnet_b1").
         num_experts: experts of the CondConv stages; None keeps the table's; 0 gives the static
             twin.
         condconv_stages: indices of the table rows that use CondConv; None keeps the table's.
         routing: "block" (one router per block) or "layer" (one per conv).
         routing_activation, routing_temperature, routing_dropout: see :class:`CondConvRouter`.
         norm: detectron2 norm name or callable (``get_norm``).
+        bn_eps: epsilon of every norm layer; None keeps the table's (EfficientNet: TensorFlow's
+            1e-3; timm's own EfficientNet-CondConv weights were trained with PyTorch's 1e-5).
+        padding: one of :data:`PADDING_MODES`; "tf_same" for weights trained in TensorFlow.
         out_features: among "stem", "res2".."res5", "head". Stages after the last one asked
             for are not built.
         freeze_at: 0 freezes nothing, 1 the stem level, 2 also res2, and so on (as ResNet's).
@@ -297,6 +399,7 @@ class MobileNet(Backbone):
         *,
         in_channels: int = 3,
         width_mult: float = 1.0,
+        depth_mult: float = 1.0,
         num_experts: Optional[int] = None,
         condconv_stages: Optional[Sequence[int]] = None,
         routing: str = "block",
@@ -304,6 +407,8 @@ class MobileNet(Backbone):
         routing_temperature: float = 1.0,
         routing_dropout: float = 0.0,
         norm="BN",
+        bn_eps: Optional[float] = None,
+        padding: str = "symmetric",
         out_features: Sequence[str] = ("res3", "res4", "res5"),
         freeze_at: int = 0,
         drop_path_rate: float = 0.0,
@@ -321,6 +426,16 @@ class MobileNet(Backbone):
                 raise ValueError(f"condconv_stages {list(bad)} out of range: the table has {len(rows)} rows")
         if num_experts is not None and num_experts < 0:
             raise ValueError(f"num_experts must be >= 0, got {num_experts}")
+        if not depth_mult > 0:
+            raise ValueError(f"depth_mult must be > 0, got {depth_mult}")
+        if bn_eps is not None and not bn_eps > 0:
+            raise ValueError(f"bn_eps must be > 0 (or None: the table's), got {bn_eps}")
+        if padding not in PADDING_MODES:
+            raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+        bn_eps = arch.bn_eps if bn_eps is None else bn_eps
+        # Kept: whether a converted checkpoint computes here what it computed where it was trained
+        # depends on them (tools/convert_pretrained.py checks).
+        self.bn_eps, self.padding = bn_eps, padding
         valid = list(FEATURE_STRIDES) + (["head"] if arch.head_channels else [])
         unknown = [f for f in out_features if f not in valid]
         if not out_features or unknown:
@@ -338,37 +453,50 @@ class MobileNet(Backbone):
         build_head = "head" in out_features
 
         stem_channels = make_divisible(arch.stem_channels * width_mult)
-        stem_norm = _norm(norm, stem_channels, arch.bn_eps)
-        stem = Conv2d(in_channels, stem_channels, 3, stride=2, padding=1, bias=False, norm=stem_norm, activation=_activation(arch.activation))
+        stem_norm = _norm(norm, stem_channels, bn_eps)
+        tf_same = padding == "tf_same"
+        stem = (_TFSameConv2d if tf_same else Conv2d)(
+            in_channels, stem_channels, 3, stride=2, padding=0 if tf_same else 1, bias=False,
+            norm=stem_norm, activation=_activation(arch.activation),
+        )
         nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
         level_blocks: List[List[nn.Module]] = [[stem]] + [[] for _ in levels[1:]]
 
-        total_blocks = sum(row.repeats for row in rows if row.block == "ir")
+        repeats = [scale_depth(row.repeats, depth_mult) for row in rows]
+        total_blocks = sum(n for row, n in zip(rows, repeats) if row.block == "ir")
+        # Every block of the table gets a name, built or not: a full checkpoint's blocks can then
+        # be matched to a backbone that stops early (block_names(include_unbuilt=True)).
+        self._all_block_names: List[str] = []
+        level_sizes = [1] + [0] * (len(levels) - 1)  # "stem.0" is the stem conv
         block_index, stride, channels = 0, 2, stem_channels
-        for index, row in enumerate(rows):
+        for index, (row, num_blocks) in enumerate(zip(rows, repeats)):
+            if row.block not in ("ds", "ir"):
+                raise ValueError(f"unknown block type {row.block!r} in table row {index}")
             out_channels = make_divisible(row.channels * width_mult)
-            if int(math.log2(stride * row.stride)) - 1 > wanted:
-                break  # this row and all after it are beyond the last requested level
-            for repeat in range(row.repeats):
+            for repeat in range(num_blocks):
                 block_stride = row.stride if repeat == 0 else 1
-                level = int(math.log2(stride * block_stride)) - 1
+                stride *= block_stride
+                level = int(math.log2(stride)) - 1
+                if level >= len(levels):
+                    raise ValueError(f"table row {index} goes past stride {2 ** len(levels)}")
+                self._all_block_names.append(f"{levels[level]}.{level_sizes[level]}")
+                level_sizes[level] += 1
+                if level > wanted:
+                    continue  # beyond the last requested level: not built
                 common = dict(
                     stride=block_stride, kernel=row.kernel, activation=arch.activation,
-                    num_experts=experts_of(index, row), norm=norm, bn_eps=arch.bn_eps,
-                    routing=routing, router_kwargs=router_kwargs,
+                    num_experts=experts_of(index, row), norm=norm, bn_eps=bn_eps,
+                    routing=routing, router_kwargs=router_kwargs, padding=padding,
                 )
                 if row.block == "ds":
                     block = DepthwiseSeparableBlock(channels, out_channels, **common)
-                elif row.block == "ir":
+                else:
                     block = InvertedResidualBlock(
                         channels, out_channels, expand=row.expand, se=row.se, residual=arch.residual,
                         drop_path=drop_path_rate * block_index / max(1, total_blocks - 1), **common,
                     )
                     block_index += 1
-                else:
-                    raise ValueError(f"unknown block type {row.block!r} in table row {index}")
                 level_blocks[level].append(block)
-                stride *= block_stride
                 channels = out_channels
 
         self._out_feature_channels: Dict[str, int] = {}
@@ -387,7 +515,7 @@ class MobileNet(Backbone):
         self.head = None
         if build_head:
             head_channels = make_divisible(arch.head_channels * max(1.0, width_mult))
-            head_norm = _norm(norm, head_channels, arch.bn_eps)
+            head_norm = _norm(norm, head_channels, bn_eps)
             self.head = Conv2d(channels, head_channels, 1, bias=False, norm=head_norm, activation=_activation(arch.activation))
             nn.init.kaiming_normal_(self.head.weight, mode="fan_out", nonlinearity="relu")
             self._out_feature_channels["head"] = head_channels
@@ -395,9 +523,16 @@ class MobileNet(Backbone):
         self._out_features = list(out_features)
         self.freeze(freeze_at)
 
-    def block_names(self) -> List[str]:
+    def block_names(self, include_unbuilt: bool = False) -> List[str]:
         """Module names of the blocks, in order (``stem.1``, ..., ``res2.0``, ...), without the
-        stem conv (``stem.0``) and the head."""
+        stem conv (``stem.0``) and the head.
+
+        Args:
+            include_unbuilt: also name the blocks of the levels past ``out_features``, which this
+                backbone does not build, as a backbone building them would.
+        """
+        if include_unbuilt:
+            return list(self._all_block_names)
         names = [f"stem.{i}" for i in range(1, len(self.stem))]
         for stage in self.stage_names[1:]:
             names += [f"{stage}.{i}" for i in range(len(getattr(self, stage)))]
@@ -471,6 +606,7 @@ def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
         m.ARCH,
         in_channels=input_shape.channels,
         width_mult=m.WIDTH_MULT,
+        depth_mult=m.DEPTH_MULT,
         num_experts=c.NUM_EXPERTS,
         condconv_stages=list(m.CONDCONV_STAGES) or None,
         routing=c.ROUTING,
@@ -478,6 +614,8 @@ def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
         routing_temperature=c.ROUTING_TEMPERATURE,
         routing_dropout=c.ROUTING_DROPOUT,
         norm=m.NORM,
+        bn_eps=m.BN_EPS,
+        padding=m.PADDING,
         out_features=m.OUT_FEATURES,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         drop_path_rate=m.DROP_PATH_RATE,
