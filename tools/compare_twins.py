@@ -13,6 +13,7 @@ both runs.
 """
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -98,11 +99,15 @@ def print_table(rows: Dict[str, Dict[str, float]]) -> None:
     print("\n| | " + " | ".join(names) + " | difference |")
     print("|---" * (len(names) + 2) + "|")
 
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not math.isnan(v)
+
     def line(label, key, fmt, diff=True):
         values = [rows[n].get(key) for n in names]
-        cells = [fmt.format(v) if isinstance(v, (int, float)) else str(v) for v in values]
+        # COCO reports NaN for a size class without objects (e.g. APl here): shown as "-".
+        cells = [fmt.format(v) if number(v) else ("-" if v is None or isinstance(v, float) else str(v)) for v in values]
         delta = ""
-        if diff and all(isinstance(v, (int, float)) for v in values) and len(values) == 2:
+        if diff and all(number(v) for v in values) and len(values) == 2:
             delta = fmt.format(values[0] - values[1])
             delta = delta if delta.startswith("-") else "+" + delta
         print(f"| {label} | " + " | ".join(cells) + f" | {delta} |")

@@ -16,6 +16,7 @@ TINY = [
     "MODEL.MOBILENET.WIDTH_MULT", "0.25",
     "MODEL.RESNETS.DEPTH", "18",
     "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "INPUT.SSD.SIZE", "96",
     "INPUT.MIN_SIZE_TRAIN", "(96,)",
     "INPUT.MAX_SIZE_TRAIN", "128",
     "INPUT.MIN_SIZE_TEST", "96",
@@ -56,6 +57,7 @@ def fake_coco(tmp_path_factory):
 COCO_CONFIGS = [
     "COCO-Detection/retinanet_condconv_MNv2_FPN_1x.yaml",
     "COCO-Detection/faster_rcnn_condconv_R_50_FPN_1x.yaml",
+    "COCO-Detection/ssd300_condconv_MNv1.yaml",
 ]
 
 
