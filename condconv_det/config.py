@@ -38,6 +38,10 @@ def add_condconv_config(cfg: CN) -> None:
     _C.MODEL.CONDCONV.ROUTING_TEMPERATURE = 1.0
     # Dropout on the pooled routing input, in [0, 1).
     _C.MODEL.CONDCONV.ROUTING_DROPOUT = 0.0
+    # Initial router weights: "glorot" (the official code's) or "zeros" (every example starts
+    # with the same routing: the model starts as its static twin). "zeros" is what trains
+    # CondConv from scratch in stacks without residuals, e.g. MobileNetV1 (README: main job).
+    _C.MODEL.CONDCONV.ROUTER_INIT = "glorot"
 
     _C.MODEL.MOBILENET = CN()
     # Architecture table: "mobilenet_v1", "mobilenet_v2", "efficientnet_b0", "efficientnet_b1" (see
@@ -96,6 +100,12 @@ def check_condconv_config(cfg: CN) -> None:
         "only applies to ROUTING_ACTIVATION 'softmax'; keep it 1.0 with 'sigmoid'",
     )
     _require(0.0 <= c.ROUTING_DROPOUT < 1.0, "MODEL.CONDCONV.ROUTING_DROPOUT", c.ROUTING_DROPOUT, "must be in [0, 1)")
+    _require(
+        c.ROUTER_INIT in ("glorot", "zeros"),
+        "MODEL.CONDCONV.ROUTER_INIT",
+        c.ROUTER_INIT,
+        "must be 'glorot' or 'zeros'",
+    )
     m = cfg.MODEL.MOBILENET
     _require(m.WIDTH_MULT > 0, "MODEL.MOBILENET.WIDTH_MULT", m.WIDTH_MULT, "must be > 0")
     _require(0.0 <= m.DROP_PATH_RATE < 1.0, "MODEL.MOBILENET.DROP_PATH_RATE", m.DROP_PATH_RATE, "must be in [0, 1)")

@@ -7,13 +7,14 @@ from torch import nn
 
 from .condconv import CondConv2d
 
-__all__ = ["CondConvRouter", "RoutedCondConv2d", "ROUTING_ACTIVATIONS"]
+__all__ = ["CondConvRouter", "RoutedCondConv2d", "ROUTING_ACTIVATIONS", "ROUTER_INITS", "reset_routers"]
 
 # "sigmoid": the paper's routing, r = sigmoid(FC(GAP(x))); the weights need not sum to one,
 #     so several experts can be fully on (paper, sec. 3 and the routing ablation).
 # "softmax": r = softmax(FC(GAP(x)) / temperature), which sums to one; the routing of Dynamic
 #     Convolution (Chen et al., CVPR 2020), where the temperature is annealed from ~30 to 1.
 ROUTING_ACTIVATIONS = ("sigmoid", "softmax")
+ROUTER_INITS = ("glorot", "zeros")
 
 
 class CondConvRouter(nn.Module):
@@ -36,6 +37,10 @@ class CondConvRouter(nn.Module):
         temperature: softmax temperature; the logits are divided by it. Only for "softmax".
             It is a plain attribute, so a training hook can anneal it.
         dropout: dropout probability on the pooled routing input (training only).
+        init: "glorot" (the official code's Dense init: every example starts with different
+            routing weights near 0.5) or "zeros" (zero weights: every example starts with the
+            same routing, so the network starts as its static twin and learns to route). See
+            :func:`reset_routers`.
     """
 
     __constants__ = ["in_channels", "num_experts", "activation"]
@@ -48,6 +53,7 @@ class CondConvRouter(nn.Module):
         activation: str = "sigmoid",
         temperature: float = 1.0,
         dropout: float = 0.0,
+        init: str = "glorot",
     ):
         super().__init__()
         if not isinstance(num_experts, int) or num_experts < 1:
@@ -72,9 +78,18 @@ class CondConvRouter(nn.Module):
         self.temperature = float(temperature)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_channels, num_experts)
-        # As the official code's Dense layer: Glorot-uniform kernel, zero bias, so that every
-        # routing weight starts near sigmoid(0) = 0.5.
-        nn.init.xavier_uniform_(self.fc.weight)
+        self.reset_parameters(init)
+
+    def reset_parameters(self, init: str = "glorot") -> None:
+        """(Re-)initialises the routing layer; ``init`` as in the constructor."""
+        if init not in ROUTER_INITS:
+            raise ValueError(f"CondConvRouter: init must be one of {ROUTER_INITS}, got {init!r}")
+        if init == "glorot":
+            # As the official code's Dense layer: Glorot-uniform kernel, zero bias, so that every
+            # routing weight starts near sigmoid(0) = 0.5.
+            nn.init.xavier_uniform_(self.fc.weight)
+        else:
+            nn.init.zeros_(self.fc.weight)
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,3 +183,18 @@ class RoutedCondConv2d(CondConv2d):
             (B, out_channels, H', W').
         """
         return self._conv_forward(x, self.router(x))
+
+
+def reset_routers(module: nn.Module, init: str) -> nn.Module:
+    """Re-initialises every :class:`CondConvRouter` inside ``module``; returns ``module``.
+
+    "zeros" matters when CondConv is trained from scratch in deep stacks without residual
+    connections (MobileNetV1): with Glorot-initialised routers each example starts with its own
+    kernel scale, the per-example scales multiply through the stack and some examples'
+    features vanish. Measured on the bundled shapes dataset, SSD-MobileNetV1 with 8 experts,
+    16 images overfit for 150 iterations: AP50 26 with "glorot", 86 with "zeros" (static: 98).
+    """
+    for m in module.modules():
+        if isinstance(m, CondConvRouter):
+            m.reset_parameters(init)
+    return module

@@ -150,3 +150,23 @@ def test_mobilenet_config_values_out_of_range_name_the_key(key, value, message):
     cfg.MODEL.MOBILENET[key] = value
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         build_condconv_mobilenet_backbone(cfg, ShapeSpec(channels=3))
+
+
+@pytest.mark.parametrize("init", ["glorot", "zeros"])
+def test_router_init_key_reaches_the_backbone_routers(init):
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+
+    from condconv_det import add_condconv_config
+    from condconv_det.layers import CondConvRouter
+    from condconv_det.modeling.backbone import build_condconv_mobilenet_backbone
+
+    cfg = get_cfg()
+    add_condconv_config(cfg)
+    cfg.MODEL.MOBILENET.WIDTH_MULT = 0.25
+    cfg.MODEL.CONDCONV.ROUTER_INIT = init
+    routers = [m for m in build_condconv_mobilenet_backbone(cfg, ShapeSpec(channels=3)).modules() if isinstance(m, CondConvRouter)]
+    assert routers and all((r.fc.weight.abs().sum() == 0) == (init == "zeros") for r in routers)
+    cfg.MODEL.CONDCONV.ROUTER_INIT = "normal"
+    with pytest.raises(ValueError, match="MODEL.CONDCONV.ROUTER_INIT"):
+        build_condconv_mobilenet_backbone(cfg, ShapeSpec(channels=3))

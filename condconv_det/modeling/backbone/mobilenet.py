@@ -22,7 +22,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from condconv_det.config import check_condconv_config
-from condconv_det.layers import CondConvRouter
+from condconv_det.layers import CondConvRouter, reset_routers
 
 from ..conv import ROUTING_SCOPES, CondConv2dNorm
 
@@ -602,7 +602,7 @@ def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
     valid = list(FEATURE_STRIDES) + (["head"] if ARCHS[m.ARCH].head_channels else [])
     if not m.OUT_FEATURES or any(f not in valid for f in m.OUT_FEATURES):
         raise ValueError(f"MODEL.MOBILENET.OUT_FEATURES must be a non-empty subset of {valid}, got {list(m.OUT_FEATURES)}")
-    return MobileNet(
+    model = MobileNet(
         m.ARCH,
         in_channels=input_shape.channels,
         width_mult=m.WIDTH_MULT,
@@ -620,3 +620,4 @@ def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         drop_path_rate=m.DROP_PATH_RATE,
     )
+    return reset_routers(model, cfg.MODEL.CONDCONV.ROUTER_INIT)

@@ -15,7 +15,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
 from condconv_det.config import check_condconv_config
-from condconv_det.layers import CondConvRouter
+from condconv_det.layers import CondConvRouter, reset_routers
 
 from ..conv import ROUTING_SCOPES, CondConv2dNorm, msra_fill_experts
 
@@ -290,4 +290,5 @@ def build_condconv_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
         res5_dilation=r.RES5_DILATION,
         out_features=r.OUT_FEATURES,
     )
-    return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    model = ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    return reset_routers(model, cfg.MODEL.CONDCONV.ROUTER_INIT)

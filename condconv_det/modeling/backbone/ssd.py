@@ -16,7 +16,7 @@ from fvcore.nn import weight_init
 from torch import nn
 
 from condconv_det.config import check_condconv_config, check_ssd_config
-from condconv_det.layers import CondConvRouter
+from condconv_det.layers import CondConvRouter, reset_routers
 
 from ..conv import CondConv2dNorm, msra_fill_experts
 from .mobilenet import build_condconv_mobilenet_backbone
@@ -211,7 +211,7 @@ def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbon
             f"MODEL.SSD.IN_FEATURES asks for {missing}, which the bottom-up backbone does not "
             f"output ({sorted(bottom_up.output_shape())}); add them to {out_features_key}"
         )
-    return SSDBackbone(
+    backbone = SSDBackbone(
         bottom_up=bottom_up,
         in_features=s.IN_FEATURES,
         extra_channels=s.EXTRA_CHANNELS,
@@ -222,6 +222,7 @@ def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbon
         routing_temperature=c.ROUTING_TEMPERATURE,
         routing_dropout=c.ROUTING_DROPOUT,
     )
+    return reset_routers(backbone, c.ROUTER_INIT)
 
 
 @BACKBONE_REGISTRY.register()
