@@ -85,7 +85,7 @@ def test_boxes_are_the_tight_boxes_of_the_rendered_masks(tiny):
         coco = _load(tiny[f"{split}_json"])
         for index, image in enumerate(coco["images"]):
             pixels, instances = shapes._render_image(
-                shapes._image_rng(TINY["seed"], split, index), height, width, (2, 12), (8, 80)
+                shapes._image_rng(TINY["seed"], split, index), height, width, (2, 8), (10, 56)
             )
             stored = _pixels(os.path.join(tiny[f"{split}_images"], image["file_name"]))
             np.testing.assert_array_equal(stored, pixels)  # PNG is lossless
@@ -226,7 +226,7 @@ def test_an_interrupted_regeneration_keeps_the_old_dataset(tmp_path, monkeypatch
     assert os.listdir(tmp_path) == ["condconv_shapes"]
     assert _load(old["train_json"]) == old_json
     assert shapes._is_complete(
-        str(root), shapes._normalize_params(6, 3, (128, 160), 0, (2, 12), (8, 80))
+        str(root), shapes._normalize_params(6, 3, (128, 160), 0, (2, 8), (10, 56))
     )
 
 
