@@ -61,7 +61,10 @@ def test_torchvision_into_static_and_upcycled_condconv_models(arch):
     condconv = build_classifier(arch, num_experts=4, **kwargs).eval()
     load_checkpoint_strict(condconv, upcycle_state_dict(_convert(arch, source, condconv), condconv))
     with torch.no_grad():
-        torch.testing.assert_close(condconv(x), want, rtol=1e-4, atol=1e-4)
+        # float32 rounding of a different summation order, relative to the logits' scale (the
+        # random ResNet-50's reach ~700); in float64 the difference is ~1e-12.
+        atol = max(1e-4, 2e-6 * want.abs().max().item())
+        torch.testing.assert_close(condconv(x), want, rtol=1e-4, atol=atol)
     # Experts are perturbed (so they can specialise) but mix back to the pretrained kernel.
     conv = next(m for m in condconv.modules() if isinstance(m, CondConv2d))
     assert not torch.equal(conv.weight[0], conv.weight[1])

@@ -1,5 +1,5 @@
 """Routing functions for CondConv and the self-routing drop-in for ``nn.Conv2d``."""
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -106,8 +106,15 @@ class CondConvRouter(nn.Module):
                     self.in_channels, list(x.shape)
                 )
             )
-        pooled = x.mean(dim=(2, 3))
-        logits = self.fc(self.dropout(pooled))
+        # Routing stays in the dtype of the router's weights (float32) even under autocast and
+        # on a bfloat16 input: the pool accumulates in that dtype without copying the input, and
+        # a few hundred multiply-adds per example cost nothing, while rounding them would move
+        # every expert's share of the kernel.
+        pooled = self.dropout(x.mean(dim=(2, 3), dtype=self.fc.weight.dtype))
+        if torch.jit.is_scripting():
+            logits = self.fc(pooled)
+        else:
+            logits = _linear_without_autocast(pooled, self.fc.weight, self.fc.bias)
         if self.activation == "softmax":
             return F.softmax(logits / self.temperature, dim=1)
         return torch.sigmoid(logits)
@@ -117,6 +124,18 @@ class CondConvRouter(nn.Module):
         if self.activation == "softmax":
             s += f", temperature={self.temperature}"
         return s
+
+
+@torch.jit.unused
+def _linear_without_autocast(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """``F.linear`` in the dtype of its arguments, also inside an autocast region."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return F.linear(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 _IntOrPair = Union[int, Tuple[int, int]]

@@ -40,7 +40,7 @@ def _grads(out, tensors):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("path", ["auto", "single", "grouped", "matmul"])
+@pytest.mark.parametrize("path", ["auto", "single", "grouped", "matmul", "experts"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("groups_key", list(GROUPS), ids=lambda g: f"groups{g}")
 @pytest.mark.parametrize("dilation", [1, 2], ids=lambda d: f"dil{d}")
@@ -69,7 +69,7 @@ def test_paths_match_per_example_loop(kernel, stride, dilation, groups_key, bias
             )
 
 
-@pytest.mark.parametrize("path", ["single", "grouped", "matmul"])
+@pytest.mark.parametrize("path", ["single", "grouped", "matmul", "experts"])
 @pytest.mark.parametrize("kernel,groups_key", [(3, 1), (1, 2), (3, "dw")])
 def test_gradcheck(path, kernel, groups_key):
     batch = 1 if path == "single" else 2
@@ -89,7 +89,7 @@ def test_gradcheck(path, kernel, groups_key):
     assert torch.autograd.gradcheck(fn, inputs)
 
 
-@pytest.mark.parametrize("path", ["auto", "grouped", "matmul"])
+@pytest.mark.parametrize("path", ["auto", "grouped", "matmul", "experts"])
 @pytest.mark.parametrize("kernel,groups_key", [(3, 1), (1, 1), (3, "dw")])
 def test_channels_last_input(path, kernel, groups_key):
     layer, x, routing = _case(kernel, 1, 1, groups_key, True, 3, 4, torch.float32)
@@ -109,3 +109,88 @@ def test_paths_agree_in_train_and_eval_mode():
             outs.append(layer(x, routing))
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0], **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("kernel,groups", [(3, 1), (1, 1), (3, 8)], ids=["3x3", "1x1", "dw"])
+def test_split_batch1_mix_matches_reference(monkeypatch, kernel, groups):
+    """Large batch-1 mixes run as column blocks with their own backward; force it on a small one."""
+    from condconv_det.layers import condconv
+
+    monkeypatch.setattr(condconv, "_SPLIT_MIX_NUMEL", 8)
+    calls = []
+    split = condconv._mix_split
+    monkeypatch.setattr(condconv, "_mix_split", lambda *a: calls.append(1) or split(*a))
+    torch.manual_seed(0)
+    layer = CondConv2d(8, 8, kernel, padding=kernel // 2, groups=groups, num_experts=3).double()
+    numel = layer.weight[0].numel()
+    assert numel >= condconv._SPLIT_MIX_NUMEL and numel % condconv._SPLIT_MIX_CHUNKS == 0
+    x = torch.randn(1, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    routing = torch.rand(1, 3, dtype=torch.float64, requires_grad=True)
+    out = layer(x, routing)
+    assert len(calls) == 1, "the split mix was not used"
+    ref = condconv_reference(
+        x, routing, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, groups
+    )
+    torch.testing.assert_close(out, ref, **TOLERANCE[torch.float64])
+    params = [x, routing, layer.weight, layer.bias]
+    for got, want in zip(_grads(out, params), _grads(ref, params)):
+        torch.testing.assert_close(got, want, **TOLERANCE[torch.float64])
+    # Only one of the two inputs needing a gradient, and gradcheck through the custom backward.
+    (grad_w,) = torch.autograd.grad(layer(x.detach(), routing.detach()).sum(), [layer.weight])
+    ref = condconv_reference(
+        x.detach(), routing.detach(), layer.weight, None, layer.stride, layer.padding,
+        layer.dilation, groups,
+    )
+    torch.testing.assert_close(grad_w, torch.autograd.grad(ref.sum(), [layer.weight])[0])
+    weight = layer.weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda r, w: cond_conv2d(
+            x.detach(), r, w, None, layer.stride, layer.padding, layer.dilation, groups, "single"
+        ),
+        (routing, weight),
+    )
+    with torch.no_grad():  # the forward without autograd takes the same split
+        torch.testing.assert_close(layer(x, routing), out, **TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 2)], ids=["1x1", "3x3s2"])
+def test_blocked_matmul_matches_reference(monkeypatch, kernel, stride, bias):
+    """Large batched kernels are mixed and applied in blocks of output channels; force blocks."""
+    from condconv_det.layers import condconv
+
+    monkeypatch.setattr(condconv, "_MATMUL_BLOCK_BYTES", 3 * 4 * 8 * 4 * kernel * kernel)
+    torch.manual_seed(0)
+    layer = CondConv2d(8, 7, kernel, stride, kernel // 2, bias=bias, num_experts=3, path="matmul")
+    layer = layer.double()
+    x = torch.randn(3, 8, 6, 5, dtype=torch.float64, requires_grad=True)
+    routing = torch.rand(3, 3, dtype=torch.float64, requires_grad=True)
+    assert condconv._matmul_blocks(routing, layer.weight) == 4  # 7 channels in blocks of 2
+    out = layer(x, routing)
+    ref = condconv_reference(
+        x, routing, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, 1
+    )
+    torch.testing.assert_close(out, ref, **TOLERANCE[torch.float64])
+    params = [x, routing, layer.weight] + ([layer.bias] if bias else [])
+    for got, want in zip(_grads(out, params), _grads(ref, params)):
+        torch.testing.assert_close(got, want, **TOLERANCE[torch.float64])
+
+
+@pytest.mark.parametrize(
+    "batch,kernel,groups,out_channels,size,want",
+    [
+        (1, 3, 1, 64, 7, "single"),
+        (8, 1, 1, 64, 14, "matmul"),
+        (8, 3, 1, 256, 7, "matmul"),  # 256 output channels >= 4 x 7 x 7 output pixels
+        (8, 3, 1, 64, 7, "grouped"),  # 64 < 4 x 49
+        (8, 3, 1, 256, 14, "grouped"),
+        (8, 3, 16, 16, 7, "grouped"),  # depthwise
+    ],
+)
+def test_auto_path_choice(batch, kernel, groups, out_channels, size, want):
+    from condconv_det.layers.condconv import _auto_path
+
+    weight = torch.zeros(2, out_channels, 16 // groups, kernel, kernel)
+    x = torch.zeros(batch, 16, size, size)
+    pad = (kernel // 2, kernel // 2)
+    assert _auto_path(x, weight, (1, 1), pad, (1, 1)) == want

@@ -1,19 +1,68 @@
 """tools/benchmark_layer.py runs and prints one complete row per case (no timing asserted)."""
+import pytest
+
 from tests.tools import load_tool
 
 
-def test_quick_markdown_table(capsys):
+def _rows(out: str):
+    lines = out.strip().splitlines()
+    rows = [line for line in lines if line.startswith("| quick")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in rows]
+    return lines, rows
+
+
+def test_quick_markdown_table_with_timm_peer_and_summary(capsys):
     tool = load_tool("benchmark_layer")
     assert tool.main(["--quick", "--markdown", "--experts", "2", "--batches", "1", "2"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines, rows = _rows(capsys.readouterr().out)
     assert lines[0].startswith("# benchmark_layer:") and "GB/s" in lines[0]
-    rows = [line for line in lines[3:] if line.startswith("| quick")]
+    header = [c.strip() for c in lines[1].strip("|").split("|")]
+    assert header[7:] == ["timm ms", "x timm", "floor ms", "x floor"]
     # 2 shapes x 2 batches x 2 modes x 1 expert count
     assert len(rows) == 8
-    for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert len(cells) == 10
-        static, cond, x_static, x_loop, floor, x_floor = map(float, cells[4:])
-        assert static > 0 and cond > 0 and floor >= static
+    x_timm = []
+    for cells in rows:
+        assert len(cells) == len(header)
+        static, cond, x_static, timm, xt, floor, x_floor = map(float, cells[4:])
+        batch = int(cells[1])
+        assert static > 0 and cond > 0 and timm > 0 and floor >= static
         assert abs(x_static - cond / static) <= 0.01 * x_static + 0.01
+        assert abs(xt - cond / timm) <= 0.01 * xt + 0.01
         assert abs(x_floor - cond / floor) <= 0.01 * x_floor + 0.01
+        x_timm.append(cond / timm)
+    summary = lines[-1]
+    assert summary.startswith("# summary: 8 rows; geomean x timm")
+    # batch-1 eval rows: 2 shapes; batch-2 rows: 2 shapes x 2 modes
+    assert "/2; batch>1 within" in summary and summary.endswith("/4")
+
+
+def test_optional_columns(capsys):
+    tool = load_tool("benchmark_layer")
+    argv = ["--quick", "--markdown", "--experts", "2", "--batches", "2", "--modes", "eval"]
+    argv += ["--paths", "grouped", "matmul", "experts", "--loop", "--channels-last"]
+    argv += ["--inference-mode", "--stat", "min"]
+    assert tool.main(argv) == 0
+    lines, rows = _rows(capsys.readouterr().out)
+    assert "channels_last" in lines[0] and "inference_mode" in lines[0]
+    header = [c.strip() for c in lines[1].strip("|").split("|")]
+    assert header[11:] == ["grouped ms", "matmul ms", "experts ms", "x loop"]
+    assert len(rows) == 2 and all(len(r) == len(header) for r in rows)
+
+
+def test_timm_peer_computes_the_same_as_ours():
+    import torch
+
+    from condconv_det.layers import CondConv2d
+
+    tool = load_tool("benchmark_layer")
+    torch.manual_seed(0)
+    ours = CondConv2d(8, 6, 3, 2, 1, groups=2, num_experts=3)
+    peer = tool.timm_peer(ours)
+    x, routing = torch.randn(3, 8, 7, 7), torch.rand(3, 3)
+    torch.testing.assert_close(peer(x, routing), ours(x, routing), rtol=1e-5, atol=1e-5)
+
+
+def test_single_path_needs_batch_one():
+    tool = load_tool("benchmark_layer")
+    with pytest.raises(SystemExit):
+        tool.main(["--quick", "--paths", "single", "--batches", "1", "8"])
