@@ -42,6 +42,15 @@ def add_condconv_config(cfg: CN) -> None:
     # with the same routing: the model starts as its static twin). "zeros" is what trains
     # CondConv from scratch in stacks without residuals, e.g. MobileNetV1 (README: main job).
     _C.MODEL.CONDCONV.ROUTER_INIT = "glorot"
+    # Routing statistics logged during training (condconv_det.engine.hooks.RoutingStatsHook):
+    # per router, the entropy of the routing and each expert's mean weight, in metrics.json and
+    # TensorBoard as routing/<layer>/entropy and routing/<layer>/expert<i>.
+    _C.MODEL.CONDCONV.ROUTING_STATS = CN()
+    # Off: no hook is registered and the routers run unobserved.
+    _C.MODEL.CONDCONV.ROUTING_STATS.ENABLED = False
+    # Log every PERIOD iterations (>= 1), from that iteration's batch; a multiple of the writers'
+    # period (20) so that every logged value is written.
+    _C.MODEL.CONDCONV.ROUTING_STATS.PERIOD = 20
 
     _C.MODEL.MOBILENET = CN()
     # Architecture table: "mobilenet_v1", "mobilenet_v2", "efficientnet_b0", "efficientnet_b1" (see
@@ -105,6 +114,12 @@ def check_condconv_config(cfg: CN) -> None:
         "MODEL.CONDCONV.ROUTER_INIT",
         c.ROUTER_INIT,
         "must be 'glorot' or 'zeros'",
+    )
+    _require(
+        c.ROUTING_STATS.PERIOD >= 1,
+        "MODEL.CONDCONV.ROUTING_STATS.PERIOD",
+        c.ROUTING_STATS.PERIOD,
+        "must be >= 1",
     )
     m = cfg.MODEL.MOBILENET
     _require(m.WIDTH_MULT > 0, "MODEL.MOBILENET.WIDTH_MULT", m.WIDTH_MULT, "must be > 0")

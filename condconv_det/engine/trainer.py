@@ -9,7 +9,9 @@ Differences from ``DefaultTrainer``, each needed by condconv_det's users:
 - SSD configs get the SSD data mapper (augmentations of the SSD paper, fixed square input);
 - COCO evaluation falls back to pycocotools when detectron2 was built without its C++ ops;
 - DDP works on CPU (gloo): detectron2 0.6 always passes ``device_ids`` to DDP;
-- an image that fails to load names its file instead of failing deep inside a worker.
+- an image that fails to load names its file instead of failing deep inside a worker;
+- with ``MODEL.CONDCONV.ROUTING_STATS.ENABLED``, routing statistics are logged
+  (:class:`~condconv_det.engine.hooks.RoutingStatsHook`).
 """
 import logging
 import os
@@ -20,12 +22,14 @@ import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import CondConvCheckpointer
+from .hooks import RoutingStatsHook
 
 __all__ = [
     "Trainer",
@@ -96,20 +100,27 @@ def check_datasets(names) -> None:
                 )
 
 
-def check_weights(path: str, required: bool) -> None:
-    """Fails early when ``MODEL.WEIGHTS`` names a local file that does not exist."""
+def check_weights(path: str, required: bool, key: str = "MODEL.WEIGHTS", sep: str = " ") -> None:
+    """Fails early when the weights (``MODEL.WEIGHTS``) name a local file that does not exist.
+
+    Args:
+        path: the checkpoint path; "" for none.
+        required: whether a checkpoint must be given (evaluation only, without resuming).
+        key, sep: how the setting is written on the command line, ``key + sep + value``:
+            ``MODEL.WEIGHTS path`` (YAML configs) or ``train.init_checkpoint=path`` (LazyConfig).
+    """
     if not path:
         if required:
             raise ValueError(
-                "--eval-only needs the weights to evaluate: add MODEL.WEIGHTS path/to/model.pth "
-                "(e.g. OUTPUT_DIR/model_final.pth of a training run), or --resume to use the "
-                "last checkpoint of OUTPUT_DIR."
+                f"--eval-only needs the weights to evaluate: add {key}{sep}path/to/model.pth "
+                "(e.g. model_final.pth in the output directory of a training run), or --resume "
+                "to use the last checkpoint of the output directory."
             )
         return
     if "://" not in path and not os.path.isfile(os.path.expanduser(path)):
         raise FileNotFoundError(
-            f"MODEL.WEIGHTS {path!r} does not exist. Give a checkpoint file (.pth, or .pkl "
-            "from tools/convert_pretrained.py), or MODEL.WEIGHTS '' to start from scratch."
+            f"{key} {path!r} does not exist. Give a checkpoint file (.pth, or .pkl from "
+            f"tools/convert_pretrained.py), or {key}{sep}'' to start from scratch."
         )
 
 
@@ -180,6 +191,23 @@ class Trainer(DefaultTrainer):
         when ``TEST.EXPECTED_RESULTS`` is set)."""
         results = super().train()
         return results if results is not None else getattr(self, "_last_eval_results", None)
+
+    def build_hooks(self):
+        """detectron2's hooks, plus :class:`RoutingStatsHook` when routing statistics are on."""
+        hooks = super().build_hooks()
+        stats = self.cfg.MODEL.CONDCONV.ROUTING_STATS
+        if stats.ENABLED:
+            # Before any hook that runs the model (its forward hooks must be gone by then) or
+            # writes the metrics (its scalars must be in the storage by then).
+            later = (
+                d2_hooks.PreciseBN,
+                d2_hooks.EvalHook,
+                d2_hooks.PeriodicCheckpointer,
+                d2_hooks.PeriodicWriter,
+            )
+            index = next((i for i, h in enumerate(hooks) if isinstance(h, later)), len(hooks))
+            hooks.insert(index, RoutingStatsHook(stats.PERIOD))
+        return hooks
 
     def state_dict(self) -> Dict[str, Any]:
         ret = super().state_dict()

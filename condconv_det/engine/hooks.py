@@ -1,0 +1,85 @@
+"""Training hooks of condconv_det."""
+import logging
+from typing import Optional
+
+import torch
+from detectron2.engine import HookBase
+
+from ..routing_analysis import RoutingRecorder, routing_entropy
+
+__all__ = ["RoutingStatsHook"]
+
+logger = logging.getLogger(__name__)
+
+
+class RoutingStatsHook(HookBase):
+    """Logs what the CondConv routers do during training, every ``period`` iterations.
+
+    On a logged iteration it records, from the routing weights of that iteration's batch, for
+    every router (layer names as :class:`~condconv_det.routing_analysis.RoutingRecorder`'s):
+
+    - ``routing/<layer>/entropy``: mean entropy of the normalised routing vectors, in
+      [0, log E] (log E: every expert mixed equally; 0: a single expert);
+    - ``routing/<layer>/expert<i>``: mean routing weight of expert i (its usage);
+    - ``routing/mean_entropy``: the mean of the layers' entropies.
+
+    They go to the trainer's ``EventStorage`` unsmoothed, so detectron2's writers put them in
+    ``metrics.json`` and TensorBoard. Forward hooks are attached just before a logged iteration
+    and removed right after it; other iterations (and evaluation) run without them. Register it
+    before the hooks that run the model (evaluation, PreciseBN) or write metrics, as
+    :class:`~condconv_det.engine.Trainer` does.
+
+    Args:
+        period: log every ``period`` iterations (and at the last one), like ``PeriodicWriter``;
+            use a multiple of the writers' period (20) so no logged value is skipped.
+    """
+
+    def __init__(self, period: int):
+        if period < 1:
+            raise ValueError(f"RoutingStatsHook: period must be >= 1, got {period}")
+        self.period = period
+        self._recorder: Optional[RoutingRecorder] = None
+
+    def before_train(self) -> None:
+        self._recorder = RoutingRecorder(self.trainer.model)
+        if not self._recorder.routers:
+            logger.warning(
+                "MODEL.CONDCONV.ROUTING_STATS is enabled but the model has no CondConv router "
+                "(static model?): no routing statistics will be logged."
+            )
+            self._recorder = None
+
+    def _is_logged(self, iteration: int) -> bool:
+        return (iteration + 1) % self.period == 0 or iteration == self.trainer.max_iter - 1
+
+    def before_step(self) -> None:
+        if self._recorder is not None and self._is_logged(self.trainer.iter):
+            self._recorder.attach()
+
+    def after_step(self) -> None:
+        if self._recorder is None or not self._recorder.attached:
+            return
+        self._recorder.detach()
+        routing = self._recorder.pop()
+        if not routing:
+            return
+        storage = self.trainer.storage
+        entropies = []
+        with torch.no_grad():
+            for layer, weights in routing.items():
+                weights = weights.float()
+                entropy = routing_entropy(weights).mean()
+                entropies.append(entropy)
+                # One transfer per layer rather than one per scalar (GPU synchronisation).
+                values = torch.cat([entropy[None], weights.mean(dim=0)]).tolist()
+                storage.put_scalar(f"routing/{layer}/entropy", values[0], smoothing_hint=False)
+                for i, usage in enumerate(values[1:]):
+                    storage.put_scalar(f"routing/{layer}/expert{i}", usage, smoothing_hint=False)
+            mean_entropy = torch.stack(entropies).mean().item()
+        storage.put_scalar("routing/mean_entropy", mean_entropy, smoothing_hint=False)
+
+    def after_train(self) -> None:
+        # A step that raised skipped after_step: leave no hook behind.
+        if self._recorder is not None:
+            self._recorder.detach()
+            self._recorder.pop()
