@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 
 from condconv_det import add_condconv_config
 from condconv_det.config import check_ssd_config
-from condconv_det.layers import CondConv2d
+from condconv_det.layers import CondConv2d, CondConvRouter
 from condconv_det.modeling.backbone import SSDBackbone
 from condconv_det.modeling.meta_arch import (
     SSD,
@@ -433,3 +433,17 @@ def test_config_defaults_equal_constructor_defaults():
     for fn, values in expected.items():
         assert {k: defaults(fn)[k] for k in values} == values, fn.__qualname__
     assert tuple(s.BBOX_REG_WEIGHTS) == (10.0, 10.0, 5.0, 5.0)
+
+
+@pytest.mark.parametrize("init", ["zeros", "glorot"])
+def test_head_routers_follow_router_init(init):
+    cfg = _cfg(**{"MODEL.SSD.HEAD_NUM_EXPERTS": 2, "MODEL.CONDCONV.ROUTER_INIT": init})
+    routers = [m for m in build_model(cfg).head.modules() if isinstance(m, CondConvRouter)]
+    assert routers
+    zero = [bool(r.fc.weight.abs().sum() == 0) for r in routers]
+    assert all(zero) if init == "zeros" else not any(zero)
+    shapes = [ShapeSpec(channels=8, stride=8)]
+    head = SSDHead(input_shape=shapes, num_classes=2, num_anchors=[4], num_experts=2, router_init="zeros")
+    assert all(m.fc.weight.abs().sum() == 0 for m in head.modules() if isinstance(m, CondConvRouter))
+    with pytest.raises(ValueError, match="router_init must be None or one of"):
+        SSDHead(input_shape=shapes, num_classes=2, num_anchors=[4], router_init="normal")

@@ -22,7 +22,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from condconv_det.config import check_condconv_config
-from condconv_det.layers import CondConvRouter, reset_routers
+from condconv_det.layers import ROUTER_INITS, CondConvRouter, reset_routers
 
 from ..conv import ROUTING_SCOPES, CondConv2dNorm
 
@@ -391,6 +391,9 @@ class MobileNet(Backbone):
             for are not built.
         freeze_at: 0 freezes nothing, 1 the stem level, 2 also res2, and so on (as ResNet's).
         drop_path_rate: stochastic-depth rate of the last residual block (linear in depth).
+        router_init: None keeps each router's own (Glorot) initialisation; "glorot" or "zeros"
+            re-initialises every router once the backbone is built (``MODEL.CONDCONV.ROUTER_INIT``,
+            see :func:`~condconv_det.layers.reset_routers`).
     """
 
     def __init__(
@@ -412,6 +415,7 @@ class MobileNet(Backbone):
         out_features: Sequence[str] = ("res3", "res4", "res5"),
         freeze_at: int = 0,
         drop_path_rate: float = 0.0,
+        router_init: Optional[str] = None,
     ):
         super().__init__()
         if isinstance(arch, str):
@@ -432,6 +436,10 @@ class MobileNet(Backbone):
             raise ValueError(f"bn_eps must be > 0 (or None: the table's), got {bn_eps}")
         if padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+        if router_init is not None and router_init not in ROUTER_INITS:
+            raise ValueError(
+                f"router_init must be None or one of {ROUTER_INITS}, got {router_init!r}"
+            )
         bn_eps = arch.bn_eps if bn_eps is None else bn_eps
         # Kept: whether a converted checkpoint computes here what it computed where it was trained
         # depends on them (tools/convert_pretrained.py checks).
@@ -522,6 +530,8 @@ class MobileNet(Backbone):
             self._out_feature_strides["head"] = 32
         self._out_features = list(out_features)
         self.freeze(freeze_at)
+        if router_init is not None:
+            reset_routers(self, router_init)
 
     def block_names(self, include_unbuilt: bool = False) -> List[str]:
         """Module names of the blocks, in order (``stem.1``, ..., ``res2.0``, ...), without the
@@ -602,7 +612,7 @@ def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
     valid = list(FEATURE_STRIDES) + (["head"] if ARCHS[m.ARCH].head_channels else [])
     if not m.OUT_FEATURES or any(f not in valid for f in m.OUT_FEATURES):
         raise ValueError(f"MODEL.MOBILENET.OUT_FEATURES must be a non-empty subset of {valid}, got {list(m.OUT_FEATURES)}")
-    model = MobileNet(
+    return MobileNet(
         m.ARCH,
         in_channels=input_shape.channels,
         width_mult=m.WIDTH_MULT,
@@ -619,5 +629,5 @@ def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
         out_features=m.OUT_FEATURES,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         drop_path_rate=m.DROP_PATH_RATE,
+        router_init=c.ROUTER_INIT,
     )
-    return reset_routers(model, cfg.MODEL.CONDCONV.ROUTER_INIT)

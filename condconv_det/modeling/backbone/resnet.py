@@ -15,7 +15,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
 from condconv_det.config import check_condconv_config
-from condconv_det.layers import CondConvRouter, reset_routers
+from condconv_det.layers import ROUTER_INITS, CondConvRouter, reset_routers
 
 from ..conv import ROUTING_SCOPES, CondConv2dNorm, msra_fill_experts
 
@@ -183,6 +183,7 @@ def make_condconv_resnet_stages(
     stride_in_1x1: bool = True,
     res5_dilation: int = 1,
     out_features: Optional[Sequence[str]] = None,
+    router_init: Optional[str] = None,
 ) -> List[List[CNNBlockBase]]:
     """The stages of a (CondConv-)ResNet, for ``detectron2.modeling.ResNet(stem, stages, ...)``.
 
@@ -195,6 +196,8 @@ def make_condconv_resnet_stages(
         norm, stem_out_channels, res2_out_channels, num_groups, width_per_group, stride_in_1x1,
             res5_dilation: as ``MODEL.RESNETS.*`` in detectron2.
         out_features: if given, stages after the last one listed are not built.
+        router_init: None keeps each router's own (Glorot) initialisation; "glorot" or "zeros"
+            re-initialises every router once the stages are built (``MODEL.CONDCONV.ROUTER_INIT``).
 
     Returns:
         list of stages, each a list of blocks.
@@ -206,6 +209,8 @@ def make_condconv_resnet_stages(
         raise ValueError(f"condconv_stages must be among {RESNET_STAGE_NAMES}, got {list(condconv_stages)}")
     if num_experts < 0:
         raise ValueError(f"num_experts must be >= 0, got {num_experts}")
+    if router_init is not None and router_init not in ROUTER_INITS:
+        raise ValueError(f"router_init must be None or one of {ROUTER_INITS}, got {router_init!r}")
     if res5_dilation not in (1, 2):
         raise ValueError(f"res5_dilation must be 1 or 2, got {res5_dilation}")
     basic = depth in (18, 34)
@@ -255,6 +260,9 @@ def make_condconv_resnet_stages(
         in_channels = out_channels
         out_channels *= 2
         bottleneck_channels *= 2
+    if router_init is not None:
+        for block in (b for stage in stages for b in stage):
+            reset_routers(block, router_init)
     return stages
 
 
@@ -289,6 +297,6 @@ def build_condconv_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
         stride_in_1x1=r.STRIDE_IN_1X1,
         res5_dilation=r.RES5_DILATION,
         out_features=r.OUT_FEATURES,
+        router_init=c.ROUTER_INIT,
     )
-    model = ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
-    return reset_routers(model, cfg.MODEL.CONDCONV.ROUTER_INIT)
+    return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)

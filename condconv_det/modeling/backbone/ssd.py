@@ -16,7 +16,7 @@ from fvcore.nn import weight_init
 from torch import nn
 
 from condconv_det.config import check_condconv_config, check_ssd_config
-from condconv_det.layers import CondConvRouter, reset_routers
+from condconv_det.layers import ROUTER_INITS, CondConvRouter, reset_routers
 
 from ..conv import CondConv2dNorm, msra_fill_experts
 from .mobilenet import build_condconv_mobilenet_backbone
@@ -103,6 +103,9 @@ class SSDBackbone(Backbone):
         norm: norm of the extra layers (``get_norm`` name or callable, "" for none).
         num_experts: CondConv experts in every extra-layer conv (own routers); 0: static.
         routing_activation, routing_temperature, routing_dropout: see :class:`CondConvRouter`.
+        router_init: None keeps each router's own (Glorot) initialisation; "glorot" or "zeros"
+            re-initialises every router of this backbone once it is built, the bottom-up's
+            included, as the ``MODEL.CONDCONV.ROUTER_INIT`` builders do.
     """
 
     def __init__(
@@ -117,8 +120,13 @@ class SSDBackbone(Backbone):
         routing_activation: str = "sigmoid",
         routing_temperature: float = 1.0,
         routing_dropout: float = 0.0,
+        router_init: Optional[str] = None,
     ):
         super().__init__()
+        if router_init is not None and router_init not in ROUTER_INITS:
+            raise ValueError(
+                f"router_init must be None or one of {ROUTER_INITS}, got {router_init!r}"
+            )
         bottom_shapes = bottom_up.output_shape()
         missing = [f for f in in_features if f not in bottom_shapes]
         if not in_features or missing:
@@ -168,6 +176,8 @@ class SSDBackbone(Backbone):
             self._out_feature_strides[name] = stride
             channels = out_channels
         self._out_features = self.in_features + self.extra_names
+        if router_init is not None:
+            reset_routers(self, router_init)
 
     @property
     def size_divisibility(self) -> int:
@@ -211,7 +221,7 @@ def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbon
             f"MODEL.SSD.IN_FEATURES asks for {missing}, which the bottom-up backbone does not "
             f"output ({sorted(bottom_up.output_shape())}); add them to {out_features_key}"
         )
-    backbone = SSDBackbone(
+    return SSDBackbone(
         bottom_up=bottom_up,
         in_features=s.IN_FEATURES,
         extra_channels=s.EXTRA_CHANNELS,
@@ -221,8 +231,8 @@ def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbon
         routing_activation=c.ROUTING_ACTIVATION,
         routing_temperature=c.ROUTING_TEMPERATURE,
         routing_dropout=c.ROUTING_DROPOUT,
+        router_init=c.ROUTER_INIT,
     )
-    return reset_routers(backbone, c.ROUTER_INIT)
 
 
 @BACKBONE_REGISTRY.register()

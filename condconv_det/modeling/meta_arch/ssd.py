@@ -14,7 +14,6 @@ from fvcore.nn import giou_loss, smooth_l1_loss
 from torch import nn
 
 from condconv_det.config import check_condconv_config, check_ssd_config
-from condconv_det.layers import reset_routers
 
 from .default_boxes import DefaultBoxGenerator
 from .ssd_head import SSDHead
@@ -139,7 +138,7 @@ class SSD(DenseDetector):
         feature_shapes = [shapes[f] for f in head_in_features]
         return {
             "backbone": backbone,
-            "head": reset_routers(SSDHead(cfg, feature_shapes), cfg.MODEL.CONDCONV.ROUTER_INIT),
+            "head": SSDHead(cfg, feature_shapes),
             "head_in_features": head_in_features,
             "default_box_generator": DefaultBoxGenerator(cfg, feature_shapes),
             "box2box_transform": Box2BoxTransform(weights=tuple(s.BBOX_REG_WEIGHTS)),

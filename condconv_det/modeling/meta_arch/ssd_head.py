@@ -1,10 +1,12 @@
 """SSD's class and box predictors: one small conv per feature level and task."""
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
+
+from condconv_det.layers import ROUTER_INITS, reset_routers
 
 from ..backbone.ssd import make_ssd_conv
 from .default_boxes import DefaultBoxGenerator
@@ -29,6 +31,8 @@ class SSDHead(nn.Module):
         norm: norm after the depthwise conv (``get_norm`` name, "" for none).
         num_experts: CondConv experts in every predictor conv (own routers); 0: static.
         routing_activation, routing_temperature, routing_dropout: see ``CondConvRouter``.
+        router_init: None keeps each router's own (Glorot) initialisation; "glorot" or "zeros"
+            re-initialises every router of the head (``MODEL.CONDCONV.ROUTER_INIT``).
     """
 
     @configurable
@@ -44,8 +48,13 @@ class SSDHead(nn.Module):
         routing_activation: str = "sigmoid",
         routing_temperature: float = 1.0,
         routing_dropout: float = 0.0,
+        router_init: Optional[str] = None,
     ):
         super().__init__()
+        if router_init is not None and router_init not in ROUTER_INITS:
+            raise ValueError(
+                f"router_init must be None or one of {ROUTER_INITS}, got {router_init!r}"
+            )
         if len(num_anchors) != len(input_shape):
             raise ValueError(
                 f"num_anchors has {len(num_anchors)} entries for {len(input_shape)} levels"
@@ -64,6 +73,8 @@ class SSDHead(nn.Module):
         )
         self.cls_score = _predictors(channels, num_anchors, num_classes + 1, **common)
         self.bbox_pred = _predictors(channels, num_anchors, 4, **common)
+        if router_init is not None:
+            reset_routers(self, router_init)
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -78,6 +89,7 @@ class SSDHead(nn.Module):
             "routing_activation": c.ROUTING_ACTIVATION,
             "routing_temperature": c.ROUTING_TEMPERATURE,
             "routing_dropout": c.ROUTING_DROPOUT,
+            "router_init": c.ROUTER_INIT,
         }
 
     def forward(
@@ -94,8 +106,14 @@ class SSDHead(nn.Module):
         """
         if len(features) != len(self.cls_score):
             raise ValueError(f"SSDHead has {len(self.cls_score)} levels, got {len(features)} maps")
-        logits = [predictor(x) for predictor, x in zip(self.cls_score, features)]
-        bbox_reg = [predictor(x) for predictor, x in zip(self.bbox_pred, features)]
+        # Indexing by enumerate, not zip(ModuleList, list): TorchScript can only unroll a loop
+        # over a ModuleList whose partner has a static length, and a list input has none.
+        logits: List[torch.Tensor] = []
+        bbox_reg: List[torch.Tensor] = []
+        for level, predictor in enumerate(self.cls_score):
+            logits.append(predictor(features[level]))
+        for level, predictor in enumerate(self.bbox_pred):
+            bbox_reg.append(predictor(features[level]))
         return logits, bbox_reg
 
 

@@ -1,0 +1,204 @@
+#!/usr/bin/env python
+"""Train and evaluate condconv_det detectors from LazyConfig (``.py``) configs, following
+detectron2's ``tools/lazyconfig_train_net.py``: the config defines ``model``, ``dataloader``,
+``optimizer``, ``lr_multiplier`` and ``train``, and everything is built with ``instantiate``.
+
+    python tools/lazy_train_net.py --config-file configs/shapes/ssd_condconv_MNv1.py
+    python tools/lazy_train_net.py --config-file CONFIG --eval-only \\
+        train.init_checkpoint=output/model_final.pth
+    python tools/lazy_train_net.py --config-file CONFIG --resume        # continue the last run
+    python tools/lazy_train_net.py --config-file CONFIG train.max_iter=100 \\
+        dataloader.train.total_batch_size=4                             # overrides, key=value
+
+Differences from detectron2's tool, each needed here: checkpoints load through
+``CondConvCheckpointer`` (static ImageNet weights are upcycled into CondConv layers), the run
+falls back to the CPU when ``train.device`` is CUDA and there is none, DDP works on CPU (gloo),
+unknown datasets and missing checkpoints fail before anything is built, and ``main`` returns the
+final evaluation's results.
+"""
+import os
+
+# Must precede `import torch`: libgomp's threads spin while they wait for work, which starves the
+# data-loader workers on a small machine (see tools/train_net.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+from typing import Any, Dict, List  # noqa: E402
+
+import torch  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.engine import (  # noqa: E402
+    AMPTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+)
+from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
+from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
+from condconv_det.engine import launch  # noqa: E402
+from condconv_det.engine.trainer import (  # noqa: E402
+    check_datasets,
+    check_weights,
+    create_ddp_model,
+)
+
+logger = logging.getLogger("detectron2")
+
+
+def do_test(cfg, model: torch.nn.Module) -> Dict[str, Any]:
+    """Evaluates ``model`` on ``cfg.dataloader.test`` with ``cfg.dataloader.evaluator``.
+
+    Returns:
+        the evaluator's results (e.g. ``{"bbox": {"AP": ..., "AP50": ...}}``); empty without an
+        evaluator.
+    """
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    # The loader first: the bundled dataset writes its COCO json at its first load, and the
+    # COCOEvaluator reads that json when built.
+    data_loader = instantiate(cfg.dataloader.test)
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    results = inference_on_dataset(model, data_loader, evaluator)
+    if comm.is_main_process():
+        print_csv_format(results)
+    return results
+
+
+def _trainer_saves_optimizer() -> bool:
+    # detectron2 main (and some 0.6 builds) keep the optimizer in SimpleTrainer.state_dict; the
+    # v0.6 release does not, and its lazy tool hands the optimizer to the checkpointer instead.
+    return SimpleTrainer.state_dict is not TrainerBase.state_dict
+
+
+def do_train(args, cfg) -> Dict[str, Any]:
+    """Trains ``cfg.model`` for ``cfg.train.max_iter`` iterations with detectron2's hooks.
+
+    Returns:
+        the results of the last evaluation (at the end of training), or {} without an evaluator.
+    """
+    model = instantiate(cfg.model)
+    logger.info("Model:\n{}".format(model))
+    model.to(cfg.train.device)
+
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    ddp = dict(cfg.train.get("ddp", {}))
+    fp16_compression = ddp.pop("fp16_compression", False)
+    model = create_ddp_model(model, **ddp)
+    if fp16_compression and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        from torch.distributed.algorithms.ddp_comm_hooks import default as comm_hooks
+
+        model.register_comm_hook(state=None, hook=comm_hooks.fp16_compress_hook)
+    trainer_class = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
+    trainer = trainer_class(model, train_loader, optimizer)
+    checkpointables = {"trainer": trainer}
+    if not _trainer_saves_optimizer():
+        checkpointables["optimizer"] = optimizer
+    checkpointer = CondConvCheckpointer(model, cfg.train.output_dir, **checkpointables)
+
+    last_results: Dict[str, Any] = {}
+
+    def test_and_keep() -> Dict[str, Any]:
+        last_results.clear()
+        last_results.update(do_test(cfg, model))
+        return dict(last_results)
+
+    writers = default_writers(cfg.train.output_dir, cfg.train.max_iter)
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+            if comm.is_main_process()
+            else None,
+            hooks.EvalHook(cfg.train.eval_period, test_and_keep),
+            hooks.PeriodicWriter(writers, period=cfg.train.log_period)
+            if comm.is_main_process()
+            else None,
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return last_results
+
+
+def _dataset_names(loader_cfg) -> List[str]:
+    """The dataset names of a loader node built by ``get_detection_dataset_dicts``, if any."""
+    dataset = loader_cfg.get("dataset", None) if loader_cfg is not None else None
+    names = dataset.get("names", None) if hasattr(dataset, "get") else None
+    if names is None:
+        return []
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _check_checkpoint(path: str, required: bool) -> None:
+    check_weights(path, required, key="train.init_checkpoint", sep="=")
+
+
+def setup(args):
+    """The config of ``args`` (file + key=value overrides), with detectron2's logging set up."""
+    if not args.config_file:
+        sys.exit("error: --config-file is required (e.g. configs/shapes/ssd_condconv_MNv1.py)")
+    if not os.path.isfile(args.config_file):
+        sys.exit(f"error: config file {args.config_file!r} does not exist")
+    if not args.config_file.endswith(".py"):
+        sys.exit(
+            f"error: {args.config_file!r} is not a LazyConfig (.py); YAML configs train with "
+            "tools/train_net.py"
+        )
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    fell_back = str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available()
+    if fell_back:
+        # Announced (below, once the logger exists) rather than a crash in model.to().
+        cfg.train.device = "cpu"
+        cfg.train.amp.enabled = False  # detectron2's AMPTrainer needs CUDA
+    default_setup(cfg, args)
+    if fell_back:
+        logger.warning(
+            "train.device is cuda but CUDA is not available: running on the CPU instead."
+        )
+    return cfg
+
+
+def main(args) -> Dict[str, Any]:
+    cfg = setup(args)
+    test_names = _dataset_names(cfg.dataloader.get("test", None))
+    train_names = [] if args.eval_only else _dataset_names(cfg.dataloader.get("train", None))
+    check_datasets(train_names + test_names)
+    if args.eval_only:
+        _check_checkpoint(cfg.train.init_checkpoint, required=not args.resume)
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = create_ddp_model(model)
+        checkpointer = CondConvCheckpointer(model, cfg.train.output_dir)
+        checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+        return do_test(cfg, model)
+    _check_checkpoint(cfg.train.init_checkpoint, required=False)
+    return do_train(args, cfg)
+
+
+def invoke_main() -> None:
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    invoke_main()
