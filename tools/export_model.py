@@ -1,0 +1,511 @@
+#!/usr/bin/env python
+"""Export a trained condconv_det detector (SSD or RetinaNet) to TorchScript or ONNX, then check
+the exported files against the PyTorch model on the same inputs.
+
+    python tools/export_model.py --config-file configs/shapes/ssd_condconv_MNv1.yaml \\
+        --format onnx --output output/export MODEL.WEIGHTS output/ssd_condconv/model_final.pth
+
+Written to --output (``EXT`` is ``ts`` for TorchScript, ``onnx`` for ONNX):
+
+- ``network.EXT``: normalisation, backbone and head. Input "images" (N, 3, H, W) float32,
+  pixel values 0-255 in ``INPUT.FORMAT`` order, resized as at test time; outputs "logits"
+  (N, R, C) and "deltas" (N, R, 4) for the R anchors of ``anchors.npy``. The batch N is dynamic
+  (checked at every --batch-sizes); H and W are those of the export.
+- ``detector.EXT``: the whole detector with decoding and NMS, traced with detectron2's
+  ``TracingAdapter``. Input "image" (3, H, W); outputs pred_boxes (D, 4) XYXY in the input's
+  pixels, pred_classes (D,), scores (D,), image_size (2,). One image per call: the detector's
+  post-processing loops over the images in Python, which a trace unrolls for the traced batch.
+  Tracing only (``--export-method scripting`` exports the network alone).
+- ``anchors.npy``: (R, 4) float32 anchors / default boxes, XYXY in the input's pixels.
+- ``export.json``: what the files take and give, and the measured differences to PyTorch.
+
+--export-method scripting (TorchScript only) scripts the network, for backbones that script;
+none of this project's MobileNet and ResNet backbones does yet, and the tool says why.
+
+Config overrides go at the end as KEY VALUE pairs, like detectron2's tools.
+"""
+import os
+
+# Must precede `import torch` (see tools/train_net.py): spinning OpenMP threads starve others.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+# PyTorch marks TorchScript deprecated (torch.jit.script / load); exporting to it is this tool's
+# job, and detectron2 scripts some helpers on import, so the notice would only be noise.
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
+)
+from typing import Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.data import detection_utils  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Instances  # noqa: E402
+
+import condconv_det  # noqa: F401,E402  (registers the backbones and SSD)
+from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
+from condconv_det.config import get_cfg  # noqa: E402
+from condconv_det.export import (  # noqa: E402
+    DenseDetectorNetwork,
+    ExportCheckError,
+    check_close,
+    compare_detections,
+    dense_anchors,
+    import_tracing_adapter,
+    score_activation,
+)
+
+logger = logging.getLogger("condconv_det.export_model")
+
+EXTENSIONS = {"torchscript": "ts", "onnx": "onnx"}
+OPSET = 17
+
+
+class ExportInputError(ValueError):
+    """Bad input to the tool (config, weights, options); the message says how to fix it."""
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, help="the detector's YAML config")
+    parser.add_argument("--format", default="torchscript", help="torchscript (default) or onnx")
+    parser.add_argument(
+        "--export-method", default="tracing", help="tracing (default) or scripting (TorchScript)"
+    )
+    parser.add_argument("--output", default="output/export", help="directory for the files")
+    parser.add_argument(
+        "--sample-image",
+        default=None,
+        help="image to trace and check with (default: a generated one of the test input size)",
+    )
+    parser.add_argument(
+        "--batch-sizes", default="1,2,3", help="batch sizes the network is checked at"
+    )
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=1e-3,
+        help="largest max-abs difference to PyTorch accepted, relative to an output's largest "
+        "magnitude when above 1 (default 1e-3)",
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> List[int]:
+    """Validates the options that argparse cannot; returns the batch sizes."""
+    if args.format not in EXTENSIONS:
+        raise ExportInputError(f"unknown --format {args.format!r}: choose 'torchscript' or 'onnx'")
+    if args.export_method not in ("tracing", "scripting"):
+        raise ExportInputError(
+            f"unknown --export-method {args.export_method!r}: choose 'tracing' or 'scripting'"
+        )
+    if args.format == "onnx" and args.export_method != "tracing":
+        raise ExportInputError(
+            "ONNX export traces the model: use --export-method tracing with --format onnx "
+            "(scripting is for --format torchscript)"
+        )
+    if args.format == "onnx":
+        for package in ("onnx", "onnxruntime"):
+            try:
+                __import__(package)
+            except ImportError as e:
+                raise ExportInputError(
+                    f"--format onnx needs {package} (export and check): pip install {package}"
+                ) from e
+    if not os.path.isfile(args.config_file):
+        raise ExportInputError(f"config file {args.config_file!r} does not exist")
+    if args.sample_image is not None and not os.path.isfile(args.sample_image):
+        raise ExportInputError(f"--sample-image {args.sample_image!r} does not exist")
+    try:
+        sizes = [int(s) for s in args.batch_sizes.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ExportInputError(
+            f"--batch-sizes takes positive ints, e.g. 1,2,3; got {args.batch_sizes!r}"
+        )
+    if not args.atol > 0:
+        raise ExportInputError(f"--atol must be positive, got {args.atol}")
+    return sizes
+
+
+def setup_cfg(args: argparse.Namespace):
+    cfg = get_cfg()
+    cfg.merge_from_file(args.config_file)
+    try:
+        cfg.merge_from_list(args.opts)
+    except (AssertionError, KeyError, ValueError) as e:  # yacs' errors name the key, or nothing
+        raise ExportInputError(
+            f"bad config overrides {args.opts}: {e or 'odd number of items'}. Give KEY VALUE "
+            "pairs of existing keys, after all --options."
+        ) from e
+    # Exported on the CPU: a trace records the device of the tensors it creates (anchors).
+    cfg.MODEL.DEVICE = "cpu"
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        raise ExportInputError(
+            "MODEL.WEIGHTS is empty: give the trained checkpoint to export, e.g. "
+            "MODEL.WEIGHTS output/model_final.pth at the end of the command"
+        )
+    if "://" not in weights and not os.path.isfile(os.path.expanduser(weights)):
+        raise ExportInputError(
+            f"MODEL.WEIGHTS {weights!r} does not exist: give the trained checkpoint (.pth of "
+            "tools/train_net.py, e.g. OUTPUT_DIR/model_final.pth)"
+        )
+    cfg.freeze()
+    return cfg
+
+
+def build_detector(cfg) -> torch.nn.Module:
+    """The config's detector, in eval mode, with every parameter from MODEL.WEIGHTS."""
+    model = build_model(cfg).eval()
+    checkpointer = CondConvCheckpointer(model)
+    path = checkpointer.path_manager.get_local_path(cfg.MODEL.WEIGHTS)
+    # Loaded through the checkpointer's own steps rather than .load(), which only logs the keys
+    # it could not fill: an export with randomly initialised layers must fail instead.
+    incompatible = checkpointer._load_model(checkpointer._load_file(path))
+    # fvcore drops the tensors of other shapes before loading, so they are also missing keys.
+    missing = {k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")}
+    missing |= {k for k, *_ in incompatible.incorrect_shapes}
+    if missing:
+        raise ExportInputError(
+            f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} does not fit the config's model: {len(missing)} "
+            f"tensors are missing or have other shapes ({', '.join(sorted(missing)[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}). Use the config the checkpoint was trained "
+            "with, and the same overrides."
+        )
+    return model
+
+
+def generated_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A (height, width, 3) uint8 image with structure at several scales (a colour gradient,
+    rectangles, discs), so that routing, scores and boxes vary as on a real image."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    start, end = rng.uniform(40, 215, size=(2, 3))
+    t = (x / max(width - 1, 1) + y / max(height - 1, 1))[..., None] / 2
+    image = start * (1 - t) + end * t
+    for _ in range(6):
+        colour = rng.uniform(0, 255, size=3)
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        r = rng.uniform(0.08, 0.25) * min(height, width)
+        if rng.random() < 0.5:
+            mask = (np.abs(y - cy) < r) & (np.abs(x - cx) < r * rng.uniform(0.5, 1.5))
+        else:
+            mask = (y - cy) ** 2 + (x - cx) ** 2 < r ** 2
+        image[mask] = colour
+    image += rng.normal(0, 4, size=image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_resize(cfg) -> T.Augmentation:
+    """The resize of the detector's test-time mapper (see condconv_det.engine.trainer)."""
+    if cfg.MODEL.META_ARCHITECTURE == "SSD":
+        from condconv_det.data import build_ssd_augmentation
+
+        return build_ssd_augmentation(cfg, is_train=False)[-1]
+    return T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
+
+
+def load_sample_image(cfg, path: Optional[str]) -> torch.Tensor:
+    """The sample image as the detector takes it: (3, H, W) float32, 0-255, resized."""
+    if path is None:
+        if cfg.MODEL.META_ARCHITECTURE == "SSD":
+            size = (cfg.INPUT.SSD.SIZE, cfg.INPUT.SSD.SIZE)
+        else:
+            size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
+        image = generated_image(*size)
+    else:
+        image = detection_utils.read_image(path, format=cfg.INPUT.FORMAT)
+    image = T.AugInput(image)
+    test_resize(cfg)(image)
+    return torch.as_tensor(np.ascontiguousarray(image.image.transpose(2, 0, 1))).float()
+
+
+def image_variants(image: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` different images made from one, (count, 3, H, W): a batch whose examples route
+    differently, so that mixing up examples in the exported model cannot go unnoticed."""
+    generator = torch.Generator().manual_seed(0)
+    variants = [image, image.flip(-1), (image * 0.7 + 40).clamp(0, 255)]
+    while len(variants) < count:
+        noise = torch.randn(image.shape, generator=generator) * 20
+        variants.append((image + noise).clamp(0, 255))
+    return torch.stack(variants[:count])
+
+
+def _quietly(fn: Callable, *args, **kwargs):
+    # Tracing warns about every Python int taken from a shape and every assert; both are fixed
+    # for a fixed input size, and the checks after export catch what would not be.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+def script_error(what: str, error: Exception) -> ExportInputError:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    where = "\n".join("    " + line for line in lines[:8])
+    return ExportInputError(
+        f"{what} does not script (TorchScript cannot compile it):\n{where}\n"
+        "Use --export-method tracing: the traced network keeps a dynamic batch dimension."
+    )
+
+
+def export_network(
+    network: DenseDetectorNetwork, example: torch.Tensor, args: argparse.Namespace, path: str
+) -> Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
+    """Writes the network to ``path``; returns a function running the written file."""
+    if args.format == "onnx":
+        _quietly(
+            torch.onnx.export,
+            network,
+            (example,),
+            path,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["logits", "deltas"],
+            dynamic_axes={name: {0: "batch"} for name in ("images", "logits", "deltas")},
+            dynamo=False,
+        )
+        session = _onnx_session(path)
+        return lambda images: tuple(
+            torch.from_numpy(o) for o in session.run(None, {"images": images.numpy()})
+        )
+    if args.export_method == "scripting":
+        try:
+            module = _quietly(torch.jit.script, network)
+        except Exception as e:  # TorchScript's frontend raises several error types
+            raise script_error(f"the network of {args.config_file}", e) from e
+    else:
+        module = _quietly(torch.jit.trace, network, (example,), check_trace=False)
+    module.save(path)
+    loaded = torch.jit.load(path)
+
+    def run(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return loaded(images)
+
+    return run
+
+
+def _onnx_session(path: str):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def _detector_output_names(schema) -> Optional[List[str]]:
+    """Names of the flattened outputs of [{"instances": Instances}]: its fields, then
+    "image_size" (the order of detectron2's InstancesSchema); None for another structure."""
+    try:
+        instances = schema.schemas[0].schemas[0]
+        if list(schema.schemas[0].keys) == ["instances"] and all(s == 1 for s in instances.sizes):
+            return list(instances.keys) + ["image_size"]
+    except (AttributeError, IndexError):
+        pass
+    return None
+
+
+def export_detector(
+    model: torch.nn.Module, image: torch.Tensor, args: argparse.Namespace, path: str
+) -> Tuple[Callable[[torch.Tensor], Instances], Optional[List[str]]]:
+    """Traces the whole detector for one image and writes it to ``path``; returns a function
+    running the written file and rebuilding its Instances, and the output names."""
+    # eval() on the adapter too: a new module is in training mode, and torch.onnx.export
+    # restores the mode it found, recursively, which would leave the detector training.
+    adapter = import_tracing_adapter()(model, [{"image": image}]).eval()
+    with torch.no_grad():
+        adapter(*adapter.flattened_inputs)  # sets adapter.outputs_schema
+    schema = adapter.outputs_schema
+    names = _detector_output_names(schema)
+    if args.format == "onnx":
+        _quietly(
+            torch.onnx.export,
+            adapter,
+            adapter.flattened_inputs,
+            path,
+            opset_version=OPSET,
+            input_names=["image"],
+            output_names=names,
+            dynamo=False,
+        )
+        session = _onnx_session(path)
+
+        def run(x: torch.Tensor) -> Instances:
+            outputs = session.run(None, {"image": x.numpy()})
+            return schema([torch.from_numpy(o) for o in outputs])[0]["instances"]
+
+    else:
+        module = _quietly(torch.jit.trace, adapter, adapter.flattened_inputs, check_trace=False)
+        module.save(path)
+        loaded = torch.jit.load(path)
+
+        def run(x: torch.Tensor) -> Instances:
+            with torch.no_grad():
+                return schema(loaded(x))[0]["instances"]
+
+    return run, names
+
+
+def check_network(
+    network: DenseDetectorNetwork,
+    run: Callable,
+    image: torch.Tensor,
+    batch_sizes: Sequence[int],
+    atol: float,
+) -> Dict[str, Dict[str, float]]:
+    """The exported network vs PyTorch at each batch size; max abs differences per output."""
+    results = {}
+    for batch in batch_sizes:
+        images = image_variants(image, batch)
+        with torch.no_grad():
+            reference = network(images)
+        exported = run(images)
+        results[str(batch)] = {
+            name: check_close(f"network {name}, batch {batch}", ref, out, atol)
+            for name, ref, out in zip(("logits", "deltas"), reference, exported)
+        }
+        logger.info("network, batch %d: %s", batch, results[str(batch)])
+    return results
+
+
+def check_detector(
+    model: torch.nn.Module, run: Callable, image: torch.Tensor, atol: float
+) -> List[Dict[str, float]]:
+    """The exported detector vs PyTorch on a few images; differences per image."""
+    results = []
+    for index, variant in enumerate(image_variants(image, 3)):
+        with torch.no_grad():
+            reference = model([{"image": variant}])[0]["instances"]
+        try:
+            results.append(compare_detections(reference, run(variant), atol))
+        except ExportCheckError as e:
+            raise ExportCheckError(f"detector, image {index}: {e}") from e
+        logger.info("detector, image %d: %s", index, results[-1])
+    return results
+
+
+def export(args: argparse.Namespace) -> Dict:
+    """Exports and checks; returns what export.json holds."""
+    batch_sizes = check_args(args)
+    cfg = setup_cfg(args)
+    model = build_detector(cfg)
+    try:
+        network = DenseDetectorNetwork(model).eval()
+    except TypeError as e:  # an R-CNN config: the message says what is supported
+        raise ExportInputError(str(e)) from e
+    image = load_sample_image(cfg, args.sample_image)
+    os.makedirs(args.output, exist_ok=True)
+    ext = EXTENSIONS[args.format]
+    files = {"network": os.path.join(args.output, f"network.{ext}")}
+
+    start = time.perf_counter()
+    # Traced at batch 2, so that nothing special to a batch of one can enter the graph.
+    run_network = export_network(network, image_variants(image, 2), args, files["network"])
+    logger.info("wrote %s (%.1f s)", files["network"], time.perf_counter() - start)
+    network_diffs = check_network(network, run_network, image, batch_sizes, args.atol)
+
+    detector_diffs, detector_outputs = None, None
+    if args.export_method == "tracing":
+        files["detector"] = os.path.join(args.output, f"detector.{ext}")
+        start = time.perf_counter()
+        run_detector, detector_outputs = export_detector(model, image, args, files["detector"])
+        logger.info("wrote %s (%.1f s)", files["detector"], time.perf_counter() - start)
+        detector_diffs = check_detector(model, run_detector, image, args.atol)
+
+    files["anchors"] = os.path.join(args.output, "anchors.npy")
+    anchors = dense_anchors(model, image[None])
+    np.save(files["anchors"], anchors.numpy())
+
+    height, width = image.shape[-2:]
+    info = {
+        "config_file": args.config_file,
+        "weights": cfg.MODEL.WEIGHTS,
+        "format": args.format,
+        "export_method": args.export_method,
+        "opset": OPSET if args.format == "onnx" else None,
+        "files": {k: {"path": v, "bytes": os.path.getsize(v)} for k, v in files.items()},
+        "input": {
+            "channels": cfg.INPUT.FORMAT,
+            "height": int(height),
+            "width": int(width),
+            "dtype": "float32",
+            "range": "0-255, resized as at test time, not normalised",
+        },
+        "network": {
+            "input": "images (N, 3, H, W), N dynamic",
+            "outputs": [
+                f"logits (N, {anchors.shape[0]}, {network.num_score_channels})",
+                f"deltas (N, {anchors.shape[0]}, 4)",
+            ],
+            "score_activation": score_activation(model),
+            "num_classes": int(model.num_classes),
+            "box2box_weights": list(model.box2box_transform.weights),
+            "batch": "dynamic",
+            "max_abs_diff": network_diffs,
+        },
+        "detector": None
+        if detector_diffs is None
+        else {
+            "input": "image (3, H, W)",
+            "outputs": detector_outputs,
+            "batch": "one image per call",
+            "max_abs_diff": detector_diffs,
+        },
+        "atol": args.atol,
+    }
+    with open(os.path.join(args.output, "export.json"), "w") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+def print_summary(info: Dict) -> None:
+    print(f"Exported {info['config_file']} ({info['format']}, {info['export_method']}):")
+    for name, f in info["files"].items():
+        print(f"  {f['path']}  {f['bytes'] / 2**20:.1f} MiB")
+    net = info["network"]
+    for batch, diffs in net["max_abs_diff"].items():
+        text = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+        print(f"  network, batch {batch}: max abs diff to PyTorch {text}")
+    if info["detector"] is None:
+        print(
+            "  detector: not exported (its post-processing does not script; export it with "
+            "--export-method tracing)"
+        )
+    else:
+        for index, d in enumerate(info["detector"]["max_abs_diff"]):
+            print(
+                f"  detector, image {index}: {d['detections']} detections, max abs diff to "
+                f"PyTorch: scores {d['scores']:.2e}, boxes {d['boxes']:.2e} px"
+            )
+    print(f"  all within the tolerance (--atol {info['atol']:g}, relative above magnitude 1)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
+    try:
+        info = export(args)
+    except ExportInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ExportCheckError as e:
+        print(f"error: the exported model does not match PyTorch: {e}", file=sys.stderr)
+        return 1
+    print_summary(info)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
