@@ -29,6 +29,8 @@ setup(
             # with random weights: nothing is downloaded); safetensors is its checkpoint format.
             "timm>=0.9",
             "safetensors>=0.3",
+            # detectron2's Visualizer (tools/demo.py) draws with OpenCV.
+            "opencv-python-headless",
         ],
     },
 )
