@@ -6,7 +6,7 @@ export VENV
 # See tools/train_net.py: spinning OpenMP threads starve other processes on small machines.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: env test demo benchmark clean-env
+.PHONY: env test demo benchmark benchmark-model clean-env
 
 env:
 	@bash tools/env/setup_env.sh
@@ -21,6 +21,9 @@ demo: env
 
 benchmark: env
 	$(PY) tools/benchmark_layer.py --markdown
+
+benchmark-model: env
+	$(PY) tools/benchmark_model.py --markdown
 
 clean-env:
 	rm -rf $(VENV) build/env

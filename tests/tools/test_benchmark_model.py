@@ -1,0 +1,152 @@
+"""tools/benchmark_model.py: the table's rows and columns on tiny models (no timing asserted),
+peak memory on known allocations, the model-state count and the paired timing ratio."""
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from condconv_det.layers import CondConv2d
+
+from . import load_tool
+
+MiB = 2 ** 20
+
+
+def _cells(row: str):
+    return [c.strip() for c in row.strip().strip("|").split("|")]
+
+
+def _pair(cell: str):
+    static, condconv = (float(v) for v in cell.split(" / "))
+    return static, condconv
+
+
+def _ratio(cell: str) -> float:
+    return float(cell.split()[0])
+
+
+def test_quick_markdown_table(capsys):
+    tool = load_tool("benchmark_model")
+    assert tool.main(["--quick", "--markdown", "--models", "ssd300_MNv1", "efficientnet_b0"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert lines[0].startswith("# benchmark_model:")
+    assert (
+        f"torch {torch.__version__}" in lines[0]
+        and "2 threads" in lines[0]
+        and "float32" in lines[0]
+    )
+    assert "benchmark_model" in captured.err  # the progress bar
+    header = _cells(lines[2])
+    assert header == tool.COLUMNS
+    rows = [_cells(line) for line in lines[4:] if line.startswith("| ")]
+    assert [r[0] for r in rows] == ["ssd300_MNv1", "efficientnet_b0"]
+    assert lines[-1].startswith("# total time")
+    for cells in rows:
+        assert len(cells) == len(header)
+        col = dict(zip(header, cells))
+        assert col["input"] == f"{tool.QUICK_SIZE}x{tool.QUICK_SIZE}"
+        for name in header[2:]:
+            if " x" in name or name.endswith("x"):
+                ratio = _ratio(col[name])
+                assert math.isfinite(ratio) and ratio > 0, (name, col[name])
+            else:
+                assert all(math.isfinite(v) and v > 0 for v in _pair(col[name])), (name, col[name])
+        # Experts add the routing FCs and the kernel mixes: more multiply-adds, but few.
+        assert 1.0 < _ratio(col["MAdds x"]) < 1.2
+        # peak = state + step; the experts make CondConv's state larger.
+        peak, state, step = (
+            _pair(col[k]) for k in ("peak MB S / C", "state MB S / C", "step MB S / C")
+        )
+        for i in range(2):
+            assert abs(peak[i] - state[i] - step[i]) <= 1.0
+        assert state[1] > state[0]
+        assert abs(_ratio(col["peak x"]) - peak[1] / peak[0]) <= 0.02 + 0.01 * peak[1] / peak[0]
+        for name, target in [("b1 x", "latency"), ("train x", "train"), ("peak x", "memory")]:
+            verdict = "pass" if _ratio(col[name]) <= tool.TARGETS[target] else "miss"
+            assert col[name].endswith(f"({verdict})"), (name, col[name])
+
+
+def test_quick_inference_mode_channels_last_plain_table(capsys):
+    tool = load_tool("benchmark_model")
+    threads = torch.get_num_threads()
+    args = [
+        "--quick",
+        "--models",
+        "efficientnet_b0",
+        "--inference-mode",
+        "--channels-last",
+        "--threads",
+        "1",
+    ]
+    assert tool.main(args) == 0
+    assert torch.get_num_threads() == threads  # the tool restores the caller's setting
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "inference_mode" in lines[0] and "channels-last" in lines[0] and "1 threads" in lines[0]
+    assert lines[2].split()[0] == "model" and lines[3].split()[0] == "efficientnet_b0"
+
+
+def test_peak_memory_of_known_allocations():
+    tool = load_tool("benchmark_model")
+    cpu = torch.device("cpu")
+
+    def held():
+        a = torch.ones(4 * MiB // 4)  # 4 MiB of float32
+        b = torch.ones(2 * MiB // 4)
+        return a, b
+
+    def freed_first():
+        a = torch.ones(4 * MiB // 4)
+        del a
+        return torch.ones(2 * MiB // 4)
+
+    assert 6 * MiB <= tool.peak_memory(held, cpu) < 7 * MiB
+    # The 4 MiB are freed before the 2 MiB are allocated: the peak is the larger one alone.
+    assert 4 * MiB <= tool.peak_memory(freed_first, cpu) < 5 * MiB
+    assert tool.peak_memory(lambda: None, cpu) < 64 * 1024
+
+
+def test_model_state_bytes_counts_parameters_and_momentum():
+    tool = load_tool("benchmark_model")
+    model = nn.Linear(10, 20)  # 220 float32 parameters: 880 bytes
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    assert tool.model_state_bytes(model, optimizer) == 880
+    model(torch.randn(3, 10)).sum().backward()
+    assert tool.model_state_bytes(model, optimizer) == 2 * 880  # + gradients
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    assert tool.model_state_bytes(model, optimizer) == 2 * 880  # momentum instead of gradients
+
+
+def test_channels_last_converts_4d_kernels_and_keeps_experts():
+    tool = load_tool("benchmark_model")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), CondConv2d(8, 8, 3, num_experts=2))
+    tool.to_channels_last(model)
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not model[0].weight.is_contiguous()
+    assert model[1].weight.dim() == 5 and model[1].weight.is_contiguous()
+
+
+def test_measure_ratio_is_condconv_over_static():
+    tool = load_tool("benchmark_model")
+    timing = tool.measure(
+        {"static": lambda: time.sleep(0.01), "condconv": lambda: time.sleep(0.03)},
+        torch.device("cpu"),
+        reps=3,
+        warmup=0,
+    )
+    assert timing.static >= 0.01 and timing.condconv >= 0.03
+    assert 1.5 < timing.ratio < 4.5
+
+
+def test_bad_arguments_are_named(capsys):
+    tool = load_tool("benchmark_model")
+    with pytest.raises(SystemExit):
+        tool.main(["--models", "ssd512_MNv1"])
+    assert "ssd512_MNv1" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            tool.main(["--device", "cuda"])
+        assert "torch.cuda.is_available() is False" in capsys.readouterr().err
