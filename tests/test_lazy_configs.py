@@ -352,6 +352,18 @@ def test_lazy_train_net_trains_as_train_net_does_then_eval_only_gives_the_same_a
     assert checkpoint["iteration"] == 2 and "optimizer" in checkpoint["trainer"]
 
 
+def test_lazy_train_net_logs_routing_statistics_when_asked(shapes, tmp_path):
+    tool = load_tool("lazy_train_net")
+    out = tmp_path / "out"
+    _main(tool, *TINY, "train.routing_stats_period=1", f"train.output_dir={out}")
+    rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    logged = [row for row in rows if "routing/mean_entropy" in row]
+    assert [row["iteration"] for row in logged] == [0, 1, 2]
+    assert all(0 < row["routing/mean_entropy"] <= math.log(8) + 1e-6 for row in logged)
+    with pytest.raises(ValueError, match="train.routing_stats_period must be an int >= 0"):
+        _main(tool, *TINY, "train.routing_stats_period=-1", f"train.output_dir={tmp_path / 'x'}")
+
+
 def test_lazy_train_net_names_the_missing_checkpoint_and_the_wrong_config(shapes, tmp_path):
     tool = load_tool("lazy_train_net")
     with pytest.raises(ValueError, match="--eval-only needs the weights.*train.init_checkpoint"):

@@ -43,6 +43,7 @@ from detectron2.utils import comm  # noqa: E402
 import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
 from condconv_det.engine import launch  # noqa: E402
+from condconv_det.engine.hooks import RoutingStatsHook  # noqa: E402
 from condconv_det.engine.trainer import (  # noqa: E402
     check_datasets,
     check_weights,
@@ -113,10 +114,17 @@ def do_train(args, cfg) -> Dict[str, Any]:
         return dict(last_results)
 
     writers = default_writers(cfg.train.output_dir, cfg.train.max_iter)
+    routing_period = cfg.train.get("routing_stats_period", 0)
+    if not isinstance(routing_period, int) or routing_period < 0:
+        raise ValueError(
+            f"train.routing_stats_period must be an int >= 0 (0: off), got {routing_period!r}"
+        )
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            # Before evaluation and the writers, as in condconv_det.engine.Trainer.
+            RoutingStatsHook(routing_period) if routing_period > 0 else None,
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
             else None,

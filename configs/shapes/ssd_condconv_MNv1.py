@@ -58,5 +58,8 @@ train.update(
     eval_period=0,  # evaluated once, at the end
     seed=0,
     device="cuda",  # tools/lazy_train_net.py falls back to the CPU without CUDA
+    # Routing entropy and expert usage in metrics.json every N iterations (0: off); the YAML
+    # configs' MODEL.CONDCONV.ROUTING_STATS. Read by tools/lazy_train_net.py.
+    routing_stats_period=0,
 )
 train.checkpointer.period = 550
