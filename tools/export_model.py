@@ -19,8 +19,9 @@ Written to --output (``EXT`` is ``ts`` for TorchScript, ``onnx`` for ONNX):
 - ``anchors.npy``: (R, 4) float32 anchors / default boxes, XYXY in the input's pixels.
 - ``export.json``: what the files take and give, and the measured differences to PyTorch.
 
---export-method scripting (TorchScript only) scripts the network, for backbones that script;
-none of this project's MobileNet and ResNet backbones does yet, and the tool says why.
+--export-method scripting (TorchScript only) scripts the network: the MobileNet, ResNet and SSD
+backbones of this project script (ResNet through detectron2's own scripting patch); a network
+that does not script is refused with the line TorchScript rejects.
 
 Config overrides go at the end as KEY VALUE pairs, like detectron2's tools.
 """
@@ -59,6 +60,7 @@ from condconv_det.export import (  # noqa: E402
     check_close,
     compare_detections,
     dense_anchors,
+    import_scripting_with_instances,
     import_tracing_adapter,
     score_activation,
 )
@@ -282,6 +284,9 @@ def export_network(
             torch.from_numpy(o) for o in session.run(None, {"images": images.numpy()})
         )
     if args.export_method == "scripting":
+        # Imports detectron2.export's torchscript_patch, which lets detectron2's ResNet and FPN
+        # script (their stages become an nn.ModuleList on the copy that is scripted).
+        import_scripting_with_instances()
         try:
             module = _quietly(torch.jit.script, network)
         except Exception as e:  # TorchScript's frontend raises several error types

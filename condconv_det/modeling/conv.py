@@ -56,11 +56,16 @@ class CondConv2dNorm(CondConv2d):
                     "(block routing) or build it with router=CondConvRouter(...)"
                 )
             routing_weights = self.router(x)
-        x = self._conv_forward(x, routing_weights)
+        x = self._conv_forward(self._pad(x), routing_weights)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
+        return x
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Padding applied after routing and before the convolution, beyond the layer's own
+        ``padding``: none here; subclasses pad at run time (TensorFlow's "SAME")."""
         return x
 
 

@@ -170,3 +170,28 @@ def test_router_init_key_reaches_the_backbone_routers(init):
     cfg.MODEL.CONDCONV.ROUTER_INIT = "normal"
     with pytest.raises(ValueError, match="MODEL.CONDCONV.ROUTER_INIT"):
         build_condconv_mobilenet_backbone(cfg, ShapeSpec(channels=3))
+
+
+@pytest.mark.parametrize(
+    "arch, routing, padding",
+    [
+        ("tiny_v2", "block", "symmetric"),
+        ("tiny_v2", "layer", "symmetric"),
+        ("tiny_v2", "layer", "tf_same"),
+        ("tiny_v1", "block", "tf_same"),
+        ("tiny_effnet", "block", "tf_same"),
+    ],
+)
+def test_scripted_backbone_equals_eager(arch, routing, padding):
+    torch.manual_seed(0)
+    out = ("res2", "res4", "res5", "head") if MobileNet.has_head(arch) else ("stem", "res3", "res5")
+    model = MobileNet(arch, routing=routing, padding=padding, out_features=out).eval()
+    scripted = torch.jit.script(model)
+    assert set(scripted.state_dict()) == set(model.state_dict())
+    # An odd size: "tf_same" pads stride-2 convs by one pixel more at the bottom / right.
+    for x in (torch.randn(1, 3, 64, 64), torch.randn(3, 3, 61, 67)):
+        with torch.no_grad():
+            want, got = model(x), scripted(x)
+        assert list(got) == list(want) == list(out)
+        for name in out:
+            torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)

@@ -259,13 +259,61 @@ def test_checkpoint_of_another_model_is_refused(detector, tmp_path, capsys):
     assert "does not fit the config's model" in err and "backbone.bottom_up" in err
 
 
-def test_scripting_explains_why_the_backbone_does_not_script(detector, tmp_path, capsys):
-    # Documents today's limit (README): when the MobileNet backbone scripts, this test fails
-    # and the README's export section needs updating.
+def test_scripted_network_matches_pytorch(detector, tmp_path):
+    model, _ = detector
     argv = ["--export-method", "scripting", "--output", str(tmp_path), *TINY]
-    assert run_tool(*argv, "MODEL.WEIGHTS", detector[1]) == 2
-    err = capsys.readouterr().err
-    assert "does not script" in err and ".py\", line" in err and "--export-method tracing" in err
+    assert run_tool(*argv, "MODEL.WEIGHTS", detector[1]) == 0
+    network = torch.jit.load(os.path.join(tmp_path, "network.ts"))
+    for batch in (1, 3):
+        images = random_images(batch, seed=batch)
+        with torch.no_grad():
+            logits, deltas = network(images)
+        ref_logits, ref_deltas = reference_predictions(model, images)
+        assert logits.shape == ref_logits.shape == (batch, ref_logits.shape[1], 6)
+        torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(deltas, ref_deltas, rtol=1e-5, atol=1e-6)
+
+
+RESNET = [
+    "MODEL.BACKBONE.NAME", "build_condconv_resnet_ssd_backbone",
+    "MODEL.RESNETS.DEPTH", "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.RESNETS.OUT_FEATURES", "['res3', 'res4', 'res5']",
+    "MODEL.CONDCONV.RESNET_STAGES", "['res5']",
+]  # fmt: skip
+
+
+def test_scripted_resnet_network_matches_pytorch(tmp_path):
+    # detectron2 0.6's ResNet keeps its stages in a plain list, which TorchScript cannot
+    # compile; the tool applies detectron2's own scripting patch (a ModuleList on a copy).
+    cfg = tiny_cfg()
+    cfg.merge_from_list(RESNET)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    path = str(tmp_path / "resnet.pth")
+    torch.save({"model": model.state_dict()}, path)
+    argv = ["--export-method", "scripting", "--output", str(tmp_path / "out"), *TINY, *RESNET]
+    assert run_tool(*argv, "MODEL.WEIGHTS", path) == 0
+    network = torch.jit.load(os.path.join(tmp_path, "out", "network.ts"))
+    images = random_images(3, seed=3)
+    with torch.no_grad():
+        logits, deltas = network(images)
+    ref_logits, ref_deltas = reference_predictions(model, images)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(deltas, ref_deltas, rtol=1e-5, atol=1e-6)
+
+
+def test_network_that_does_not_script_is_refused_with_the_reason(detector, tmp_path, capsys):
+    tool = load_tool("export_model")
+
+    class Unscriptable(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * len({id(x): x})  # id() does not compile
+
+    args = tool.parse_args(["--config-file", CONFIG, "--export-method", "scripting"])
+    with pytest.raises(tool.ExportInputError, match="does not script") as error:
+        tool.export_network(Unscriptable(), torch.zeros(1), args, str(tmp_path / "n.ts"))
+    assert ".py\", line" in str(error.value) and "--export-method tracing" in str(error.value)
 
 
 @pytest.mark.parametrize("depthwise", [False, True])

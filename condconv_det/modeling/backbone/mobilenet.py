@@ -211,33 +211,55 @@ def tf_same_pad(
         (N, C, H + pad_h, W + pad_w), where ``pad = max((ceil(size / s) - 1) * s + (k - 1) * d
         + 1 - size, 0)`` is split with the larger half at the bottom / right.
     """
-    pads = []
-    for size, k, s, d in zip(x.shape[-2:], kernel_size, stride, dilation):
-        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
-        pads.append((total // 2, total - total // 2))
-    (top, bottom), (left, right) = pads
+    # Spelt out per axis (no zip over mixed sequences, no list unpacking) so that TorchScript
+    # compiles it; (size + s - 1) // s is ceil(size / s) for the positive sizes of images.
+    top, bottom = _same_pad_split(x.shape[-2], kernel_size[0], stride[0], dilation[0])
+    left, right = _same_pad_split(x.shape[-1], kernel_size[1], stride[1], dilation[1])
     return F.pad(x, [left, right, top, bottom])
 
 
-class _TFSameConv2d(Conv2d):
-    """detectron2's ``Conv2d`` (conv, norm, activation) after :func:`tf_same_pad`; built with
-    ``padding=0``."""
+def _same_pad_split(size: int, kernel: int, stride: int, dilation: int) -> Tuple[int, int]:
+    """(before, after) padding of one axis under "SAME": the larger half after."""
+    out_size = (size + stride - 1) // stride
+    total = max((out_size - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(tf_same_pad(x, self.kernel_size, self.stride, self.dilation))
+
+class _BlockConv2d(Conv2d):
+    """detectron2's ``Conv2d`` (conv, norm, activation) called as a block's CondConvs are,
+    ``conv(x, routing_weights)``, the routing weights ignored: a block's forward then calls
+    every conv alike, which TorchScript needs (it cannot branch on a submodule's type)."""
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, routing_weights: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        # Conv2d.forward inlined (TorchScript does not compile super() calls), after the
+        # run-time padding hook that _TFSameConv2d overrides.
+        x = self._conv_forward(self._pad(x), self.weight, self.bias)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class _TFSameConv2d(_BlockConv2d):
+    """:class:`_BlockConv2d` after :func:`tf_same_pad`; built with ``padding=0``."""
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        return tf_same_pad(x, self.kernel_size, self.stride, self.dilation)
 
 
 class _TFSameCondConv2dNorm(CondConv2dNorm):
     """:class:`CondConv2dNorm` after :func:`tf_same_pad`; built with ``padding=0``."""
 
-    def forward(  # type: ignore[override]
-        self, x: torch.Tensor, routing_weights: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        if routing_weights is None and self.router is not None:
-            # Layer routing pools the layer's input itself: the unpadded one, as without padding.
-            routing_weights = self.router(x)
-        x = tf_same_pad(x, self.kernel_size, self.stride, self.dilation)
-        return super().forward(x, routing_weights)
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        # Called by CondConv2dNorm.forward after routing: layer routing pools the layer's input
+        # itself, the unpadded one, as without padding.
+        return tf_same_pad(x, self.kernel_size, self.stride, self.dilation)
 
 
 class SqueezeExcitation(nn.Module):
@@ -299,7 +321,7 @@ class _MobileBlock(CNNBlockBase):
         padding = 0 if run_time_pad else kernel // 2
         common = dict(stride=stride, padding=padding, groups=groups, bias=False)
         if self.num_experts == 0:
-            conv_class = _TFSameConv2d if run_time_pad else Conv2d
+            conv_class = _TFSameConv2d if run_time_pad else _BlockConv2d
             conv = conv_class(
                 in_channels, out_channels, kernel, norm=norm, activation=activation, **common
             )
@@ -315,11 +337,6 @@ class _MobileBlock(CNNBlockBase):
             nn.init.kaiming_normal_(conv.weight[expert], mode="fan_out", nonlinearity="relu")
         return conv
 
-    def _call_conv(self, conv: nn.Module, x: torch.Tensor, r: Optional[torch.Tensor]) -> torch.Tensor:
-        if isinstance(conv, CondConv2dNorm):
-            return conv(x, r)
-        return conv(x)
-
 
 class DepthwiseSeparableBlock(_MobileBlock):
     """MobileNetV1 block: depthwise kxk conv + norm + act, then pointwise 1x1 conv + norm + act."""
@@ -331,7 +348,7 @@ class DepthwiseSeparableBlock(_MobileBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.router(x) if self.router is not None else None
-        return self._call_conv(self.pointwise, self._call_conv(self.depthwise, x, r), r)
+        return self.pointwise(self.depthwise(x, r), r)
 
 
 class InvertedResidualBlock(_MobileBlock):
@@ -359,11 +376,11 @@ class InvertedResidualBlock(_MobileBlock):
         r = self.router(x) if self.router is not None else None
         out = x
         if self.expand is not None:
-            out = self._call_conv(self.expand, out, r)
-        out = self._call_conv(self.depthwise, out, r)
+            out = self.expand(out, r)
+        out = self.depthwise(out, r)
         if self.se is not None:
             out = self.se(out)
-        out = self._call_conv(self.project, out, r)
+        out = self.project(out, r)
         if self.use_residual:
             out = x + _drop_path(out, self.drop_path, self.training)
         return out
@@ -579,12 +596,16 @@ class MobileNet(Backbone):
             dict of the requested features, each (N, C_f, H / stride_f, W / stride_f).
         """
         if x.dim() != 4:
-            raise ValueError(f"MobileNet takes (N, C, H, W) input, got shape {tuple(x.shape)}")
-        outputs = {}
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            if name in self._out_features:
-                outputs[name] = x
+            raise ValueError(f"MobileNet takes (N, C, H, W) input, got shape {list(x.shape)}")
+        outputs: Dict[str, torch.Tensor] = {}
+        # The levels are iterated as children (in the order they were added), not looked up by
+        # name, which TorchScript cannot do, so that they keep their names ("stem", "res2", ...)
+        # in the state dict. The head, the other child, is skipped here.
+        for name, stage in self.named_children():
+            if name in self.stage_names:
+                x = stage(x)
+                if name in self._out_features:
+                    outputs[name] = x
         if self.head is not None:
             outputs["head"] = self.head(x)
         return outputs

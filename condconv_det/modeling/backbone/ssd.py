@@ -197,9 +197,16 @@ class SSDBackbone(Backbone):
         bottom_up_features = self.bottom_up(x)
         outputs = {f: bottom_up_features[f] for f in self.in_features}
         y = outputs[self.in_features[-1]]
-        for name in self.extra_names:
-            y = getattr(self, name)(y)
-            outputs[name] = y
+        # The extra layers are iterated as children (in the order they were added), not looked
+        # up by name, which TorchScript cannot do, so that they keep their names ("p6", ...) in
+        # the state dict. hasattr is resolved when TorchScript compiles: the bottom-up (a
+        # detectron2 backbone, with _out_features), which returns a dict, is not compiled as an
+        # extra layer; the name check skips it in Python.
+        for name, layer in self.named_children():
+            if not hasattr(layer, "_out_features"):
+                if name in self.extra_names:
+                    y = layer(y)
+                    outputs[name] = y
         return outputs
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
