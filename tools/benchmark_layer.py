@@ -28,6 +28,7 @@ machine; implementations are timed round-robin so that a busy phase slows all al
     python tools/benchmark_layer.py --loop          # + the naive per-example loop
 """
 import argparse
+import copy
 import math
 import platform
 import statistics
@@ -194,17 +195,8 @@ def bench_case(shape: ConvShape, batch: int, train: bool, experts: int, device, 
         compiled = torch.compile(cond)
         modules["compiled"] = lambda: compiled(x, routing)
     for path in args.paths:
-        path_layer = CondConv2d(
-            shape.in_channels,
-            shape.out_channels,
-            shape.kernel,
-            shape.stride,
-            padding,
-            groups=shape.groups,
-            num_experts=experts,
-            path=path,
-        ).to(device)
-        path_layer.load_state_dict(cond.state_dict())
+        path_layer = copy.deepcopy(cond)
+        path_layer.path = path
         modules[f"path:{path}"] = (lambda layer: lambda: layer(x, routing))(path_layer)
     if args.loop:
         modules["loop"] = lambda: naive_loop(

@@ -5,6 +5,7 @@ from .routing import (
     ROUTING_ACTIVATIONS,
     CondConvRouter,
     RoutedCondConv2d,
+    check_router_init,
     reset_routers,
 )
 
@@ -15,6 +16,7 @@ __all__ = [
     "CondConv2d",
     "CondConvRouter",
     "RoutedCondConv2d",
+    "check_router_init",
     "cond_conv2d",
     "reset_routers",
 ]

@@ -204,6 +204,13 @@ class RoutedCondConv2d(CondConv2d):
         return self._conv_forward(x, self.router(x))
 
 
+def check_router_init(init: Optional[str]) -> None:
+    """Raises a ValueError naming the choices unless ``init`` is None (keep each router's own
+    initialisation) or one of :data:`ROUTER_INITS`; for builders taking ``router_init``."""
+    if init is not None and init not in ROUTER_INITS:
+        raise ValueError(f"router_init must be None or one of {ROUTER_INITS}, got {init!r}")
+
+
 def reset_routers(module: nn.Module, init: str) -> nn.Module:
     """Re-initialises every :class:`CondConvRouter` inside ``module``; returns ``module``.
 

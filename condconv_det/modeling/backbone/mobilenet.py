@@ -22,7 +22,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from condconv_det.config import check_condconv_config
-from condconv_det.layers import ROUTER_INITS, CondConvRouter, reset_routers
+from condconv_det.layers import CondConvRouter, check_router_init, reset_routers
 
 from ..conv import ROUTING_SCOPES, CondConv2dNorm
 
@@ -453,10 +453,7 @@ class MobileNet(Backbone):
             raise ValueError(f"bn_eps must be > 0 (or None: the table's), got {bn_eps}")
         if padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
-        if router_init is not None and router_init not in ROUTER_INITS:
-            raise ValueError(
-                f"router_init must be None or one of {ROUTER_INITS}, got {router_init!r}"
-            )
+        check_router_init(router_init)
         bn_eps = arch.bn_eps if bn_eps is None else bn_eps
         # Kept: whether a converted checkpoint computes here what it computed where it was trained
         # depends on them (tools/convert_pretrained.py checks).

@@ -15,7 +15,7 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
 from condconv_det.config import check_condconv_config
-from condconv_det.layers import ROUTER_INITS, CondConvRouter, reset_routers
+from condconv_det.layers import CondConvRouter, check_router_init, reset_routers
 
 from ..conv import ROUTING_SCOPES, CondConv2dNorm, msra_fill_experts
 
@@ -209,8 +209,7 @@ def make_condconv_resnet_stages(
         raise ValueError(f"condconv_stages must be among {RESNET_STAGE_NAMES}, got {list(condconv_stages)}")
     if num_experts < 0:
         raise ValueError(f"num_experts must be >= 0, got {num_experts}")
-    if router_init is not None and router_init not in ROUTER_INITS:
-        raise ValueError(f"router_init must be None or one of {ROUTER_INITS}, got {router_init!r}")
+    check_router_init(router_init)
     if res5_dilation not in (1, 2):
         raise ValueError(f"res5_dilation must be 1 or 2, got {res5_dilation}")
     basic = depth in (18, 34)

@@ -16,7 +16,7 @@ from fvcore.nn import weight_init
 from torch import nn
 
 from condconv_det.config import check_condconv_config, check_ssd_config
-from condconv_det.layers import ROUTER_INITS, CondConvRouter, reset_routers
+from condconv_det.layers import CondConvRouter, check_router_init, reset_routers
 
 from ..conv import CondConv2dNorm, msra_fill_experts
 from .mobilenet import build_condconv_mobilenet_backbone
@@ -123,10 +123,7 @@ class SSDBackbone(Backbone):
         router_init: Optional[str] = None,
     ):
         super().__init__()
-        if router_init is not None and router_init not in ROUTER_INITS:
-            raise ValueError(
-                f"router_init must be None or one of {ROUTER_INITS}, got {router_init!r}"
-            )
+        check_router_init(router_init)
         bottom_shapes = bottom_up.output_shape()
         missing = [f for f in in_features if f not in bottom_shapes]
         if not in_features or missing:

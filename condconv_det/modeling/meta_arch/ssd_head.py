@@ -6,7 +6,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from condconv_det.layers import ROUTER_INITS, reset_routers
+from condconv_det.layers import check_router_init, reset_routers
 
 from ..backbone.ssd import make_ssd_conv
 from .default_boxes import DefaultBoxGenerator
@@ -51,10 +51,7 @@ class SSDHead(nn.Module):
         router_init: Optional[str] = None,
     ):
         super().__init__()
-        if router_init is not None and router_init not in ROUTER_INITS:
-            raise ValueError(
-                f"router_init must be None or one of {ROUTER_INITS}, got {router_init!r}"
-            )
+        check_router_init(router_init)
         if len(num_anchors) != len(input_shape):
             raise ValueError(
                 f"num_anchors has {len(num_anchors)} entries for {len(input_shape)} levels"
