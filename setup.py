@@ -31,6 +31,9 @@ setup(
             "safetensors>=0.3",
             # detectron2's Visualizer (tools/demo.py) draws with OpenCV.
             "opencv-python-headless",
+            # The digits dataset (condconv_det.data, content="digits") draws scikit-learn's
+            # bundled digit scans.
+            "scikit-learn",
         ],
     },
 )

@@ -303,6 +303,13 @@ def upcycle_state_dict(
         owner = name.rsplit(".", 1)[0] if "." in name else ""
         if owner in condconvs and tuple(want.shape) == (condconvs[owner].num_experts,) + tuple(value.shape):
             conv = condconvs[owner]
+            if conv.static_weight is not None:
+                # A static kernel beside the experts: it takes the pretrained kernel, the experts
+                # stay at zero, and the layer computes exactly what the static one did.
+                leaf = name.rsplit(".", 1)[-1]
+                out[(owner + "." if owner else "") + "static_" + leaf] = value.to(want.dtype)
+                out[name] = torch.zeros_like(want)
+                continue
             experts = conv.num_experts
             scale = 1.0 / (experts * _uniform_routing(conv, model, experts))
             stacked = value.to(want.dtype).unsqueeze(0).repeat(experts, *([1] * value.dim())) * scale
@@ -313,6 +320,10 @@ def upcycle_state_dict(
             out[name] = stacked
         else:
             out[name] = value
+    if any(c.static_weight is not None for c in condconvs.values()):
+        # Zero experts make the routing irrelevant at the start; the routers keep their own
+        # (e.g. Glorot) initialisation, which differs between experts so that they specialise.
+        return out
     for name, router in _routers(model).items():
         weight = torch.zeros_like(router.fc.weight)
         bias = torch.zeros_like(router.fc.bias)

@@ -8,11 +8,14 @@ from typing import Any, Dict
 import yaml
 from detectron2.config import CfgNode as CN
 
+from condconv_det.layers import EXPERT_INITS, ROUTER_NORMS
+
 __all__ = [
     "add_condconv_config",
     "check_condconv_config",
     "check_ssd_config",
     "check_ssd_input_config",
+    "condconv_options",
     "get_cfg",
     "CondConvCfgNode",
     "MODEL_ZOO_PREFIX",
@@ -34,8 +37,33 @@ def add_condconv_config(cfg: CN) -> None:
     _C.MODEL.CONDCONV.ROUTING = "block"
     # "sigmoid" (the paper) or "softmax" (Dynamic Convolution, Chen et al. 2020).
     _C.MODEL.CONDCONV.ROUTING_ACTIVATION = "sigmoid"
-    # Softmax temperature (logits are divided by it); must stay 1.0 with "sigmoid".
+    # Routing temperature: the router's logits are divided by it before the activation, for
+    # "sigmoid" and "softmax" alike. The value a trained model routes with; during training it
+    # can be annealed towards it (TEMPERATURE_SCHEDULE).
     _C.MODEL.CONDCONV.ROUTING_TEMPERATURE = 1.0
+    # Temperature annealing during training (condconv_det.engine.RoutingTemperatureHook): linear
+    # from START at iteration 0 to ROUTING_TEMPERATURE at iteration ITERS - 1, then constant. A
+    # function of the iteration, so --resume continues it exactly. ITERS 0: no annealing.
+    # Dynamic Convolution (Chen et al. 2020) and ODConv anneal from 30 over the first 10 epochs.
+    _C.MODEL.CONDCONV.TEMPERATURE_SCHEDULE = CN()
+    _C.MODEL.CONDCONV.TEMPERATURE_SCHEDULE.START = 1.0
+    _C.MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS = 0
+    # A static kernel beside the experts: every example's kernel is W0 + sum_i r_i W_i with the
+    # experts starting at zero, so the model starts as its static twin (docs/training.md).
+    _C.MODEL.CONDCONV.STATIC_KERNEL = False
+    # Router design: hidden units per pooled input channel (0: the paper's single linear layer;
+    # Dynamic Convolution uses 0.25) and a norm inside the router ("", "BN" as ODConv, "LN").
+    _C.MODEL.CONDCONV.ROUTER_HIDDEN_RATIO = 0.0
+    _C.MODEL.CONDCONV.ROUTER_NORM = ""
+    # DropExpert: probability of dropping each routing weight during training (others rescaled).
+    _C.MODEL.CONDCONV.EXPERT_DROPOUT = 0.0
+    # Stop the gradient of the routing at the router's input: routers and experts learn, but the
+    # routing sends no gradient back into the features it pools.
+    _C.MODEL.CONDCONV.ROUTER_DETACH_INPUT = False
+    # "independent": each expert initialised as a plain conv (official code, timm);
+    # "mixed_variance": experts scaled so the mixed kernel at the start has a plain kernel's
+    # variance.
+    _C.MODEL.CONDCONV.EXPERT_INIT = "independent"
     # Dropout on the pooled routing input, in [0, 1).
     _C.MODEL.CONDCONV.ROUTING_DROPOUT = 0.0
     # Initial router weights: "glorot" (the official code's) or "zeros" (every example starts
@@ -79,6 +107,15 @@ def add_condconv_config(cfg: CN) -> None:
     # tf_efficientnet_cc_*.
     _C.MODEL.MOBILENET.PADDING = "symmetric"
 
+    # Learning-rate factor and weight decay of the CondConv routers' parameters (optimizer
+    # parameter groups); None: SOLVER.WEIGHT_DECAY.
+    _C.SOLVER.ROUTER_LR_FACTOR = 1.0
+    _C.SOLVER.WEIGHT_DECAY_ROUTER = None
+    # "SGD" (detectron2's, with SOLVER.MOMENTUM / NESTEROV) or "ADAMW" (decoupled weight decay
+    # SOLVER.WEIGHT_DECAY, betas SOLVER.BETAS).
+    _C.SOLVER.OPTIMIZER = "SGD"
+    _C.SOLVER.BETAS = (0.9, 0.999)
+
     _add_ssd_input_config(cfg)
     _add_ssd_config(cfg)
 
@@ -102,12 +139,34 @@ def check_condconv_config(cfg: CN) -> None:
         "must be 'sigmoid' or 'softmax'",
     )
     _require(c.ROUTING_TEMPERATURE > 0, "MODEL.CONDCONV.ROUTING_TEMPERATURE", c.ROUTING_TEMPERATURE, "must be > 0")
+    t = c.TEMPERATURE_SCHEDULE
+    _require(t.START > 0, "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.START", t.START, "must be > 0")
+    _require(t.ITERS >= 0, "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS", t.ITERS, "must be >= 0 (0: no annealing)")
     _require(
-        c.ROUTING_ACTIVATION == "softmax" or c.ROUTING_TEMPERATURE == 1.0,
-        "MODEL.CONDCONV.ROUTING_TEMPERATURE",
-        c.ROUTING_TEMPERATURE,
-        "only applies to ROUTING_ACTIVATION 'softmax'; keep it 1.0 with 'sigmoid'",
+        t.ITERS <= cfg.SOLVER.MAX_ITER,
+        "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS",
+        t.ITERS,
+        f"must be <= SOLVER.MAX_ITER ({cfg.SOLVER.MAX_ITER}): a model saved before the end of the "
+        "annealing would be evaluated at another temperature than it was trained with",
     )
+    _require(
+        c.ROUTER_HIDDEN_RATIO >= 0, "MODEL.CONDCONV.ROUTER_HIDDEN_RATIO", c.ROUTER_HIDDEN_RATIO, "must be >= 0"
+    )
+    _require(c.ROUTER_NORM in ROUTER_NORMS, "MODEL.CONDCONV.ROUTER_NORM", c.ROUTER_NORM, f"must be one of {ROUTER_NORMS}")
+    _require(
+        0.0 <= c.EXPERT_DROPOUT < 1.0, "MODEL.CONDCONV.EXPERT_DROPOUT", c.EXPERT_DROPOUT, "must be in [0, 1)"
+    )
+    _require(c.EXPERT_INIT in EXPERT_INITS, "MODEL.CONDCONV.EXPERT_INIT", c.EXPERT_INIT, f"must be one of {EXPERT_INITS}")
+    _require(
+        cfg.SOLVER.ROUTER_LR_FACTOR >= 0, "SOLVER.ROUTER_LR_FACTOR", cfg.SOLVER.ROUTER_LR_FACTOR, "must be >= 0"
+    )
+    _require(cfg.SOLVER.OPTIMIZER in OPTIMIZERS, "SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, f"must be one of {OPTIMIZERS}")
+    betas = cfg.SOLVER.BETAS
+    _require(
+        len(betas) == 2 and all(0 <= b < 1 for b in betas), "SOLVER.BETAS", betas, "must be two values in [0, 1)"
+    )
+    wd = cfg.SOLVER.WEIGHT_DECAY_ROUTER
+    _require(wd is None or wd >= 0, "SOLVER.WEIGHT_DECAY_ROUTER", wd, "must be >= 0, or None for SOLVER.WEIGHT_DECAY")
     _require(0.0 <= c.ROUTING_DROPOUT < 1.0, "MODEL.CONDCONV.ROUTING_DROPOUT", c.ROUTING_DROPOUT, "must be in [0, 1)")
     _require(
         c.ROUTER_INIT in ("glorot", "zeros"),
@@ -136,6 +195,21 @@ def check_condconv_config(cfg: CN) -> None:
         "MODEL.MOBILENET.PADDING",
         m.PADDING,
         "must be 'symmetric' or 'tf_same'",
+    )
+
+
+def condconv_options(cfg: CN) -> Dict[str, Any]:
+    """Keyword arguments of :func:`condconv_det.layers.configure_condconv` from
+    ``MODEL.CONDCONV``: what the backbone and head builders apply once a model is built."""
+    c = cfg.MODEL.CONDCONV
+    return dict(
+        static_kernel=bool(c.STATIC_KERNEL),
+        router_hidden_ratio=float(c.ROUTER_HIDDEN_RATIO),
+        router_norm=c.ROUTER_NORM,
+        expert_dropout=float(c.EXPERT_DROPOUT),
+        router_detach_input=bool(c.ROUTER_DETACH_INPUT),
+        expert_init=c.EXPERT_INIT,
+        router_init=c.ROUTER_INIT,
     )
 
 
@@ -356,6 +430,8 @@ def _require(ok: bool, key: str, value, what: str) -> None:
     if not ok:
         raise ValueError(f"{key} {what}, got {value!r}")
 
+
+OPTIMIZERS = ("SGD", "ADAMW")
 
 # ``_BASE_: "model_zoo://COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"`` inherits a config of the
 # installed detectron2 model zoo, so a config can change only what differs (e.g. the backbone).

@@ -86,6 +86,29 @@ def test_upcycled_routing_reproduces_the_static_kernel(activation, experts):
     assert layer.router.fc.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_upcycling_into_a_static_kernel_keeps_the_kernel_and_zero_experts(bias):
+    from condconv_det.layers import RoutedCondConv2d, configure_condconv
+
+    torch.manual_seed(0)
+    static = torch.nn.Conv2d(8, 8, 3, padding=1, bias=bias)
+    layer = configure_condconv(
+        torch.nn.Sequential(RoutedCondConv2d(8, 8, 3, padding=1, num_experts=4, bias=bias)), static_kernel=True
+    )
+    router_before = layer[0].router.fc.weight.clone()
+    sd = upcycle_state_dict({f"0.{k}": v for k, v in static.state_dict().items()}, layer)
+    assert "0.router.fc.weight" not in sd  # the routers keep their own (differing) init
+    load_checkpoint_strict(layer, sd, ignore=[r"router"])
+    x = torch.randn(3, 8, 7, 7)
+    torch.testing.assert_close(layer(x), static(x), rtol=1e-5, atol=1e-5)
+    assert layer[0].weight.abs().sum() == 0
+    torch.testing.assert_close(layer[0].router.fc.weight, router_before)
+    # Experts learn from step 0; they differ because the routers route each expert differently.
+    layer(x).square().sum().backward()
+    grad = layer[0].weight.grad
+    assert grad.abs().sum() > 0 and not torch.allclose(grad[0], grad[1])
+
+
 def test_checkpoint_that_does_not_fit_lists_every_difference():
     model = build_classifier("resnet18", num_experts=0)
     sd = _classifier_names(torchvision_resnet_to_detectron2(torchvision.models.resnet18().state_dict()))

@@ -2,33 +2,35 @@
 """The main job: train a CondConv detector and its static twin, then compare them side by side.
 
     python tools/compare_twins.py                                   # the bundled shapes dataset
-    python tools/compare_twins.py --config-file configs/shapes/retinanet_condconv_MNv2_FPN.yaml
+    python tools/compare_twins.py --seeds 3                         # mean and spread over 3 seeds
+    python tools/compare_twins.py --config-file configs/shapes/ssd_condconv_MNv1.yaml \\
+        MODEL.CONDCONV.STATIC_KERNEL False                          # a variant (ablation row)
     python tools/compare_twins.py --skip-train                      # re-read finished runs
 
 The static twin is the same config with ``MODEL.CONDCONV.NUM_EXPERTS 0``. Each model trains in
 its own ``tools/train_net.py`` process (its log, with losses and ETA, is shown as it runs and kept
-in ``<output-dir>/<model>/log.txt``); the final COCO evaluation of each run is then printed
-next to the other with parameters, multiply-adds and timings. Extra ``KEY VALUE`` pairs apply to
-both runs.
+in ``<output-dir>/<twin>/seed<k>/log.txt``); the final COCO evaluations are then printed side by
+side, as the mean and spread over the seeds, with the seed-by-seed difference, parameters and
+multiply-adds. Extra ``KEY VALUE`` pairs apply to both runs; those that only a CondConv model
+reads (``MODEL.CONDCONV.*``, the routers' solver settings) are left out of the static twin's, so
+the static runs are shared by every variant and trained once. Finished runs are reused.
 """
 import argparse
-import json
-import math
 import os
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "shapes", "ssd_condconv_MNv1.yaml")
-METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="the CondConv config")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "output", "compare_twins"))
+    parser.add_argument("--seeds", type=int, default=1, help="train seeds 0 .. N-1 of each twin")
     parser.add_argument("--skip-train", action="store_true", help="only summarize finished runs")
     parser.add_argument("--quiet", action="store_true", help="do not echo the training logs")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both runs")
@@ -37,6 +39,8 @@ def parse_args(argv=None):
         parser.error(f"config file {args.config_file!r} does not exist")
     if len(args.opts) % 2:
         parser.error(f"overrides come in KEY VALUE pairs, got {args.opts}")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     return args
 
 
@@ -60,23 +64,7 @@ def run_training(config_file: str, output_dir: str, opts: List[str], quiet: bool
     return time.perf_counter() - start
 
 
-def final_results(output_dir: str) -> Dict[str, float]:
-    """The last COCO evaluation of a run, from its ``metrics.json`` (``bbox/AP`` ... keys)."""
-    path = os.path.join(output_dir, "metrics.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: train first (without --skip-train)")
-    last: Optional[Dict[str, float]] = None
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            if "bbox/AP" in record:
-                last = record
-    if last is None:
-        raise RuntimeError(f"{path} holds no COCO evaluation: did the run finish?")
-    return last
-
-
-def model_figures(config_file: str, opts: List[str]) -> Dict[str, float]:
+def model_figures(config_file: str, opts: List[str]) -> Dict[str, object]:
     """Parameters (all / in experts) and multiply-adds at the test input size."""
     from condconv_det.analysis import analyze_detector, count_parameters, eval_image_size
     from condconv_det.config import get_cfg
@@ -94,53 +82,30 @@ def model_figures(config_file: str, opts: List[str]) -> Dict[str, float]:
     }
 
 
-def print_table(rows: Dict[str, Dict[str, float]]) -> None:
-    names = list(rows)
-    print("\n| | " + " | ".join(names) + " | difference |")
-    print("|---" * (len(names) + 2) + "|")
-
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not math.isnan(v)
-
-    def line(label, key, fmt, diff=True):
-        values = [rows[n].get(key) for n in names]
-        # COCO reports NaN for a size class without objects (e.g. APl here): shown as "-".
-        cells = [fmt.format(v) if number(v) else ("-" if v is None or isinstance(v, float) else str(v)) for v in values]
-        delta = ""
-        if diff and all(number(v) for v in values) and len(values) == 2:
-            delta = fmt.format(values[0] - values[1])
-            delta = delta if delta.startswith("-") else "+" + delta
-        print(f"| {label} | " + " | ".join(cells) + f" | {delta} |")
-
-    for metric in METRICS:
-        line(f"box {metric}", f"bbox/{metric}", "{:.1f}")
-    for key in sorted(k for k in rows[names[0]] if k.startswith("bbox/AP-")):
-        line(f"  AP {key[len('bbox/AP-'):]}", key, "{:.1f}")
-    line("parameters (M)", "params", "{:.2f}")
-    line("  in CondConv experts (M)", "experts", "{:.2f}")
-    line("multiply-adds (M)", "madds", "{:.0f}")
-    line("input size", "size", "{}", diff=False)
-    line("training time (s)", "train_s", "{:.0f}")
-
-
 def main(argv=None) -> int:
+    from condconv_det.twins import final_results, format_table, twin_runs
+
     args = parse_args(argv)
-    twins = {
-        "CondConv": (args.config_file, list(args.opts)),
-        "static": (args.config_file, list(args.opts) + ["MODEL.CONDCONV.NUM_EXPERTS", "0"]),
-    }
-    rows: Dict[str, Dict[str, float]] = {}
-    for name, (config, opts) in twins.items():
-        out = os.path.join(args.output_dir, name.lower())
-        row: Dict[str, float] = {}
-        if not args.skip_train:
-            print(f"\n=== training the {name} model ({config}) -> {out}", flush=True)
-            row["train_s"] = run_training(config, out, opts, args.quiet)
-        row.update(final_results(out))
-        row.update(model_figures(config, opts))
-        rows[name] = row
-    print(f"\nCOCO box AP on the test set of {os.path.relpath(args.config_file, ROOT)}:")
-    print_table(rows)
+    runs = twin_runs(args.config_file, args.opts, range(args.seeds), args.output_dir)
+    rows: Dict[str, List[Dict[str, float]]] = {}
+    figures: Dict[str, Dict[str, object]] = {}
+    for twin, twin_runs_ in runs.items():
+        times = []
+        for run in twin_runs_:
+            if not args.skip_train:
+                if run.is_finished():
+                    print(f"\n=== reusing the finished {twin} run, seed {run.seed}: {run.output_dir}")
+                else:
+                    print(f"\n=== training the {twin} model, seed {run.seed} -> {run.output_dir}", flush=True)
+                    run.write_record()
+                    times.append(run_training(args.config_file, run.output_dir, run.opts, args.quiet))
+            rows.setdefault(twin, []).append(final_results(run.output_dir))
+        figures[twin] = model_figures(args.config_file, twin_runs_[0].opts)
+        if times:
+            figures[twin]["train_s"] = sum(times) / len(times)
+    seeds = f", {args.seeds} seeds (mean ± standard deviation)" if args.seeds > 1 else ""
+    print(f"\nCOCO box AP on the test set of {os.path.relpath(args.config_file, ROOT)}{seeds}:")
+    print(format_table(rows, figures))
     return 0
 
 

@@ -43,7 +43,7 @@ from detectron2.utils import comm  # noqa: E402
 import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
 from condconv_det.engine import launch  # noqa: E402
-from condconv_det.engine.hooks import RoutingStatsHook  # noqa: E402
+from condconv_det.engine.hooks import RoutingStatsHook, RoutingTemperatureHook  # noqa: E402
 from condconv_det.engine.trainer import (  # noqa: E402
     check_datasets,
     check_weights,
@@ -119,8 +119,27 @@ def do_train(args, cfg) -> Dict[str, Any]:
         raise ValueError(
             f"train.routing_stats_period must be an int >= 0 (0: off), got {routing_period!r}"
         )
+    schedule = dict(cfg.train.get("routing_temperature_schedule", {}) or {})
+    unknown = set(schedule) - {"start", "iters"}
+    if unknown:
+        raise ValueError(
+            f"train.routing_temperature_schedule takes start and iters, got {sorted(unknown)}"
+        )
+    iters = schedule.get("iters", 0)
+    if not isinstance(iters, int) or not 0 <= iters <= cfg.train.max_iter:
+        raise ValueError(
+            f"train.routing_temperature_schedule.iters must be an int in [0, train.max_iter "
+            f"= {cfg.train.max_iter}], got {iters!r}"
+        )
+    temperature_hook = None
+    if iters > 0:
+        # The routers' own temperature is where the annealing ends (the YAML configs'
+        # MODEL.CONDCONV.TEMPERATURE_SCHEDULE with ROUTING_TEMPERATURE).
+        temperature_hook = RoutingTemperatureHook(schedule.get("start", 1.0), iters)
     trainer.register_hooks(
         [
+            # First, as in condconv_det.engine.Trainer: every hook sees the step's temperature.
+            temperature_hook,
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             # Before evaluation and the writers, as in condconv_det.engine.Trainer.

@@ -1,14 +1,16 @@
 """Data: the bundled shapes dataset, SSD augmentations and the SSD dataset mapper."""
 from .dataset_mapper import SSDDatasetMapper, build_ssd_augmentation
-from .datasets import (  # registers shapes_train and shapes_val
+from .datasets import (  # registers shapes_{train,val} and digits_{train,val}
+    DIGITS_DATASETS,
     SHAPES_DATASETS,
     check_coco_dataset,
     default_shapes_root,
     load_coco_json_checked,
     register_coco_checked,
+    register_digits,
     register_shapes,
 )
-from .shapes import SHAPES_CLASSES, generate_shapes_dataset
+from .shapes import CONTENTS, DIGITS_CLASSES, SHAPES_CLASSES, generate_shapes_dataset
 from .transforms import (
     ExpandTransform,
     PhotometricDistortTransform,

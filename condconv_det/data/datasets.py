@@ -22,20 +22,23 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_coco_json
 
-from .shapes import SHAPES_CLASSES, generate_shapes_dataset, shapes_dataset_paths
+from .shapes import dataset_classes, generate_shapes_dataset, shapes_dataset_paths
 
 __all__ = [
+    "DIGITS_DATASETS",
     "SHAPES_DATASETS",
     "check_coco_dataset",
     "default_shapes_root",
     "load_coco_json_checked",
     "register_coco_checked",
+    "register_digits",
     "register_shapes",
 ]
 
 logger = logging.getLogger(__name__)
 
 SHAPES_DATASETS: Tuple[str, str] = ("shapes_train", "shapes_val")
+DIGITS_DATASETS: Tuple[str, str] = ("digits_train", "digits_val")
 
 PathLike = Union[str, os.PathLike]
 
@@ -276,7 +279,9 @@ def register_coco_checked(
     )
 
 
-def register_shapes(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple[str, str]:
+def register_shapes(
+    root: Optional[PathLike] = None, *, names: Tuple[str, str] = SHAPES_DATASETS, **generate_kwargs
+) -> Tuple[str, str]:
     """Registers ``shapes_train`` and ``shapes_val``; loading either generates the dataset first.
 
     The metadata (``thing_classes``, ``json_file``, ``evaluator_type="coco"``) is there at once,
@@ -286,16 +291,18 @@ def register_shapes(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple
 
     Args:
         root: the dataset folder; default :func:`default_shapes_root`, resolved now.
+        names: the (train, val) names to register.
         generate_kwargs: passed to :func:`generate_shapes_dataset`, e.g. ``num_train=50``.
 
     Returns:
-        the registered names, :data:`SHAPES_DATASETS`.
+        the registered names, ``names``.
     """
     root = os.path.abspath(os.fspath(root) if root is not None else default_shapes_root())
+    classes = dataset_classes(generate_kwargs.get("content", "shapes"))
     # Misspelt keywords fail here, not at the first load in the middle of training.
     inspect.signature(generate_shapes_dataset).bind(root, **generate_kwargs)
     paths = shapes_dataset_paths(root)
-    for name, split in zip(SHAPES_DATASETS, ("train", "val")):
+    for name, split in zip(names, ("train", "val")):
         json_file, image_root = paths[f"{split}_json"], paths[f"{split}_images"]
 
         def load(json_file=json_file, image_root=image_root, name=name) -> List[Dict]:
@@ -306,8 +313,8 @@ def register_shapes(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple
             name,
             load,
             {
-                "thing_classes": list(SHAPES_CLASSES),
-                "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(SHAPES_CLASSES))},
+                "thing_classes": list(classes),
+                "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(classes))},
                 "evaluator_type": "coco",
                 "json_file": json_file,
                 "image_root": image_root,
@@ -315,7 +322,23 @@ def register_shapes(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple
                 "generated_on_first_use": True,
             },
         )
-    return SHAPES_DATASETS
+    return tuple(names)
+
+
+def register_digits(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple[str, str]:
+    """Registers ``digits_train`` and ``digits_val``: the shapes dataset's images and layout
+    with handwritten digits (10 classes, scikit-learn's bundled scans) as the objects; loading
+    either generates it first (needs scikit-learn). See :func:`register_shapes`.
+
+    Args:
+        root: the dataset folder; default ``$DETECTRON2_DATASETS/condconv_digits``.
+        generate_kwargs: passed to :func:`generate_shapes_dataset` (``content="digits"``).
+    """
+    if root is None:
+        root = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "condconv_digits")
+    generate_kwargs.setdefault("object_size", (14, 56))
+    return register_shapes(root, names=DIGITS_DATASETS, content="digits", **generate_kwargs)
 
 
 register_shapes()
+register_digits()

@@ -36,12 +36,36 @@ import numpy as np
 import pycocotools.mask as mask_util
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES_CLASSES", "generate_shapes_dataset", "shapes_dataset_paths"]
+__all__ = [
+    "CONTENTS",
+    "DIGITS_CLASSES",
+    "SHAPES_CLASSES",
+    "dataset_classes",
+    "generate_shapes_dataset",
+    "shapes_dataset_paths",
+]
 
 logger = logging.getLogger(__name__)
 
 SHAPES_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "star", "ring")
 """Class names; the COCO category id of ``SHAPES_CLASSES[i]`` is ``i + 1``."""
+
+DIGITS_CLASSES: Tuple[str, ...] = tuple(str(d) for d in range(10))
+"""Class names of the "digits" content: handwritten digits, category id ``d + 1`` for digit d."""
+
+CONTENTS = ("shapes", "digits")
+"""What the objects are: "shapes" (:data:`SHAPES_CLASSES`, drawn geometrically) or "digits"
+(handwritten digits of scikit-learn's bundled UCI digits set, 1797 scans of 8 x 8 pixels by 43
+writers, scaled up: a second kind of object for the same pipeline). Digit scans are split between
+the training and validation images (every fifth scan is validation-only), so validation
+digits were never seen in training."""
+
+
+def dataset_classes(content: str) -> Tuple[str, ...]:
+    """The class names of a dataset of ``content`` (one of :data:`CONTENTS`)."""
+    if content not in CONTENTS:
+        raise ValueError(f"content must be one of {CONTENTS}, got {content!r}")
+    return SHAPES_CLASSES if content == "shapes" else DIGITS_CLASSES
 
 GENERATOR_VERSION = 1
 """Bump on any change to the rendering: a dataset made by another version is regenerated."""
@@ -188,6 +212,38 @@ def _shape_mask(rng: np.random.Generator, category: int, size: float) -> np.ndar
     return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
+_DIGITS_CACHE: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _digit_scans(split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(images (N, 8, 8) in [0, 1], labels (N,))`` of the scans that ``split`` draws from."""
+    if split not in _DIGITS_CACHE:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as e:
+            raise ImportError(
+                "The digits dataset draws its digits from scikit-learn's bundled digits: "
+                "pip install scikit-learn (nothing is downloaded)."
+            ) from e
+        digits = load_digits()
+        index = np.arange(len(digits.target))
+        keep = index % 5 == 0 if split == "val" else index % 5 != 0
+        images = digits.images[keep].astype(np.float32) / 16.0
+        _DIGITS_CACHE[split] = (images, digits.target[keep].astype(np.int64))
+    return _DIGITS_CACHE[split]
+
+
+def _digit_mask(rng: np.random.Generator, category: int, size: float, split: str) -> np.ndarray:
+    """The mask of a random scan of digit ``category`` scaled to ``size`` px, cropped to it."""
+    images, labels = _digit_scans(split)
+    scan = images[rng.choice(np.flatnonzero(labels == category))]
+    side = max(int(round(size)), 8)
+    ink = np.asarray(Image.fromarray(scan, "F").resize((side, side), Image.BILINEAR))
+    mask = ink > 0.4
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
 def _dilate(mask: np.ndarray) -> np.ndarray:
     """The mask grown by one pixel (4-neighbourhood), padded by one pixel on every side."""
     out = np.pad(mask, 1)
@@ -223,6 +279,8 @@ def _render_image(
     width: int,
     objects_per_image: Tuple[int, int],
     object_size: Tuple[float, float],
+    content: str = "shapes",
+    split: str = "train",
 ) -> Tuple[np.ndarray, List[_Instance]]:
     """Renders one image and its objects.
 
@@ -237,8 +295,11 @@ def _render_image(
     colours: List[Tuple[float, float, float]] = []
     for _ in range(int(rng.integers(objects_per_image[0], objects_per_image[1] + 1))):
         for _ in range(_PLACEMENT_TRIES):
-            category = int(rng.integers(len(SHAPES_CLASSES)))
-            mask = _shape_mask(rng, category, rng.uniform(*object_size))
+            category = int(rng.integers(len(dataset_classes(content))))
+            if content == "digits":
+                mask = _digit_mask(rng, category, rng.uniform(*object_size), split)
+            else:
+                mask = _shape_mask(rng, category, rng.uniform(*object_size))
             mh, mw = mask.shape
             y0, x0 = int(rng.integers(0, height - mh + 1)), int(rng.integers(0, width - mw + 1))
             window = owner[y0 : y0 + mh, x0 : x0 + mw]
@@ -312,6 +373,7 @@ def _write_split(
     directory: str, split: str, count: int, params: Dict, progress_bar
 ) -> Dict[str, int]:
     height, width = params["image_size"]
+    content = params.get("content", "shapes")
     os.makedirs(os.path.join(directory, split))
     images, annotations = [], []
     for index in range(count):
@@ -321,6 +383,8 @@ def _write_split(
             width,
             tuple(params["objects_per_image"]),
             tuple(params["object_size"]),
+            params.get("content", "shapes"),
+            split,
         )
         image_id = index + 1
         file_name = f"{image_id:06d}.png"
@@ -330,13 +394,16 @@ def _write_split(
             annotations.append(_annotation(instance, len(annotations) + 1, image_id))
         progress_bar.update(1)
     coco = {
-        "info": {"description": "condconv_det synthetic shapes", "version": str(GENERATOR_VERSION)},
+        "info": {
+            "description": f"condconv_det synthetic {content}",
+            "version": str(GENERATOR_VERSION),
+        },
         "licenses": [],
         "images": images,
         "annotations": annotations,
         "categories": [
-            {"id": i + 1, "name": name, "supercategory": "shape"}
-            for i, name in enumerate(SHAPES_CLASSES)
+            {"id": i + 1, "name": name, "supercategory": content}
+            for i, name in enumerate(dataset_classes(content))
         ],
     }
     with open(os.path.join(directory, "annotations", f"instances_{split}.json"), "w") as f:
@@ -413,7 +480,9 @@ def _normalize_params(
     seed: int,
     objects_per_image: Tuple[int, int],
     object_size: Tuple[float, float],
+    content: str = "shapes",
 ) -> Dict:
+    dataset_classes(content)  # checks it
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     lo, hi = objects_per_image
     smallest, largest = object_size
@@ -433,7 +502,11 @@ def _normalize_params(
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     # The form written to the marker (JSON has lists, not tuples), so it compares equal on reload.
+    # "content" only when not the original "shapes", so that shapes datasets made before it
+    # existed are still recognised.
+    extra = {} if content == "shapes" else {"content": content}
     return {
+        **extra,
         "num_train": int(num_train),
         "num_val": int(num_val),
         "image_size": [int(height), int(width)],
@@ -452,6 +525,7 @@ def generate_shapes_dataset(
     seed: int = 0,
     objects_per_image: Tuple[int, int] = (2, 8),
     object_size: Tuple[float, float] = (10, 56),
+    content: str = "shapes",
     progress: bool = True,
 ) -> Dict[str, str]:
     """Makes the shapes dataset under ``root`` unless it is already there with these parameters.
@@ -474,7 +548,8 @@ def generate_shapes_dataset(
         objects_per_image: ``(lo, hi)``, inclusive range of objects tried per image (a crowded
             image may hold fewer).
         object_size: ``(lo, hi)``, the range of the unrotated shapes' widths in pixels, drawn
-            uniformly.
+            uniformly (digits: the side of the scaled scan).
+        content: one of :data:`CONTENTS`, the kind of objects.
         progress: show a progress bar (tqdm, on stderr) while generating.
 
     Returns:
@@ -485,7 +560,9 @@ def generate_shapes_dataset(
         ValueError: invalid parameters.
     """
     root = os.path.abspath(os.fspath(root))
-    params = _normalize_params(num_train, num_val, image_size, seed, objects_per_image, object_size)
+    params = _normalize_params(
+        num_train, num_val, image_size, seed, objects_per_image, object_size, content
+    )
     paths = shapes_dataset_paths(root)
     if _is_complete(root, params):
         return paths
@@ -504,7 +581,7 @@ def generate_shapes_dataset(
         counts = {}
         total = params["num_train"] + params["num_val"]
         with tqdm(
-            total=total, desc="shapes dataset", unit="img", disable=not progress, mininterval=1
+            total=total, desc=f"{content} dataset", unit="img", disable=not progress, mininterval=1
         ) as bar:
             for split in _SPLITS:
                 counts[split] = _write_split(tmp, split, params[f"num_{split}"], params, bar)

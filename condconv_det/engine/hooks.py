@@ -5,9 +5,10 @@ from typing import Optional
 import torch
 from detectron2.engine import HookBase
 
+from ..layers import CondConvRouter, set_routing_temperature
 from ..routing_analysis import RoutingRecorder, routing_entropy
 
-__all__ = ["RoutingStatsHook"]
+__all__ = ["RoutingStatsHook", "RoutingTemperatureHook", "routing_temperature_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +84,66 @@ class RoutingStatsHook(HookBase):
         if self._recorder is not None:
             self._recorder.detach()
             self._recorder.pop()
+
+
+def routing_temperature_at(iteration: int, start: float, end: float, iters: int) -> float:
+    """The routing temperature at ``iteration``: linear from ``start`` at iteration 0 to ``end``
+    at iteration ``iters - 1`` (the last of the annealing), then ``end``; ``iters`` 0: ``end``."""
+    if iters <= 1 or iteration >= iters - 1:
+        return float(end)
+    return float(start + (end - start) * iteration / (iters - 1))
+
+
+class RoutingTemperatureHook(HookBase):
+    """Anneals the temperature of every CondConv router during training (Dynamic Convolution's
+    recipe, Chen et al. 2020: from 30 to 1 over the first epochs, so that all experts train
+    while the routing is still nearly uniform).
+
+    Before each step, every :class:`~condconv_det.layers.CondConvRouter` of the model gets
+    :func:`routing_temperature_at` of the iteration, which is also logged as
+    ``routing/temperature``. The temperature depends only on the iteration, so a resumed run
+    continues exactly where it stopped.
+
+    Args:
+        start: temperature at iteration 0 (> 0).
+        iters: length of the annealing in iterations (>= 0).
+        end: temperature from iteration ``iters - 1`` on: the one the trained model routes
+            with (``MODEL.CONDCONV.ROUTING_TEMPERATURE``); None: the routers' own, read when
+            training starts.
+    """
+
+    def __init__(self, start: float, iters: int, end: Optional[float] = None):
+        if not start > 0 or (end is not None and not end > 0):
+            raise ValueError(f"RoutingTemperatureHook: temperatures must be > 0, got {start}, {end}")
+        if iters < 0:
+            raise ValueError(f"RoutingTemperatureHook: iters must be >= 0, got {iters}")
+        self.start, self.iters = float(start), int(iters)
+        self.end = None if end is None else float(end)
+
+    def _apply(self, iteration: int) -> float:
+        assert self.end is not None
+        temperature = routing_temperature_at(iteration, self.start, self.end, self.iters)
+        set_routing_temperature(self.trainer.model, temperature)
+        return temperature
+
+    def before_train(self) -> None:
+        routers = [m for m in self.trainer.model.modules() if isinstance(m, CondConvRouter)]
+        if not routers:
+            logger.warning(
+                "A routing temperature schedule is set but the model has no CondConv router "
+                "(static model?): nothing to anneal."
+            )
+        if self.end is None:
+            temperatures = {r.temperature for r in routers} or {1.0}
+            if len(temperatures) > 1:
+                raise ValueError(
+                    f"RoutingTemperatureHook: the routers have different temperatures "
+                    f"{sorted(temperatures)}; give the final temperature (end) explicitly"
+                )
+            self.end = temperatures.pop()
+        self._apply(self.trainer.iter)
+
+    def before_step(self) -> None:
+        temperature = self._apply(self.trainer.iter)
+        self.trainer.storage.put_scalar("routing/temperature", temperature, smoothing_hint=False)
+

@@ -11,12 +11,15 @@ Differences from ``DefaultTrainer``, each needed by condconv_det's users:
 - DDP works on CPU (gloo): detectron2 0.6 always passes ``device_ids`` to DDP;
 - an image that fails to load names its file instead of failing deep inside a worker;
 - with ``MODEL.CONDCONV.ROUTING_STATS.ENABLED``, routing statistics are logged
-  (:class:`~condconv_det.engine.hooks.RoutingStatsHook`).
+  (:class:`~condconv_det.engine.hooks.RoutingStatsHook`);
+- with ``MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS`` > 0, the routing temperature is annealed
+  (:class:`~condconv_det.engine.hooks.RoutingTemperatureHook`);
+- the routers' parameters get ``SOLVER.ROUTER_LR_FACTOR`` and ``SOLVER.WEIGHT_DECAY_ROUTER``.
 """
 import logging
 import os
 import weakref
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
@@ -29,7 +32,8 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import CondConvCheckpointer
-from .hooks import RoutingStatsHook
+from ..layers import CondConvRouter
+from .hooks import RoutingStatsHook, RoutingTemperatureHook
 
 __all__ = [
     "Trainer",
@@ -38,6 +42,8 @@ __all__ = [
     "create_ddp_model",
     "check_datasets",
     "check_weights",
+    "build_optimizer_param_groups",
+    "optimizer_param_groups",
 ]
 
 logger = logging.getLogger(__name__)
@@ -193,8 +199,14 @@ class Trainer(DefaultTrainer):
         return results if results is not None else getattr(self, "_last_eval_results", None)
 
     def build_hooks(self):
-        """detectron2's hooks, plus :class:`RoutingStatsHook` when routing statistics are on."""
+        """detectron2's hooks, plus :class:`RoutingTemperatureHook` when the routing temperature
+        is annealed and :class:`RoutingStatsHook` when routing statistics are on."""
         hooks = super().build_hooks()
+        schedule = self.cfg.MODEL.CONDCONV.TEMPERATURE_SCHEDULE
+        if schedule.ITERS > 0:
+            # First: every other hook (evaluation included) sees this iteration's temperature.
+            end = self.cfg.MODEL.CONDCONV.ROUTING_TEMPERATURE
+            hooks.insert(0, RoutingTemperatureHook(schedule.START, schedule.ITERS, end=end))
         stats = self.cfg.MODEL.CONDCONV.ROUTING_STATS
         if stats.ENABLED:
             # Before any hook that runs the model (its forward hooks must be gone by then) or
@@ -231,6 +243,23 @@ class Trainer(DefaultTrainer):
             scaler.load_state_dict(state_dict["grad_scaler"])
 
     @classmethod
+    def build_optimizer(cls, cfg, model):
+        """``SOLVER.OPTIMIZER``: detectron2's SGD, or AdamW (``SOLVER.BETAS``); the routers'
+        parameters in groups of their own when ``SOLVER.ROUTER_LR_FACTOR`` or
+        ``SOLVER.WEIGHT_DECAY_ROUTER`` asks for it."""
+        s = cfg.SOLVER
+        if s.OPTIMIZER == "SGD" and s.ROUTER_LR_FACTOR == 1.0 and s.WEIGHT_DECAY_ROUTER is None:
+            return super().build_optimizer(cfg, model)
+        from detectron2.solver.build import maybe_add_gradient_clipping
+
+        groups = build_optimizer_param_groups(cfg, model)
+        if s.OPTIMIZER == "ADAMW":
+            optimizer_class = maybe_add_gradient_clipping(cfg, torch.optim.AdamW)
+            return optimizer_class(groups, lr=s.BASE_LR, betas=tuple(s.BETAS))
+        optimizer_class = maybe_add_gradient_clipping(cfg, torch.optim.SGD)
+        return optimizer_class(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, nesterov=s.NESTEROV)
+
+    @classmethod
     def build_checkpointer(cls, model, cfg, **checkpointables) -> CondConvCheckpointer:
         """The checkpointer of ``model``, saving to ``cfg.OUTPUT_DIR``."""
         return CondConvCheckpointer(model, cfg.OUTPUT_DIR, **checkpointables)
@@ -246,3 +275,72 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str = None):
         return build_coco_evaluator(cfg, dataset_name, output_folder)
+
+
+_NORM_TYPES = (
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.GroupNorm,
+    torch.nn.LayerNorm,
+    torch.nn.LocalResponseNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+)
+
+
+def build_optimizer_param_groups(cfg, model: torch.nn.Module) -> List[Dict[str, Any]]:
+    """:func:`optimizer_param_groups` with the settings of ``SOLVER.*``."""
+    s = cfg.SOLVER
+    return optimizer_param_groups(
+        model,
+        base_lr=s.BASE_LR,
+        weight_decay=s.WEIGHT_DECAY,
+        weight_decay_norm=s.WEIGHT_DECAY_NORM,
+        bias_lr_factor=s.BIAS_LR_FACTOR,
+        weight_decay_bias=s.WEIGHT_DECAY_BIAS,
+        router_lr_factor=s.ROUTER_LR_FACTOR,
+        weight_decay_router=s.WEIGHT_DECAY_ROUTER,
+    )
+
+
+def optimizer_param_groups(
+    model: torch.nn.Module,
+    *,
+    base_lr: float,
+    weight_decay: float,
+    weight_decay_norm: float = 0.0,
+    bias_lr_factor: float = 1.0,
+    weight_decay_bias: Optional[float] = None,
+    router_lr_factor: float = 1.0,
+    weight_decay_router: Optional[float] = None,
+) -> List[Dict[str, Any]]:
+    """Parameter groups as detectron2's ``get_default_optimizer_params`` makes them (norm and
+    bias rules, same arguments), with the CondConv routers' parameters getting
+    ``router_lr_factor`` times their learning rate and ``weight_decay_router`` (None: their usual
+    decay). Parameters with equal settings share a group. For LazyConfig:
+    ``optimizer.params = L(optimizer_param_groups)(base_lr=..., weight_decay=..., ...)``, the
+    model set by the training script (``optimizer.params.model``)."""
+    from detectron2.layers import FrozenBatchNorm2d
+
+    norm_types = _NORM_TYPES + (FrozenBatchNorm2d,)
+    router_params = {
+        id(p) for m in model.modules() if isinstance(m, CondConvRouter) for p in m.parameters()
+    }
+    groups: Dict[Any, Dict[str, Any]] = {}
+    seen = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            lr, decay = base_lr, weight_decay
+            if isinstance(module, norm_types):
+                decay = weight_decay_norm
+            elif name == "bias":
+                lr = base_lr * bias_lr_factor
+                decay = weight_decay if weight_decay_bias is None else weight_decay_bias
+            if id(param) in router_params:
+                lr *= router_lr_factor
+                if weight_decay_router is not None:
+                    decay = weight_decay_router
+            group = groups.setdefault((lr, decay), {"params": [], "lr": lr, "weight_decay": decay})
+            group["params"].append(param)
+    return list(groups.values())

@@ -1,22 +1,30 @@
 """CondConv layers: pure PyTorch, importable without detectron2."""
 from .condconv import CONDCONV_PATHS, CondConv2d, cond_conv2d
 from .routing import (
+    EXPERT_INITS,
     ROUTER_INITS,
+    ROUTER_NORMS,
     ROUTING_ACTIVATIONS,
     CondConvRouter,
     RoutedCondConv2d,
     check_router_init,
+    configure_condconv,
     reset_routers,
+    set_routing_temperature,
 )
 
 __all__ = [
     "CONDCONV_PATHS",
+    "EXPERT_INITS",
     "ROUTER_INITS",
+    "ROUTER_NORMS",
     "ROUTING_ACTIVATIONS",
     "CondConv2d",
     "CondConvRouter",
     "RoutedCondConv2d",
     "check_router_init",
     "cond_conv2d",
+    "configure_condconv",
     "reset_routers",
+    "set_routing_temperature",
 ]

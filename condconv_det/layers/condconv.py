@@ -13,6 +13,7 @@ This module is pure PyTorch: it imports nothing from detectron2.
 """
 import contextlib
 import math
+import numbers
 from typing import List, Optional, Tuple, Union
 
 import torch
@@ -430,6 +431,12 @@ class CondConv2d(nn.Module):
             kernel, an ordinary ``nn.Conv2d`` weight.
         bias: (E, out_channels) or None.
         path: how to compute the result, one of :data:`CONDCONV_PATHS` (default "auto").
+        static_weight: (out_channels, in_channels // groups, kh, kw) or None. With
+            ``static_kernel=True`` every example's kernel is ``static_weight + sum_i r_i W_i``
+            (and its bias ``static_bias + sum_i r_i b_i``): a static kernel plus a routed
+            residual, whose experts start at zero so that the layer starts as a plain conv
+            (Li et al., "Revisiting Dynamic Convolution via Matrix Decomposition", ICLR 2021,
+            argue for a static kernel beside the dynamic part).
     """
 
     __constants__ = [
@@ -461,9 +468,11 @@ class CondConv2d(nn.Module):
         path: str = "auto",
         device=None,
         dtype=None,
+        *,
+        static_kernel: bool = False,
     ):
         super().__init__()
-        if not isinstance(num_experts, int) or num_experts < 1:
+        if isinstance(num_experts, bool) or not isinstance(num_experts, numbers.Integral) or num_experts < 1:
             raise ValueError(f"CondConv2d needs num_experts >= 1, got {num_experts!r}")
         if groups < 1:
             raise ValueError(f"CondConv2d needs groups >= 1, got {groups}")
@@ -512,6 +521,12 @@ class CondConv2d(nn.Module):
             self.bias = nn.Parameter(torch.empty((num_experts, out_channels), **factory))
         else:
             self.register_parameter("bias", None)
+        self.register_parameter("static_weight", None)
+        self.register_parameter("static_bias", None)
+        if static_kernel:
+            self.static_weight = nn.Parameter(torch.empty(self.weight.shape[1:], **factory))
+            if bias:
+                self.static_bias = nn.Parameter(torch.empty((out_channels,), **factory))
         self.reset_parameters()
 
     def _resolve_padding(self, padding: Union[str, _IntOrPair]) -> Tuple[int, int, int, int]:
@@ -531,17 +546,42 @@ class CondConv2d(nn.Module):
         return (ph, ph, pw, pw)
 
     def reset_parameters(self) -> None:
-        """Initialises every expert as ``nn.Conv2d`` initialises a kernel of the expert's shape.
+        """Initialises every expert as ``nn.Conv2d`` initialises a kernel of the expert's shape;
+        with a static kernel, that kernel so, and the experts at zero.
 
         Initialising the stacked 5-D tensor at once would compute fan-in/fan-out from the wrong
         dimensions (e.g. fvcore's ``c2_msra_fill`` takes dim 0, the experts, as fan-out).
         """
+        fan_in = (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
+        bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        if self.static_weight is not None:
+            nn.init.kaiming_uniform_(self.static_weight, a=math.sqrt(5))
+            nn.init.zeros_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+            if self.static_bias is not None:
+                nn.init.uniform_(self.static_bias, -bound, bound)
+            return
         for expert in range(self.num_experts):
             nn.init.kaiming_uniform_(self.weight[expert], a=math.sqrt(5))
         if self.bias is not None:
-            fan_in = (self.in_channels // self.groups) * self.kernel_size[0] * self.kernel_size[1]
-            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
             nn.init.uniform_(self.bias, -bound, bound)
+
+    def add_static_kernel(self) -> "CondConv2d":
+        """Turns the layer into a static kernel plus zero-initialised routed experts (see
+        ``static_weight``), in place: the static kernel takes expert 0's values (each expert was
+        initialised as a plain conv, so the layer now starts as one), every expert becomes zero.
+        A layer that has a static kernel already is left alone. Returns the layer."""
+        if self.static_weight is not None:
+            return self
+        with torch.no_grad():
+            trainable = self.weight.requires_grad
+            self.static_weight = nn.Parameter(self.weight[0].detach().clone(), trainable)
+            self.weight.zero_()
+            if self.bias is not None:
+                self.static_bias = nn.Parameter(self.bias[0].detach().clone(), trainable)
+                self.bias.zero_()
+        return self
 
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         """
@@ -567,11 +607,22 @@ class CondConv2d(nn.Module):
         if len(self._pre_pad) > 0:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._pre_pad, mode=mode)
+        routing_weights = routing_weights.to(self.weight.dtype)
+        weight, bias = self.weight, self.bias
+        static_weight = self.static_weight
+        if static_weight is not None:
+            # The static kernel is one more expert, routed with weight 1 for every example.
+            ones = torch.ones_like(routing_weights[:, :1])
+            routing_weights = torch.cat([ones, routing_weights], dim=1)
+            weight = torch.cat([static_weight.unsqueeze(0), weight], dim=0)
+            static_bias = self.static_bias
+            if bias is not None and static_bias is not None:
+                bias = torch.cat([static_bias.unsqueeze(0), bias], dim=0)
         return cond_conv2d(
             x,
-            routing_weights.to(self.weight.dtype),
-            self.weight,
-            self.bias,
+            routing_weights,
+            weight,
+            bias,
             self.stride,
             self.padding,
             self.dilation,
@@ -629,4 +680,6 @@ class CondConv2d(nn.Module):
             s += f", padding_mode={self.padding_mode!r}"
         if self.path != "auto":
             s += f", path={self.path!r}"
+        if self.static_weight is not None:
+            s += ", static_kernel=True"
         return s

@@ -1,4 +1,6 @@
 """Routing functions for CondConv and the self-routing drop-in for ``nn.Conv2d``."""
+import math
+import numbers
 from typing import Optional, Tuple, Union
 
 import torch
@@ -7,7 +9,16 @@ from torch import nn
 
 from .condconv import CondConv2d
 
-__all__ = ["CondConvRouter", "RoutedCondConv2d", "ROUTING_ACTIVATIONS", "ROUTER_INITS", "reset_routers"]
+__all__ = [
+    "CondConvRouter",
+    "RoutedCondConv2d",
+    "ROUTING_ACTIVATIONS",
+    "ROUTER_INITS",
+    "ROUTER_NORMS",
+    "configure_condconv",
+    "reset_routers",
+    "set_routing_temperature",
+]
 
 # "sigmoid": the paper's routing, r = sigmoid(FC(GAP(x))); the weights need not sum to one,
 #     so several experts can be fully on (paper, sec. 3 and the routing ablation).
@@ -15,6 +26,8 @@ __all__ = ["CondConvRouter", "RoutedCondConv2d", "ROUTING_ACTIVATIONS", "ROUTER_
 #     Convolution (Chen et al., CVPR 2020), where the temperature is annealed from ~30 to 1.
 ROUTING_ACTIVATIONS = ("sigmoid", "softmax")
 ROUTER_INITS = ("glorot", "zeros")
+# Norm inside the router: none, batch norm (ODConv's), layer norm.
+ROUTER_NORMS = ("", "BN", "LN")
 
 
 class CondConvRouter(nn.Module):
@@ -29,21 +42,35 @@ class CondConvRouter(nn.Module):
         r = router(x)
         y = conv2(conv1(x, r).relu(), r)
 
+    With ``hidden_ratio > 0`` the linear layer becomes two, with a hidden layer of
+    ``max(round(in_channels * hidden_ratio), 4)`` units, an optional norm and a ReLU between
+    them (Dynamic Convolution's router, Chen et al. 2020, uses a ratio of 1/4; ODConv's, Li et
+    al. 2022, puts a batch norm after the reduction). Without a hidden layer, ``norm`` acts on the
+    pooled input.
+
     Args:
         in_channels: channels of the input that is pooled.
         num_experts: number of routing weights per example.
         activation: "sigmoid" (the paper) or "softmax" (Dynamic Convolution); see
             :data:`ROUTING_ACTIVATIONS`.
-        temperature: softmax temperature; the logits are divided by it. Only for "softmax".
-            It is a plain attribute, so a training hook can anneal it.
+        temperature: the logits are divided by it before the activation (> 1 flattens the
+            routing towards its value at zero logits). A plain attribute, so that a training
+            hook can anneal it (:class:`~condconv_det.engine.RoutingTemperatureHook`).
         dropout: dropout probability on the pooled routing input (training only).
         init: "glorot" (the official code's Dense init: every example starts with different
-            routing weights near 0.5) or "zeros" (zero weights: every example starts with the
-            same routing, so the network starts as its static twin and learns to route). See
-            :func:`reset_routers`.
+            routing weights near 0.5) or "zeros" (zero output weights: every example starts with
+            the same routing, so the network starts as a reparametrised static model and learns
+            to route). See :func:`reset_routers`.
+        hidden_ratio: hidden units per input channel; 0 for the paper's single linear layer.
+        norm: one of :data:`ROUTER_NORMS`: "" (none), "BN" (batch norm over the batch's
+            examples) or "LN" (layer norm within each example).
+        expert_dropout: probability of dropping each routing weight of each example during
+            training, the others rescaled by ``1 / (1 - p)`` (DropExpert).
+        detach_input: pool a detached input: the routers and experts learn as usual, but no
+            gradient flows from the routing back into the features it is computed from.
     """
 
-    __constants__ = ["in_channels", "num_experts", "activation"]
+    __constants__ = ["in_channels", "num_experts", "activation", "expert_dropout", "detach_input"]
 
     def __init__(
         self,
@@ -54,34 +81,51 @@ class CondConvRouter(nn.Module):
         temperature: float = 1.0,
         dropout: float = 0.0,
         init: str = "glorot",
+        hidden_ratio: float = 0.0,
+        norm: str = "",
+        expert_dropout: float = 0.0,
+        detach_input: bool = False,
     ):
         super().__init__()
-        if not isinstance(num_experts, int) or num_experts < 1:
+        if isinstance(num_experts, bool) or not isinstance(num_experts, numbers.Integral) or num_experts < 1:
             raise ValueError(f"CondConvRouter needs num_experts >= 1, got {num_experts!r}")
+        num_experts = int(num_experts)
         if activation not in ROUTING_ACTIVATIONS:
             raise ValueError(
                 f"CondConvRouter: activation must be one of {ROUTING_ACTIVATIONS}, "
                 f"got {activation!r}"
             )
-        if activation == "sigmoid" and temperature != 1.0:
-            raise ValueError(
-                "CondConvRouter: temperature only applies to activation='softmax' "
-                f"(got temperature={temperature} with 'sigmoid')"
-            )
         if not temperature > 0:
             raise ValueError(f"CondConvRouter: temperature must be > 0, got {temperature}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"CondConvRouter: dropout must be in [0, 1), got {dropout}")
+        if not hidden_ratio >= 0:
+            raise ValueError(f"CondConvRouter: hidden_ratio must be >= 0, got {hidden_ratio}")
+        if norm not in ROUTER_NORMS:
+            raise ValueError(f"CondConvRouter: norm must be one of {ROUTER_NORMS}, got {norm!r}")
+        if not 0.0 <= expert_dropout < 1.0:
+            raise ValueError(f"CondConvRouter: expert_dropout must be in [0, 1), got {expert_dropout}")
         self.in_channels = in_channels
         self.num_experts = num_experts
         self.activation = activation
         self.temperature = float(temperature)
+        self.expert_dropout = float(expert_dropout)
+        self.detach_input = bool(detach_input)
+        self.hidden_ratio = float(hidden_ratio)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.fc = nn.Linear(in_channels, num_experts)
+        fc_in = in_channels
+        self.reduce = None
+        if hidden_ratio > 0:
+            fc_in = max(int(round(in_channels * hidden_ratio)), 4)
+            # No bias before a norm: the norm's shift takes its place.
+            self.reduce = nn.Linear(in_channels, fc_in, bias=not norm)
+        self.norm: nn.Module = _router_norm(norm, fc_in)
+        self.fc = nn.Linear(fc_in, num_experts)
         self.reset_parameters(init)
 
     def reset_parameters(self, init: str = "glorot") -> None:
-        """(Re-)initialises the routing layer; ``init`` as in the constructor."""
+        """(Re-)initialises the routing layer; ``init`` as in the constructor. A hidden layer
+        keeps PyTorch's default init (with "zeros" it must not be zero, or nothing would learn)."""
         if init not in ROUTER_INITS:
             raise ValueError(f"CondConvRouter: init must be one of {ROUTER_INITS}, got {init!r}")
         if init == "glorot":
@@ -110,20 +154,47 @@ class CondConvRouter(nn.Module):
         # on a bfloat16 input: the pool accumulates in that dtype without copying the input, and
         # a few hundred multiply-adds per example cost nothing, while rounding them would move
         # every expert's share of the kernel.
-        pooled = self.dropout(x.mean(dim=(2, 3), dtype=self.fc.weight.dtype))
-        if torch.jit.is_scripting():
-            logits = self.fc(pooled)
+        if self.detach_input:
+            x = x.detach()
+        h = self.dropout(x.mean(dim=(2, 3), dtype=self.fc.weight.dtype))
+        reduce = self.reduce
+        if reduce is not None:
+            h = self._linear(h, reduce.weight, reduce.bias)
+            h = F.relu(self.norm(h))
         else:
-            logits = _linear_without_autocast(pooled, self.fc.weight, self.fc.bias)
+            h = self.norm(h)
+        logits = self._linear(h, self.fc.weight, self.fc.bias) / self.temperature
         if self.activation == "softmax":
-            return F.softmax(logits / self.temperature, dim=1)
-        return torch.sigmoid(logits)
+            r = F.softmax(logits, dim=1)
+        else:
+            r = torch.sigmoid(logits)
+        if self.training and self.expert_dropout > 0:
+            keep = 1.0 - self.expert_dropout
+            r = r * torch.bernoulli(torch.full_like(r, keep)) / keep
+        return r
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return F.linear(x, weight, bias)
+        return _linear_without_autocast(x, weight, bias)
 
     def extra_repr(self) -> str:
         s = f"activation={self.activation!r}"
-        if self.activation == "softmax":
+        if self.temperature != 1.0:
             s += f", temperature={self.temperature}"
+        if self.expert_dropout > 0:
+            s += f", expert_dropout={self.expert_dropout}"
+        if self.detach_input:
+            s += ", detach_input=True"
         return s
+
+
+def _router_norm(norm: str, channels: int) -> nn.Module:
+    if norm == "BN":
+        return nn.BatchNorm1d(channels)
+    if norm == "LN":
+        return nn.LayerNorm(channels)
+    return nn.Identity()
 
 
 @torch.jit.unused
@@ -224,3 +295,99 @@ def reset_routers(module: nn.Module, init: str) -> nn.Module:
         if isinstance(m, CondConvRouter):
             m.reset_parameters(init)
     return module
+
+
+# How the experts start: "independent" (each as a plain conv of its shape; the official code's and
+# timm's) or "mixed_variance" (each scaled so that the mixed kernel at the routers' starting
+# point, sigmoid(0) = 1/2 or softmax's 1/E for every expert, has a plain kernel's variance).
+EXPERT_INITS = ("independent", "mixed_variance")
+
+
+def configure_condconv(
+    module: nn.Module,
+    *,
+    static_kernel: bool = False,
+    router_hidden_ratio: float = 0.0,
+    router_norm: str = "",
+    expert_dropout: float = 0.0,
+    router_detach_input: bool = False,
+    expert_init: str = "independent",
+    router_init: Optional[str] = None,
+) -> nn.Module:
+    """Applies the training options of CondConv to every router and CondConv layer inside
+    ``module``, in place, once the module is built; returns ``module``.
+
+    Args:
+        static_kernel: give every :class:`CondConv2d` a static kernel plus zero-initialised
+            experts (:meth:`CondConv2d.add_static_kernel`): the network starts as its static twin.
+        router_hidden_ratio, router_norm, expert_dropout, router_detach_input: the router's
+            design (see :class:`CondConvRouter`: ``hidden_ratio``, ``norm``, ``expert_dropout``,
+            ``detach_input``); routers of another hidden layer or norm are rebuilt, keeping
+            their activation, temperature and input dropout.
+        expert_init: one of :data:`EXPERT_INITS`. "mixed_variance" scales each layer's experts
+            by ``1 / (r0 sqrt(E))`` for a starting routing weight ``r0``; it does nothing with
+            ``static_kernel`` (the experts start at zero).
+        router_init: how rebuilt routers start (see :func:`reset_routers`); None: "glorot".
+            Routers that are kept keep their weights.
+    """
+    if expert_init not in EXPERT_INITS:
+        raise ValueError(f"expert_init must be one of {EXPERT_INITS}, got {expert_init!r}")
+    check_router_init(router_init)
+    activation_of: dict = {}
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, CondConvRouter):
+                continue
+            activation_of[child.num_experts] = child.activation
+            child.expert_dropout = float(expert_dropout)
+            child.detach_input = bool(router_detach_input)
+            if child.hidden_ratio == float(router_hidden_ratio) and _norm_name(child.norm) == router_norm:
+                continue
+            rebuilt = CondConvRouter(
+                child.in_channels,
+                child.num_experts,
+                activation=child.activation,
+                temperature=child.temperature,
+                dropout=child.dropout.p if isinstance(child.dropout, nn.Dropout) else 0.0,
+                hidden_ratio=router_hidden_ratio,
+                norm=router_norm,
+                expert_dropout=expert_dropout,
+                detach_input=router_detach_input,
+                init=router_init or "glorot",
+            ).to(device=child.fc.weight.device, dtype=child.fc.weight.dtype)
+            rebuilt.train(child.training)
+            if not any(p.requires_grad for p in child.parameters()):
+                rebuilt.requires_grad_(False)  # a frozen block's router stays frozen
+            setattr(parent, name, rebuilt)
+    for m in module.modules():
+        if not isinstance(m, CondConv2d):
+            continue
+        if static_kernel:
+            m.add_static_kernel()
+        elif expert_init == "mixed_variance" and m.static_weight is None:
+            activation = activation_of.get(m.num_experts, "sigmoid")
+            start = 0.5 if activation == "sigmoid" else 1.0 / m.num_experts
+            with torch.no_grad():
+                m.weight.mul_(1.0 / (start * math.sqrt(m.num_experts)))
+    return module
+
+
+def _norm_name(norm: nn.Module) -> str:
+    if isinstance(norm, nn.BatchNorm1d):
+        return "BN"
+    if isinstance(norm, nn.LayerNorm):
+        return "LN"
+    return ""
+
+
+def set_routing_temperature(module: nn.Module, temperature: float) -> int:
+    """Sets the temperature of every :class:`CondConvRouter` inside ``module``; returns how many
+    routers there are."""
+    if not temperature > 0:
+        raise ValueError(f"routing temperature must be > 0, got {temperature}")
+    count = 0
+    for m in module.modules():
+        if isinstance(m, CondConvRouter):
+            m.temperature = float(temperature)
+            count += 1
+    return count

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from condconv_det.config import check_condconv_config, get_cfg
-from condconv_det.data import register_shapes
 from condconv_det.engine import Trainer
 from condconv_det.engine.hooks import RoutingStatsHook
 from condconv_det.layers import CondConvRouter
@@ -19,14 +18,6 @@ CONFIG = os.path.join(
     os.path.dirname(__file__), "..", "..", "configs", "shapes", "ssd_condconv_MNv1.yaml"
 )
 EXPERTS = 2
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    register_shapes(root, num_train=4, num_val=1, progress=False)
-    yield root
-    register_shapes()  # back to the default registration
 
 
 def _cfg(tmp_path, max_iter, *opts):

@@ -100,7 +100,7 @@ def test_unused_stages_are_not_built():
         ("RESNET_STAGES", ["res6"], "MODEL.CONDCONV.RESNET_STAGES must list stages"),
         ("ROUTING", "stage", "MODEL.CONDCONV.ROUTING must be"),
         ("ROUTING_ACTIVATION", "relu", "MODEL.CONDCONV.ROUTING_ACTIVATION must be"),
-        ("ROUTING_TEMPERATURE", 5.0, "MODEL.CONDCONV.ROUTING_TEMPERATURE only applies"),
+        ("ROUTING_TEMPERATURE", -5.0, "MODEL.CONDCONV.ROUTING_TEMPERATURE must be > 0"),
         ("ROUTING_DROPOUT", 1.5, "MODEL.CONDCONV.ROUTING_DROPOUT must be in"),
     ],
 )

@@ -21,8 +21,8 @@ def _metrics(path, ap):
 
 def test_side_by_side_table_from_finished_runs(tmp_path, capsys):
     tool = load_tool("compare_twins")
-    _metrics(tmp_path / "condconv", 30.0)
-    _metrics(tmp_path / "static", 27.5)
+    _metrics(tmp_path / "condconv" / "seed0", 30.0)
+    _metrics(tmp_path / "static" / "seed0", 27.5)
     assert tool.main(["--config-file", CONFIG, "--output-dir", str(tmp_path), "--skip-train"]) == 0
     out = capsys.readouterr().out
     assert "| box AP | 30.0 | 27.5 | +2.5 |" in out
@@ -52,3 +52,45 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main(["--config-file", CONFIG, "SOLVER.MAX_ITER"])
     assert "KEY VALUE" in capsys.readouterr().err
+
+
+def test_seeds_give_mean_spread_and_paired_difference(tmp_path, capsys):
+    tool = load_tool("compare_twins")
+    opts = ["MODEL.CONDCONV.STATIC_KERNEL", "True", "SOLVER.MAX_ITER", "10"]
+    from condconv_det.twins import twin_runs
+
+    runs = twin_runs(CONFIG, opts, range(3), str(tmp_path))
+    # The static twin is trained without the CondConv-only key, and with 0 experts.
+    static_opts = runs["static"][0].opts
+    assert "MODEL.CONDCONV.STATIC_KERNEL" not in static_opts
+    assert static_opts[-4:] == ["MODEL.CONDCONV.NUM_EXPERTS", "0", "SEED", "0"]
+    assert "SOLVER.MAX_ITER" in static_opts
+    # ... so its runs are the same for another CondConv variant with the same solver.
+    other = twin_runs(CONFIG, ["MODEL.CONDCONV.EXPERT_DROPOUT", "0.1", "SOLVER.MAX_ITER", "10"], range(3), str(tmp_path))
+    assert [r.output_dir for r in other["static"]] == [r.output_dir for r in runs["static"]]
+    assert other["CondConv"][0].output_dir != runs["CondConv"][0].output_dir
+    for seed, (cc, st) in enumerate([(30.0, 27.0), (32.0, 28.0), (31.0, 29.0)]):
+        for run, ap in ((runs["CondConv"][seed], cc), (runs["static"][seed], st)):
+            _metrics(run.output_dir, ap)
+    assert tool.main(["--config-file", CONFIG, "--output-dir", str(tmp_path), "--seeds", "3", "--skip-train", *opts]) == 0
+    out = capsys.readouterr().out
+    assert "3 seeds (mean ± standard deviation)" in out
+    # CondConv 31.0 +- 1.0, static 28.0 +- 1.0; differences 3, 4, 2: +3.0 +- 1.0.
+    assert "| box AP | 31.0 ± 1.0 | 28.0 ± 1.0 | +3.0 ± 1.0 |" in out
+    assert "| AP per seed | 30.0 / 32.0 / 31.0 | 27.0 / 28.0 / 29.0 | |" in out
+
+
+def test_a_run_of_other_settings_is_not_overwritten(tmp_path):
+    from condconv_det.twins import twin_runs
+
+    run = twin_runs(CONFIG, [], [0], str(tmp_path))["CondConv"][0]
+    run.write_record()
+    assert not run.is_finished()  # recorded, not evaluated yet
+    _metrics_file = os.path.join(run.output_dir, "twin_run.json")
+    with open(_metrics_file) as f:
+        record = json.load(f)
+    record["opts"] = ["SOLVER.MAX_ITER", "5"]
+    with open(_metrics_file, "w") as f:
+        json.dump(record, f)
+    with pytest.raises(FileExistsError, match="trained with other settings"):
+        run.is_finished()

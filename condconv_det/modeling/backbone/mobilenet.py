@@ -21,8 +21,8 @@ from detectron2.layers import CNNBlockBase, Conv2d, FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from condconv_det.config import check_condconv_config
-from condconv_det.layers import CondConvRouter, check_router_init, reset_routers
+from condconv_det.config import check_condconv_config, condconv_options
+from condconv_det.layers import CondConvRouter, check_router_init, configure_condconv, reset_routers
 
 from ..conv import ROUTING_SCOPES, CondConv2dNorm
 
@@ -630,7 +630,7 @@ def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
     valid = list(FEATURE_STRIDES) + (["head"] if ARCHS[m.ARCH].head_channels else [])
     if not m.OUT_FEATURES or any(f not in valid for f in m.OUT_FEATURES):
         raise ValueError(f"MODEL.MOBILENET.OUT_FEATURES must be a non-empty subset of {valid}, got {list(m.OUT_FEATURES)}")
-    return MobileNet(
+    backbone = MobileNet(
         m.ARCH,
         in_channels=input_shape.channels,
         width_mult=m.WIDTH_MULT,
@@ -649,3 +649,4 @@ def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
         drop_path_rate=m.DROP_PATH_RATE,
         router_init=c.ROUTER_INIT,
     )
+    return configure_condconv(backbone, **condconv_options(cfg))

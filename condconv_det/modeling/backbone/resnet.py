@@ -14,8 +14,8 @@ from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
-from condconv_det.config import check_condconv_config
-from condconv_det.layers import CondConvRouter, check_router_init, reset_routers
+from condconv_det.config import check_condconv_config, condconv_options
+from condconv_det.layers import CondConvRouter, check_router_init, configure_condconv, reset_routers
 
 from ..conv import ROUTING_SCOPES, CondConv2dNorm, msra_fill_experts
 
@@ -298,4 +298,5 @@ def build_condconv_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
         out_features=r.OUT_FEATURES,
         router_init=c.ROUTER_INIT,
     )
-    return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    backbone = ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    return configure_condconv(backbone, **condconv_options(cfg))

@@ -15,8 +15,8 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from fvcore.nn import weight_init
 from torch import nn
 
-from condconv_det.config import check_condconv_config, check_ssd_config
-from condconv_det.layers import CondConvRouter, check_router_init, reset_routers
+from condconv_det.config import check_condconv_config, check_ssd_config, condconv_options
+from condconv_det.layers import CondConvRouter, check_router_init, configure_condconv, reset_routers
 
 from ..conv import CondConv2dNorm, msra_fill_experts
 from .mobilenet import build_condconv_mobilenet_backbone
@@ -225,7 +225,7 @@ def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbon
             f"MODEL.SSD.IN_FEATURES asks for {missing}, which the bottom-up backbone does not "
             f"output ({sorted(bottom_up.output_shape())}); add them to {out_features_key}"
         )
-    return SSDBackbone(
+    backbone = SSDBackbone(
         bottom_up=bottom_up,
         in_features=s.IN_FEATURES,
         extra_channels=s.EXTRA_CHANNELS,
@@ -237,6 +237,10 @@ def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbon
         routing_dropout=c.ROUTING_DROPOUT,
         router_init=c.ROUTER_INIT,
     )
+    # The bottom-up's builder configured it already.
+    for name in backbone.extra_names:
+        configure_condconv(getattr(backbone, name), **condconv_options(cfg))
+    return backbone
 
 
 @BACKBONE_REGISTRY.register()

@@ -6,7 +6,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from condconv_det.layers import check_router_init, reset_routers
+from condconv_det.config import condconv_options
+from condconv_det.layers import check_router_init, configure_condconv, reset_routers
 
 from ..backbone.ssd import make_ssd_conv
 from .default_boxes import DefaultBoxGenerator
@@ -33,6 +34,8 @@ class SSDHead(nn.Module):
         routing_activation, routing_temperature, routing_dropout: see ``CondConvRouter``.
         router_init: None keeps each router's own (Glorot) initialisation; "glorot" or "zeros"
             re-initialises every router of the head (``MODEL.CONDCONV.ROUTER_INIT``).
+        condconv_options: keyword arguments of :func:`~condconv_det.layers.configure_condconv`
+            applied to the head once built; None: none.
     """
 
     @configurable
@@ -49,6 +52,7 @@ class SSDHead(nn.Module):
         routing_temperature: float = 1.0,
         routing_dropout: float = 0.0,
         router_init: Optional[str] = None,
+        condconv_options: Optional[dict] = None,
     ):
         super().__init__()
         check_router_init(router_init)
@@ -72,6 +76,8 @@ class SSDHead(nn.Module):
         self.bbox_pred = _predictors(channels, num_anchors, 4, **common)
         if router_init is not None:
             reset_routers(self, router_init)
+        if condconv_options:
+            configure_condconv(self, **condconv_options)
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
@@ -87,6 +93,7 @@ class SSDHead(nn.Module):
             "routing_temperature": c.ROUTING_TEMPERATURE,
             "routing_dropout": c.ROUTING_DROPOUT,
             "router_init": c.ROUTER_INIT,
+            "condconv_options": condconv_options(cfg),
         }
 
     def forward(

@@ -1,0 +1,182 @@
+"""CondConv against its static twin: the runs of both, over seeds, and their comparison.
+
+A twin pair is one config trained twice, with ``MODEL.CONDCONV.NUM_EXPERTS`` as the config says
+(CondConv) and 0 (static), under the same overrides and seed. The CondConv-only settings
+(:data:`CONDCONV_ONLY_PREFIXES`) do nothing in a static model, so the static twin is trained
+without them: the static runs of several CondConv variants (an ablation) are the same runs, and
+are trained once.
+
+Each run lives in ``<output_dir>/<twin>[-<key>]/seed<k>/`` with a ``twin_run.json`` that records
+what it was trained with; ``<key>`` is a short hash of the overrides (none without overrides). A
+finished run with the same record is reused rather than trained again.
+"""
+import hashlib
+import json
+import math
+import os
+import statistics
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = [
+    "CONDCONV_ONLY_PREFIXES",
+    "METRICS",
+    "TwinRun",
+    "final_results",
+    "format_table",
+    "summarize",
+    "twin_runs",
+]
+
+METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+# Overrides that only a CondConv model reads; the static twin is trained without them.
+CONDCONV_ONLY_PREFIXES = (
+    "MODEL.CONDCONV.",
+    "SOLVER.ROUTER_LR_FACTOR",
+    "SOLVER.WEIGHT_DECAY_ROUTER",
+)
+
+_RECORD = "twin_run.json"
+
+
+class TwinRun:
+    """One training run of one twin: where it goes and what it is trained with."""
+
+    def __init__(self, twin: str, config_file: str, opts: Sequence[str], seed: int, output_dir: str):
+        self.twin, self.config_file, self.seed = twin, config_file, seed
+        self.opts = [str(o) for o in opts] + ["SEED", str(seed)]
+        self.output_dir = output_dir
+
+    @property
+    def record(self) -> Dict:
+        with open(self.config_file, "rb") as f:
+            config_sha = hashlib.sha256(f.read()).hexdigest()
+        return {"twin": self.twin, "config_file": os.path.basename(self.config_file),
+                "config_sha256": config_sha, "opts": self.opts}
+
+    def is_finished(self) -> bool:
+        """Whether the run is there, with this record and a final evaluation."""
+        path = os.path.join(self.output_dir, _RECORD)
+        if not os.path.isfile(path):
+            return False
+        with open(path) as f:
+            if json.load(f) != self.record:
+                raise FileExistsError(
+                    f"{self.output_dir} holds a {self.twin} run trained with other settings "
+                    f"(see its {_RECORD}); remove it or pass another --output-dir."
+                )
+        try:
+            final_results(self.output_dir)
+        except (FileNotFoundError, RuntimeError):
+            return False
+        return True
+
+    def write_record(self) -> None:
+        os.makedirs(self.output_dir, exist_ok=True)
+        tmp = os.path.join(self.output_dir, _RECORD + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(self.record, f, indent=2)
+        os.replace(tmp, os.path.join(self.output_dir, _RECORD))
+
+
+def _split_opts(opts: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(CondConv twin's overrides, static twin's overrides)."""
+    if len(opts) % 2:
+        raise ValueError(f"overrides come in KEY VALUE pairs, got {list(opts)}")
+    pairs = list(zip(opts[0::2], opts[1::2]))
+    static = [str(x) for k, v in pairs if not str(k).startswith(CONDCONV_ONLY_PREFIXES) for x in (k, v)]
+    return [str(o) for o in opts], static + ["MODEL.CONDCONV.NUM_EXPERTS", "0"]
+
+
+def _key(opts: Sequence[str]) -> str:
+    return hashlib.sha256(json.dumps(list(opts)).encode()).hexdigest()[:8]
+
+
+def twin_runs(config_file: str, opts: Sequence[str], seeds: Sequence[int], output_dir: str) -> Dict[str, List[TwinRun]]:
+    """The runs of both twins, by twin ("CondConv", "static"), one per seed."""
+    condconv_opts, static_opts = _split_opts(opts)
+    runs: Dict[str, List[TwinRun]] = {}
+    for twin, twin_opts in (("CondConv", condconv_opts), ("static", static_opts)):
+        base = twin.lower()
+        # The static twin without overrides: only NUM_EXPERTS 0.
+        extra = twin_opts if twin == "CondConv" else twin_opts[:-2]
+        folder = base if not extra else f"{base}-{_key(extra)}"
+        runs[twin] = [
+            TwinRun(twin, config_file, twin_opts, seed, os.path.join(output_dir, folder, f"seed{seed}"))
+            for seed in seeds
+        ]
+    return runs
+
+
+def final_results(output_dir: str) -> Dict[str, float]:
+    """The last COCO evaluation of a run, from its ``metrics.json`` (``bbox/AP`` ... keys)."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: train first (without --skip-train)")
+    last: Optional[Dict[str, float]] = None
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            if "bbox/AP" in record:
+                last = record
+    if last is None:
+        raise RuntimeError(f"{path} holds no COCO evaluation: did the run finish?")
+    return last
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
+def summarize(values: Sequence[float]) -> Tuple[float, float]:
+    """(mean, sample standard deviation; 0 for one value) of the numbers among ``values``."""
+    numbers = [v for v in values if _number(v)]
+    if not numbers:
+        return float("nan"), float("nan")
+    spread = statistics.stdev(numbers) if len(numbers) > 1 else 0.0
+    return statistics.fmean(numbers), spread
+
+
+def format_table(rows: Dict[str, List[Dict[str, float]]], figures: Dict[str, Dict[str, object]]) -> str:
+    """A markdown table of both twins' evaluations, mean +- spread over seeds, and the paired
+    difference (CondConv minus static, seed by seed), with parameters and multiply-adds."""
+    names = list(rows)
+    seeds = len(rows[names[0]])
+    lines = ["| | " + " | ".join(names) + " | difference |", "|---" * (len(names) + 2) + "|"]
+
+    def cell(mean: float, spread: float, signed: bool = False) -> str:
+        if not _number(mean):
+            return "-"
+        text = f"{mean:+.1f}" if signed else f"{mean:.1f}"
+        return text + (f" ± {spread:.1f}" if seeds > 1 else "")
+
+    metric_keys = [f"bbox/{m}" for m in METRICS]
+    metric_keys += sorted(k for k in rows[names[0]][0] if k.startswith("bbox/AP-"))
+    for key in metric_keys:
+        label = f"box {key[5:]}" if not key.startswith("bbox/AP-") else f"  AP {key[len('bbox/AP-'):]}"
+        per_twin = [[run.get(key, float("nan")) for run in rows[n]] for n in names]
+        cells = [cell(*summarize(values)) for values in per_twin]
+        delta = ""
+        if len(names) == 2 and all(_number(a) and _number(b) for a, b in zip(*per_twin)):
+            delta = cell(*summarize([a - b for a, b in zip(*per_twin)]), signed=True)
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {delta} |")
+    if seeds > 1:
+        aps = [" / ".join(f"{run['bbox/AP']:.1f}" for run in rows[n]) for n in names]
+        lines.append("| AP per seed | " + " | ".join(aps) + " | |")
+
+    def figure_line(label: str, key: str, fmt: str, diff: bool = True) -> None:
+        values = [figures[n].get(key) for n in names]
+        cells = [fmt.format(v) if v is not None else "-" for v in values]
+        delta = ""
+        if diff and len(values) == 2 and all(_number(v) for v in values):
+            delta = fmt.format(values[0] - values[1])
+            delta = delta if delta.startswith("-") else "+" + delta
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {delta} |")
+
+    figure_line("parameters (M)", "params", "{:.2f}")
+    figure_line("  in CondConv experts (M)", "experts", "{:.2f}")
+    figure_line("multiply-adds (M)", "madds", "{:.0f}")
+    figure_line("input size", "size", "{}", diff=False)
+    if all("train_s" in figures[n] for n in names):
+        figure_line("training time per run (s)", "train_s", "{:.0f}")
+    return "\n".join(lines)
