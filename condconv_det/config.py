@@ -60,6 +60,9 @@ def add_condconv_config(cfg: CN) -> None:
     # Stop the gradient of the routing at the router's input: routers and experts learn, but the
     # routing sends no gradient back into the features it pools.
     _C.MODEL.CONDCONV.ROUTER_DETACH_INPUT = False
+    # Scale every example's mixed kernel to unit norm per output channel: routing moves the
+    # kernel's direction, not its gain (which batch norm over the batch cannot normalise).
+    _C.MODEL.CONDCONV.KERNEL_NORM = False
     # "independent": each expert initialised as a plain conv (official code, timm);
     # "mixed_variance": experts scaled so the mixed kernel at the start has a plain kernel's
     # variance.
@@ -208,6 +211,7 @@ def condconv_options(cfg: CN) -> Dict[str, Any]:
         router_norm=c.ROUTER_NORM,
         expert_dropout=float(c.EXPERT_DROPOUT),
         router_detach_input=bool(c.ROUTER_DETACH_INPUT),
+        normalize_kernel=bool(c.KERNEL_NORM),
         expert_init=c.EXPERT_INIT,
         router_init=c.ROUTER_INIT,
     )

@@ -10,7 +10,7 @@ from .datasets import (  # registers shapes_{train,val} and digits_{train,val}
     register_digits,
     register_shapes,
 )
-from .shapes import CONTENTS, DIGITS_CLASSES, SHAPES_CLASSES, generate_shapes_dataset
+from .shapes import BACKGROUNDS, CONTENTS, DIGITS_CLASSES, SHAPES_CLASSES, generate_shapes_dataset
 from .transforms import (
     ExpandTransform,
     PhotometricDistortTransform,

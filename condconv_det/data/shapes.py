@@ -37,6 +37,7 @@ import pycocotools.mask as mask_util
 from PIL import Image, ImageDraw
 
 __all__ = [
+    "BACKGROUNDS",
     "CONTENTS",
     "DIGITS_CLASSES",
     "SHAPES_CLASSES",
@@ -59,6 +60,13 @@ CONTENTS = ("shapes", "digits")
 writers, scaled up: a second kind of object for the same pipeline). Digit scans are split between
 the training and validation images (every fifth scan is validation-only), so validation
 digits were never seen in training."""
+
+
+BACKGROUNDS = ("cluttered", "plain")
+"""The images' backgrounds: "cluttered" (a noisy colour gradient with soft blobs, lines and
+scribbles, different in every image) or "plain" (one mid-grey for every image, under the same
+pixel noise): with "plain", what a global average pool sees differs between images only by
+their objects."""
 
 
 def dataset_classes(content: str) -> Tuple[str, ...]:
@@ -281,13 +289,17 @@ def _render_image(
     object_size: Tuple[float, float],
     content: str = "shapes",
     split: str = "train",
+    background: str = "cluttered",
 ) -> Tuple[np.ndarray, List[_Instance]]:
     """Renders one image and its objects.
 
     Returns:
         the ``(H, W, 3)`` uint8 RGB image and its visible objects in painting order.
     """
-    image = _background(rng, height, width)
+    if background == "plain":
+        image = np.full((height, width, 3), 128.0, np.float32)
+    else:
+        image = _background(rng, height, width)
     owner = np.full((height, width), -1, np.int32)  # which object each pixel shows
     full_area: List[int] = []
     visible_area: List[int] = []
@@ -385,6 +397,7 @@ def _write_split(
             tuple(params["object_size"]),
             params.get("content", "shapes"),
             split,
+            params.get("background", "cluttered"),
         )
         image_id = index + 1
         file_name = f"{image_id:06d}.png"
@@ -481,8 +494,11 @@ def _normalize_params(
     objects_per_image: Tuple[int, int],
     object_size: Tuple[float, float],
     content: str = "shapes",
+    background: str = "cluttered",
 ) -> Dict:
     dataset_classes(content)  # checks it
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     lo, hi = objects_per_image
     smallest, largest = object_size
@@ -505,6 +521,8 @@ def _normalize_params(
     # "content" only when not the original "shapes", so that shapes datasets made before it
     # existed are still recognised.
     extra = {} if content == "shapes" else {"content": content}
+    if background != "cluttered":
+        extra["background"] = background
     return {
         **extra,
         "num_train": int(num_train),
@@ -526,6 +544,7 @@ def generate_shapes_dataset(
     objects_per_image: Tuple[int, int] = (2, 8),
     object_size: Tuple[float, float] = (10, 56),
     content: str = "shapes",
+    background: str = "cluttered",
     progress: bool = True,
 ) -> Dict[str, str]:
     """Makes the shapes dataset under ``root`` unless it is already there with these parameters.
@@ -550,6 +569,7 @@ def generate_shapes_dataset(
         object_size: ``(lo, hi)``, the range of the unrotated shapes' widths in pixels, drawn
             uniformly (digits: the side of the scaled scan).
         content: one of :data:`CONTENTS`, the kind of objects.
+        background: one of :data:`BACKGROUNDS`.
         progress: show a progress bar (tqdm, on stderr) while generating.
 
     Returns:
@@ -561,7 +581,7 @@ def generate_shapes_dataset(
     """
     root = os.path.abspath(os.fspath(root))
     params = _normalize_params(
-        num_train, num_val, image_size, seed, objects_per_image, object_size, content
+        num_train, num_val, image_size, seed, objects_per_image, object_size, content, background
     )
     paths = shapes_dataset_paths(root)
     if _is_complete(root, params):

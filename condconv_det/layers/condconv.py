@@ -242,6 +242,39 @@ def cond_conv2d(
     )
 
 
+def _normalized_cond_conv2d(
+    x: torch.Tensor,
+    routing_weights: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """:func:`cond_conv2d` with every example's mixed kernel scaled to unit norm per output
+    channel (``CondConv2d(normalize_kernel=True)``); args as there."""
+    batch, channels, height, width = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    num_experts, out_channels = weight.shape[0], weight.shape[1]
+    kh, kw = weight.shape[3], weight.shape[4]
+    kernels = torch.mm(routing_weights, weight.reshape(num_experts, -1))
+    kernels = kernels.reshape(batch, out_channels, -1)
+    kernels = kernels * torch.rsqrt(kernels.square().sum(dim=2, keepdim=True) + 1e-12)
+    biases: Optional[torch.Tensor] = None
+    if bias is not None:
+        biases = torch.mm(routing_weights, bias).reshape(batch * out_channels)
+    out = F.conv2d(
+        x.reshape(1, batch * channels, height, width),
+        kernels.reshape(batch * out_channels, channels // groups, kh, kw),
+        biases,
+        stride,
+        padding,
+        dilation,
+        groups * batch,
+    )
+    return out.reshape(batch, out_channels, out.shape[2], out.shape[3])
+
+
 def _matmul_conv2d(
     x: torch.Tensor,
     routing_weights: torch.Tensor,
@@ -437,6 +470,11 @@ class CondConv2d(nn.Module):
             residual, whose experts start at zero so that the layer starts as a plain conv
             (Li et al., "Revisiting Dynamic Convolution via Matrix Decomposition", ICLR 2021,
             argue for a static kernel beside the dynamic part).
+        normalize_kernel: scale every example's mixed kernel to unit L2 norm per output channel
+            before convolving (the direction of the kernel is routed, not its gain). Routing
+            then cannot give one example's features another scale than another's, which batch
+            norm, with statistics over the batch, cannot undo. Computed on the "grouped" /
+            "single" paths whatever ``path`` says.
     """
 
     __constants__ = [
@@ -450,6 +488,7 @@ class CondConv2d(nn.Module):
         "num_experts",
         "padding_mode",
         "path",
+        "normalize_kernel",
     ]
     _pre_pad: List[int]
 
@@ -470,6 +509,7 @@ class CondConv2d(nn.Module):
         dtype=None,
         *,
         static_kernel: bool = False,
+        normalize_kernel: bool = False,
     ):
         super().__init__()
         if isinstance(num_experts, bool) or not isinstance(num_experts, numbers.Integral) or num_experts < 1:
@@ -500,6 +540,7 @@ class CondConv2d(nn.Module):
         self.num_experts = num_experts
         self.padding_mode = padding_mode
         self.path = path
+        self.normalize_kernel = bool(normalize_kernel)
         # Padding is resolved here to (top, bottom, left, right) so that forward only sees
         # ints: symmetric zero padding goes to the convolution itself, anything else is applied
         # with F.pad first.
@@ -618,6 +659,10 @@ class CondConv2d(nn.Module):
             static_bias = self.static_bias
             if bias is not None and static_bias is not None:
                 bias = torch.cat([static_bias.unsqueeze(0), bias], dim=0)
+        if self.normalize_kernel:
+            return _normalized_cond_conv2d(
+                x, routing_weights, weight, bias, self.stride, self.padding, self.dilation, self.groups
+            )
         return cond_conv2d(
             x,
             routing_weights,
@@ -682,4 +727,6 @@ class CondConv2d(nn.Module):
             s += f", path={self.path!r}"
         if self.static_weight is not None:
             s += ", static_kernel=True"
+        if self.normalize_kernel:
+            s += ", normalize_kernel=True"
         return s

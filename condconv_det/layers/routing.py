@@ -311,6 +311,7 @@ def configure_condconv(
     router_norm: str = "",
     expert_dropout: float = 0.0,
     router_detach_input: bool = False,
+    normalize_kernel: bool = False,
     expert_init: str = "independent",
     router_init: Optional[str] = None,
 ) -> nn.Module:
@@ -324,6 +325,8 @@ def configure_condconv(
             design (see :class:`CondConvRouter`: ``hidden_ratio``, ``norm``, ``expert_dropout``,
             ``detach_input``); routers of another hidden layer or norm are rebuilt, keeping
             their activation, temperature and input dropout.
+        normalize_kernel: every :class:`CondConv2d` scales each example's mixed kernel to
+            unit norm per output channel (see ``CondConv2d(normalize_kernel=...)``).
         expert_init: one of :data:`EXPERT_INITS`. "mixed_variance" scales each layer's experts
             by ``1 / (r0 sqrt(E))`` for a starting routing weight ``r0``; it does nothing with
             ``static_kernel`` (the experts start at zero).
@@ -362,6 +365,7 @@ def configure_condconv(
     for m in module.modules():
         if not isinstance(m, CondConv2d):
             continue
+        m.normalize_kernel = bool(normalize_kernel)
         if static_kernel:
             m.add_static_kernel()
         elif expert_init == "mixed_variance" and m.static_weight is None:

@@ -255,3 +255,19 @@ def test_rejects_bad_parameters(tmp_path, bad):
     with pytest.raises(ValueError):
         generate_shapes_dataset(tmp_path / "d", **{**TINY, **bad})
     assert not (tmp_path / "d").exists()
+
+
+def test_plain_background_is_one_grey_under_the_noise(tmp_path):
+    paths = generate_shapes_dataset(tmp_path / "plain", num_train=2, num_val=1, background="plain", progress=False)
+    with open(paths["train_json"]) as f:
+        coco = json.load(f)
+    for image in coco["images"]:
+        pixels = _pixels(os.path.join(paths["train_images"], image["file_name"])).astype(float)
+        annotations = [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+        objects = np.zeros(pixels.shape[:2], bool)
+        for a in annotations:
+            objects |= mask_util.decode(a["segmentation"]).astype(bool)
+        background = pixels[~objects]
+        assert abs(background.mean() - 128) < 2 and background.std() < 10
+    with pytest.raises(ValueError, match="background must be one of"):
+        generate_shapes_dataset(tmp_path / "x", num_train=1, num_val=1, background="stripes", progress=False)

@@ -212,3 +212,29 @@ def test_detached_router_input_sends_no_gradient_into_the_features():
     detached(x2).sum().backward()
     assert x2.grad.abs().sum() > 0 and not torch.allclose(x1.grad, x2.grad)
     torch.testing.assert_close(layer.router.fc.weight.grad, detached.router.fc.weight.grad)
+
+
+@pytest.mark.parametrize("groups,bias,batch", [(1, True, 3), (4, False, 2), (1, False, 1)])
+def test_normalized_kernel_is_the_unit_norm_mixed_kernel_per_example(groups, bias, batch):
+    torch.manual_seed(0)
+    layer = CondConv2d(8, 12, 3, padding=1, groups=groups, bias=bias, num_experts=3, normalize_kernel=True)
+    x, r = torch.randn(batch, 8, 6, 6), torch.rand(batch, 3)
+    outputs = []
+    for b in range(batch):
+        kernel = (r[b, :, None, None, None, None] * layer.weight).sum(0)
+        kernel = kernel / kernel.flatten(1).norm(dim=1)[:, None, None, None]
+        kernel_bias = (r[b, :, None] * layer.bias).sum(0) if bias else None
+        outputs.append(F.conv2d(x[b : b + 1], kernel, kernel_bias, 1, 1, 1, groups))
+    torch.testing.assert_close(layer(x, r), torch.cat(outputs), rtol=1e-4, atol=1e-5)
+    # Scaling one example's routing (its kernel's gain) changes nothing but the bias.
+    if not bias:
+        torch.testing.assert_close(layer(x, r * 3.0), layer(x, r), rtol=1e-4, atol=1e-5)
+    layer(x, r.requires_grad_()).square().sum().backward()
+    assert layer.weight.grad.abs().sum() > 0 and r.grad is not None
+    torch.testing.assert_close(torch.jit.script(layer)(x, r), layer(x, r))
+
+
+def test_configure_condconv_turns_on_kernel_normalisation():
+    model = nn.Sequential(RoutedCondConv2d(8, 8, 1, num_experts=2))
+    configure_condconv(model, normalize_kernel=True)
+    assert model[0].normalize_kernel and "normalize_kernel=True" in repr(model)

@@ -411,6 +411,9 @@ class MobileNet(Backbone):
         router_init: None keeps each router's own (Glorot) initialisation; "glorot" or "zeros"
             re-initialises every router once the backbone is built (``MODEL.CONDCONV.ROUTER_INIT``,
             see :func:`~condconv_det.layers.reset_routers`).
+        condconv_options: keyword arguments of :func:`~condconv_det.layers.configure_condconv`
+            (CondConv's training options: static kernel, router design, ...) applied once built;
+            None: none. The YAML builders pass ``condconv_options(cfg)``.
     """
 
     def __init__(
@@ -433,6 +436,7 @@ class MobileNet(Backbone):
         freeze_at: int = 0,
         drop_path_rate: float = 0.0,
         router_init: Optional[str] = None,
+        condconv_options: Optional[dict] = None,
     ):
         super().__init__()
         if isinstance(arch, str):
@@ -543,9 +547,11 @@ class MobileNet(Backbone):
             self._out_feature_channels["head"] = head_channels
             self._out_feature_strides["head"] = 32
         self._out_features = list(out_features)
-        self.freeze(freeze_at)
         if router_init is not None:
             reset_routers(self, router_init)
+        if condconv_options:
+            configure_condconv(self, **condconv_options)
+        self.freeze(freeze_at)  # last: parameters the options add are frozen too
 
     def block_names(self, include_unbuilt: bool = False) -> List[str]:
         """Module names of the blocks, in order (``stem.1``, ..., ``res2.0``, ...), without the
@@ -630,7 +636,7 @@ def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
     valid = list(FEATURE_STRIDES) + (["head"] if ARCHS[m.ARCH].head_channels else [])
     if not m.OUT_FEATURES or any(f not in valid for f in m.OUT_FEATURES):
         raise ValueError(f"MODEL.MOBILENET.OUT_FEATURES must be a non-empty subset of {valid}, got {list(m.OUT_FEATURES)}")
-    backbone = MobileNet(
+    return MobileNet(
         m.ARCH,
         in_channels=input_shape.channels,
         width_mult=m.WIDTH_MULT,
@@ -648,5 +654,5 @@ def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         drop_path_rate=m.DROP_PATH_RATE,
         router_init=c.ROUTER_INIT,
+        condconv_options=condconv_options(cfg),
     )
-    return configure_condconv(backbone, **condconv_options(cfg))

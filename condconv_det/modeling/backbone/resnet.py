@@ -184,6 +184,7 @@ def make_condconv_resnet_stages(
     res5_dilation: int = 1,
     out_features: Optional[Sequence[str]] = None,
     router_init: Optional[str] = None,
+    condconv_options: Optional[dict] = None,
 ) -> List[List[CNNBlockBase]]:
     """The stages of a (CondConv-)ResNet, for ``detectron2.modeling.ResNet(stem, stages, ...)``.
 
@@ -198,6 +199,9 @@ def make_condconv_resnet_stages(
         out_features: if given, stages after the last one listed are not built.
         router_init: None keeps each router's own (Glorot) initialisation; "glorot" or "zeros"
             re-initialises every router once the stages are built (``MODEL.CONDCONV.ROUTER_INIT``).
+        condconv_options: keyword arguments of :func:`~condconv_det.layers.configure_condconv`
+            (CondConv's training options: static kernel, router design, ...) applied once built;
+            None: none. The YAML builders pass ``condconv_options(cfg)``.
 
     Returns:
         list of stages, each a list of blocks.
@@ -259,9 +263,11 @@ def make_condconv_resnet_stages(
         in_channels = out_channels
         out_channels *= 2
         bottleneck_channels *= 2
-    if router_init is not None:
-        for block in (b for stage in stages for b in stage):
+    for block in (b for stage in stages for b in stage):
+        if router_init is not None:
             reset_routers(block, router_init)
+        if condconv_options:
+            configure_condconv(block, **condconv_options)
     return stages
 
 
@@ -297,6 +303,6 @@ def build_condconv_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
         res5_dilation=r.RES5_DILATION,
         out_features=r.OUT_FEATURES,
         router_init=c.ROUTER_INIT,
+        condconv_options=condconv_options(cfg),
     )
-    backbone = ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
-    return configure_condconv(backbone, **condconv_options(cfg))
+    return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)

@@ -106,6 +106,9 @@ class SSDBackbone(Backbone):
         router_init: None keeps each router's own (Glorot) initialisation; "glorot" or "zeros"
             re-initialises every router of this backbone once it is built, the bottom-up's
             included, as the ``MODEL.CONDCONV.ROUTER_INIT`` builders do.
+        condconv_options: keyword arguments of :func:`~condconv_det.layers.configure_condconv`
+            applied to the extra layers once built (the bottom-up's builder applies its own);
+            None: none. The YAML builders pass ``condconv_options(cfg)``.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class SSDBackbone(Backbone):
         routing_temperature: float = 1.0,
         routing_dropout: float = 0.0,
         router_init: Optional[str] = None,
+        condconv_options: Optional[dict] = None,
     ):
         super().__init__()
         check_router_init(router_init)
@@ -175,6 +179,8 @@ class SSDBackbone(Backbone):
         self._out_features = self.in_features + self.extra_names
         if router_init is not None:
             reset_routers(self, router_init)
+        for name in self.extra_names if condconv_options else ():
+            configure_condconv(getattr(self, name), **condconv_options)
 
     @property
     def size_divisibility(self) -> int:
@@ -225,7 +231,7 @@ def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbon
             f"MODEL.SSD.IN_FEATURES asks for {missing}, which the bottom-up backbone does not "
             f"output ({sorted(bottom_up.output_shape())}); add them to {out_features_key}"
         )
-    backbone = SSDBackbone(
+    return SSDBackbone(
         bottom_up=bottom_up,
         in_features=s.IN_FEATURES,
         extra_channels=s.EXTRA_CHANNELS,
@@ -236,11 +242,8 @@ def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbon
         routing_temperature=c.ROUTING_TEMPERATURE,
         routing_dropout=c.ROUTING_DROPOUT,
         router_init=c.ROUTER_INIT,
+        condconv_options=condconv_options(cfg),
     )
-    # The bottom-up's builder configured it already.
-    for name in backbone.extra_names:
-        configure_condconv(getattr(backbone, name), **condconv_options(cfg))
-    return backbone
 
 
 @BACKBONE_REGISTRY.register()
