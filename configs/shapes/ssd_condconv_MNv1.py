@@ -61,5 +61,8 @@ train.update(
     # Routing entropy and expert usage in metrics.json every N iterations (0: off); the YAML
     # configs' MODEL.CONDCONV.ROUTING_STATS. Read by tools/lazy_train_net.py.
     routing_stats_period=0,
+    # Routing temperature annealed linearly from start to the routers' own temperature over the
+    # first iters iterations (0: off); the YAML configs' MODEL.CONDCONV.TEMPERATURE_SCHEDULE.
+    routing_temperature_schedule=dict(start=1.0, iters=0),
 )
 train.checkpointer.period = 550
