@@ -21,7 +21,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from condconv_det.config import get_cfg
-from condconv_det.data import SSDDatasetMapper, register_shapes
+from condconv_det.data import SSDDatasetMapper, register_shapes_plain
 from condconv_det.layers import CondConv2d, CondConvRouter
 from condconv_det.modeling.backbone import MobileNet, SSDBackbone, make_condconv_resnet_stages
 
@@ -53,13 +53,14 @@ def _yaml(name: str):
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    """A small shapes dataset under shapes_train / shapes_val (16 + 4 images of 128x128)."""
+    """A small shapes dataset under shapes_plain_train / shapes_plain_val (16 + 4 images of
+    128x128), the shapes configs' datasets."""
     root = tmp_path_factory.mktemp("shapes")
-    register_shapes(
+    register_shapes_plain(
         root, num_train=16, num_val=4, image_size=128, object_size=(20, 56), progress=False
     )
     yield root
-    register_shapes()  # back to the default registration
+    register_shapes_plain()  # back to the default registration
 
 
 def test_the_twins_exist_and_every_lazy_config_is_one():
@@ -194,7 +195,7 @@ def test_lazy_data_equals_its_yaml_twin(name, shapes):
     assert train.num_workers == test.num_workers == yaml_cfg.DATALOADER.NUM_WORKERS
 
     # Each mapper maps an image as its twin does, random augmentations drawn from the same seed.
-    records = DatasetCatalog.get("shapes_train")[:3]
+    records = DatasetCatalog.get("shapes_plain_train")[:3]
     for is_train, node in ((True, train.mapper), (False, test.mapper)):
         ours, twin = instantiate(node), _twin_mapper(yaml_cfg, is_train)
         assert [type(a) for a in ours.augmentations.augs] == [

@@ -1,14 +1,16 @@
 """Data: the bundled shapes dataset, SSD augmentations and the SSD dataset mapper."""
 from .dataset_mapper import SSDDatasetMapper, build_ssd_augmentation
-from .datasets import (  # registers shapes_{train,val} and digits_{train,val}
+from .datasets import (  # registers shapes_, shapes_plain_ and digits_{train,val}
     DIGITS_DATASETS,
     SHAPES_DATASETS,
+    SHAPES_PLAIN_DATASETS,
     check_coco_dataset,
     default_shapes_root,
     load_coco_json_checked,
     register_coco_checked,
     register_digits,
     register_shapes,
+    register_shapes_plain,
 )
 from .shapes import BACKGROUNDS, CONTENTS, DIGITS_CLASSES, SHAPES_CLASSES, generate_shapes_dataset
 from .transforms import (

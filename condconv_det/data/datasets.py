@@ -27,17 +27,20 @@ from .shapes import dataset_classes, generate_shapes_dataset, shapes_dataset_pat
 __all__ = [
     "DIGITS_DATASETS",
     "SHAPES_DATASETS",
+    "SHAPES_PLAIN_DATASETS",
     "check_coco_dataset",
     "default_shapes_root",
     "load_coco_json_checked",
     "register_coco_checked",
     "register_digits",
     "register_shapes",
+    "register_shapes_plain",
 ]
 
 logger = logging.getLogger(__name__)
 
 SHAPES_DATASETS: Tuple[str, str] = ("shapes_train", "shapes_val")
+SHAPES_PLAIN_DATASETS: Tuple[str, str] = ("shapes_plain_train", "shapes_plain_val")
 DIGITS_DATASETS: Tuple[str, str] = ("digits_train", "digits_val")
 
 PathLike = Union[str, os.PathLike]
@@ -325,10 +328,25 @@ def register_shapes(
     return tuple(names)
 
 
+def register_shapes_plain(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple[str, str]:
+    """Registers ``shapes_plain_train`` and ``shapes_plain_val``: the shapes dataset on plain
+    grey backgrounds (``background="plain"``), the main job's data. See :func:`register_shapes`.
+
+    Args:
+        root: the dataset folder; default ``$DETECTRON2_DATASETS/condconv_shapes_plain``.
+        generate_kwargs: passed to :func:`generate_shapes_dataset`.
+    """
+    if root is None:
+        root = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "condconv_shapes_plain")
+    generate_kwargs.setdefault("background", "plain")
+    return register_shapes(root, names=SHAPES_PLAIN_DATASETS, **generate_kwargs)
+
+
 def register_digits(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple[str, str]:
-    """Registers ``digits_train`` and ``digits_val``: the shapes dataset's images and layout
-    with handwritten digits (10 classes, scikit-learn's bundled scans) as the objects; loading
-    either generates it first (needs scikit-learn). See :func:`register_shapes`.
+    """Registers ``digits_train`` and ``digits_val``: the shapes dataset's layout on plain
+    backgrounds with handwritten digits (10 classes, scikit-learn's bundled scans) as the
+    objects; loading either generates it first (needs scikit-learn). See
+    :func:`register_shapes`.
 
     Args:
         root: the dataset folder; default ``$DETECTRON2_DATASETS/condconv_digits``.
@@ -337,8 +355,10 @@ def register_digits(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple
     if root is None:
         root = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "condconv_digits")
     generate_kwargs.setdefault("object_size", (14, 56))
+    generate_kwargs.setdefault("background", "plain")
     return register_shapes(root, names=DIGITS_DATASETS, content="digits", **generate_kwargs)
 
 
 register_shapes()
+register_shapes_plain()
 register_digits()

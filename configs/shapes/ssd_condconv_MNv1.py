@@ -28,14 +28,14 @@ model.num_classes = 5
 
 # Data: a schedule of a few epochs, where SSD's expand / min-IoU crop / colour distortion (which
 # pay off over hundreds of epochs) only slow it down; flips stay.
-dataloader.train.dataset.names = "shapes_train"
+dataloader.train.dataset.names = "shapes_plain_train"
 dataloader.train.mapper.augmentations = [
     L(T.RandomFlip)(horizontal=True),
     L(T.Resize)(shape=[128, 128]),
 ]
 dataloader.train.total_batch_size = 8
 dataloader.train.num_workers = 1
-dataloader.test.dataset.names = "shapes_val"
+dataloader.test.dataset.names = "shapes_plain_val"
 dataloader.test.mapper.augmentations = [L(T.Resize)(shape=[128, 128])]
 dataloader.test.num_workers = 1
 

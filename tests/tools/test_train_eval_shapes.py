@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from condconv_det.data import register_shapes
+from condconv_det.data import register_shapes_plain
 from condconv_det.engine import Trainer
 
 from . import load_tool
@@ -20,7 +20,7 @@ SMALL = [
     "INPUT.SSD.PHOTOMETRIC", False,
     "INPUT.SSD.EXPAND", False,
     "INPUT.SSD.MIN_IOU_CROP", False,
-    "DATASETS.TEST", ("shapes_train",),
+    "DATASETS.TEST", ("shapes_plain_train",),
     "DATALOADER.NUM_WORKERS", 0,
     "SOLVER.IMS_PER_BATCH", 8,
     "SOLVER.BASE_LR", 0.05,
@@ -34,9 +34,9 @@ SMALL = [
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes")
-    register_shapes(root, num_train=16, num_val=4, image_size=128, object_size=(20, 56), progress=False)
+    register_shapes_plain(root, num_train=16, num_val=4, image_size=128, object_size=(20, 56), progress=False)
     yield root
-    register_shapes()  # back to the default registration
+    register_shapes_plain()  # back to the default registration
 
 
 def _args(train_net, *extra):
