@@ -45,7 +45,7 @@ optimizer.update(lr=0.02, momentum=0.9, weight_decay=0.00004)  # MobileNet's wei
 # Cosine decay after 50 warm-up iterations (fractions of train.max_iter).
 lr_multiplier = L(WarmupParamScheduler)(
     scheduler=L(CosineParamScheduler)(start_value=1.0, end_value=0.0),
-    warmup_length=50 / 1100,
+    warmup_length=50 / 1600,
     warmup_method="linear",
     warmup_factor=0.001,
 )
@@ -54,7 +54,7 @@ train = get_config("common/train.py").train
 train.update(
     output_dir="./output",
     init_checkpoint="",
-    max_iter=1100,  # about 11 epochs of the 800 training images
+    max_iter=1600,  # 16 epochs of the 800 training images
     eval_period=0,  # evaluated once, at the end
     seed=0,
     device="cuda",  # tools/lazy_train_net.py falls back to the CPU without CUDA
@@ -65,4 +65,4 @@ train.update(
     # first iters iterations (0: off); the YAML configs' MODEL.CONDCONV.TEMPERATURE_SCHEDULE.
     routing_temperature_schedule=dict(start=1.0, iters=0),
 )
-train.checkpointer.period = 550
+train.checkpointer.period = 800
