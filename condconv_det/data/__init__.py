@@ -1,9 +1,10 @@
 """Data: the bundled shapes dataset, SSD augmentations and the SSD dataset mapper."""
 from .dataset_mapper import SSDDatasetMapper, build_ssd_augmentation
-from .datasets import (  # registers shapes_, shapes_plain_ and digits_{train,val}
+from .datasets import (  # registers shapes_, shapes_plain_, shapes_single_, digits_
     DIGITS_DATASETS,
     SHAPES_DATASETS,
     SHAPES_PLAIN_DATASETS,
+    SHAPES_SINGLE_DATASETS,
     check_coco_dataset,
     default_shapes_root,
     load_coco_json_checked,
@@ -11,6 +12,7 @@ from .datasets import (  # registers shapes_, shapes_plain_ and digits_{train,va
     register_digits,
     register_shapes,
     register_shapes_plain,
+    register_shapes_single,
 )
 from .shapes import BACKGROUNDS, CONTENTS, DIGITS_CLASSES, SHAPES_CLASSES, generate_shapes_dataset
 from .transforms import (

@@ -28,6 +28,7 @@ __all__ = [
     "DIGITS_DATASETS",
     "SHAPES_DATASETS",
     "SHAPES_PLAIN_DATASETS",
+    "SHAPES_SINGLE_DATASETS",
     "check_coco_dataset",
     "default_shapes_root",
     "load_coco_json_checked",
@@ -35,12 +36,14 @@ __all__ = [
     "register_digits",
     "register_shapes",
     "register_shapes_plain",
+    "register_shapes_single",
 ]
 
 logger = logging.getLogger(__name__)
 
 SHAPES_DATASETS: Tuple[str, str] = ("shapes_train", "shapes_val")
 SHAPES_PLAIN_DATASETS: Tuple[str, str] = ("shapes_plain_train", "shapes_plain_val")
+SHAPES_SINGLE_DATASETS: Tuple[str, str] = ("shapes_single_train", "shapes_single_val")
 DIGITS_DATASETS: Tuple[str, str] = ("digits_train", "digits_val")
 
 PathLike = Union[str, os.PathLike]
@@ -342,6 +345,22 @@ def register_shapes_plain(root: Optional[PathLike] = None, **generate_kwargs) ->
     return register_shapes(root, names=SHAPES_PLAIN_DATASETS, **generate_kwargs)
 
 
+def register_shapes_single(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple[str, str]:
+    """Registers ``shapes_single_train`` and ``shapes_single_val``: plain backgrounds and one
+    object per image, so that a per-image quantity (a router's routing) belongs to one class, as
+    on ImageNet; for routing analysis (tools/analyze_routing.py). See :func:`register_shapes`.
+
+    Args:
+        root: the dataset folder; default ``$DETECTRON2_DATASETS/condconv_shapes_single``.
+        generate_kwargs: passed to :func:`generate_shapes_dataset`.
+    """
+    if root is None:
+        root = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "condconv_shapes_single")
+    generate_kwargs.setdefault("background", "plain")
+    generate_kwargs.setdefault("objects_per_image", (1, 1))
+    return register_shapes(root, names=SHAPES_SINGLE_DATASETS, **generate_kwargs)
+
+
 def register_digits(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple[str, str]:
     """Registers ``digits_train`` and ``digits_val``: the shapes dataset's layout on plain
     backgrounds with handwritten digits (10 classes, scikit-learn's bundled scans) as the
@@ -361,4 +380,5 @@ def register_digits(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple
 
 register_shapes()
 register_shapes_plain()
+register_shapes_single()
 register_digits()

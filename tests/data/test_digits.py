@@ -74,3 +74,4 @@ def test_registered_with_ten_classes(tmp_path):
         assert os.path.isfile(MetadataCatalog.get("digits_val").json_file)
     finally:
         register_digits()
+

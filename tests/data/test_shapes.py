@@ -271,3 +271,16 @@ def test_plain_background_is_one_grey_under_the_noise(tmp_path):
         assert abs(background.mean() - 128) < 2 and background.std() < 10
     with pytest.raises(ValueError, match="background must be one of"):
         generate_shapes_dataset(tmp_path / "x", num_train=1, num_val=1, background="stripes", progress=False)
+
+
+def test_single_object_shapes_are_registered(tmp_path):
+    from detectron2.data import DatasetCatalog
+
+    from condconv_det.data import SHAPES_SINGLE_DATASETS, register_shapes_single
+
+    try:
+        assert register_shapes_single(tmp_path / "single", num_train=2, num_val=5, progress=False) == SHAPES_SINGLE_DATASETS
+        records = DatasetCatalog.get("shapes_single_val")
+        assert len(records) == 5 and all(len(r["annotations"]) == 1 for r in records)
+    finally:
+        register_shapes_single()
