@@ -220,26 +220,40 @@ def cond_conv2d(
         return F.conv2d(x, kernel, b0, stride, padding, dilation, groups)
 
     if path == "grouped":
-        channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-        folded = x.reshape(1, batch * channels, height, width)
-        fb: Optional[torch.Tensor] = None
-        if biases is not None:
-            fb = biases.reshape(batch * out_channels)
-        out = F.conv2d(
-            folded,
-            kernels.reshape(batch * out_channels, channels // groups, kh, kw),
-            fb,
-            stride,
-            padding,
-            dilation,
-            groups * batch,
-        )
-        return out.reshape(batch, out_channels, out.shape[2], out.shape[3])
+        return _grouped_conv2d(x, kernels, biases, stride, padding, dilation, groups)
 
     raise ValueError(
         "unknown CondConv2d path '{}'; expected 'auto', 'single', 'grouped', 'matmul' or "
         "'experts'".format(path)
     )
+
+
+def _grouped_conv2d(
+    x: torch.Tensor,
+    kernels: torch.Tensor,
+    biases: Optional[torch.Tensor],
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """Each example convolved with its own kernel, the batch folded into the groups of one
+    grouped convolution: ``kernels`` (B, O, C/g, kh, kw), ``biases`` (B, O) or None."""
+    batch, channels, height, width = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    out_channels = kernels.shape[1]
+    folded_bias: Optional[torch.Tensor] = None
+    if biases is not None:
+        folded_bias = biases.reshape(batch * out_channels)
+    out = F.conv2d(
+        x.reshape(1, batch * channels, height, width),
+        kernels.reshape(batch * out_channels, kernels.shape[2], kernels.shape[3], kernels.shape[4]),
+        folded_bias,
+        stride,
+        padding,
+        dilation,
+        groups * batch,
+    )
+    return out.reshape(batch, out_channels, out.shape[2], out.shape[3])
 
 
 def _normalized_cond_conv2d(
@@ -254,25 +268,10 @@ def _normalized_cond_conv2d(
 ) -> torch.Tensor:
     """:func:`cond_conv2d` with every example's mixed kernel scaled to unit norm per output
     channel (``CondConv2d(normalize_kernel=True)``); args as there."""
-    batch, channels, height, width = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    num_experts, out_channels = weight.shape[0], weight.shape[1]
-    kh, kw = weight.shape[3], weight.shape[4]
-    kernels = torch.mm(routing_weights, weight.reshape(num_experts, -1))
-    kernels = kernels.reshape(batch, out_channels, -1)
-    kernels = kernels * torch.rsqrt(kernels.square().sum(dim=2, keepdim=True) + 1e-12)
-    biases: Optional[torch.Tensor] = None
-    if bias is not None:
-        biases = torch.mm(routing_weights, bias).reshape(batch * out_channels)
-    out = F.conv2d(
-        x.reshape(1, batch * channels, height, width),
-        kernels.reshape(batch * out_channels, channels // groups, kh, kw),
-        biases,
-        stride,
-        padding,
-        dilation,
-        groups * batch,
-    )
-    return out.reshape(batch, out_channels, out.shape[2], out.shape[3])
+    kernels, biases = _mix_kernels(routing_weights, weight, bias)
+    norms = kernels.flatten(2).square().sum(dim=2)
+    kernels = kernels * torch.rsqrt(norms + 1e-12).reshape(norms.shape[0], norms.shape[1], 1, 1, 1)
+    return _grouped_conv2d(x, kernels, biases, stride, padding, dilation, groups)
 
 
 def _matmul_conv2d(
