@@ -17,8 +17,9 @@
   expert from the first step.
 """
 import math
+import os
 import re
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import IO, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -35,6 +36,7 @@ __all__ = [
     "load_checkpoint_strict",
     "CheckpointMismatchError",
     "CondConvCheckpointer",
+    "atomic_write",
 ]
 
 
@@ -391,6 +393,33 @@ def _condconv_keys(model: nn.Module) -> List[str]:
     return keys
 
 
+def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb") -> None:
+    """Writes a file so that a reader (or a crash) never sees half of it: ``write(f)`` fills a
+    temporary file in the same folder, which is flushed to disk and then renamed over ``path``.
+    A kill mid-write leaves ``path`` as it was (and a ``.tmp-<pid>`` file beside it)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # the rename itself survives a power loss once the folder is synced
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 try:
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
@@ -408,7 +437,35 @@ if DetectionCheckpointer is not None:
         CondConv weight) is upcycled as :func:`upcycle_state_dict` does; the routers then start
         at uniform routing unless the checkpoint has them. detectron2's own checkpointer would
         skip such kernels with a shape warning, leaving the CondConv layers untrained.
+
+        Checkpoints and ``last_checkpoint`` are written atomically (:func:`atomic_write`):
+        fvcore truncates the file and then writes it, so a kill during a save used to leave the
+        only checkpoint empty or cut short, under its normal name.
         """
+
+        def save(self, name: str, **kwargs: Any) -> None:
+            """As fvcore's ``Checkpointer.save``, written atomically to a local folder."""
+            if not self.save_dir or not self.save_to_disk:
+                return
+            if "://" in self.save_dir:  # a remote store: fvcore's own writer
+                return super().save(name, **kwargs)
+            data = {"model": self.model.state_dict()}
+            for key, obj in self.checkpointables.items():
+                data[key] = obj.state_dict()
+            data.update(kwargs)
+            basename = f"{name}.pth"
+            save_file = os.path.join(self.save_dir, basename)
+            self.logger.info(f"Saving checkpoint to {save_file}")
+            os.makedirs(self.save_dir, exist_ok=True)
+            atomic_write(save_file, lambda f: torch.save(data, f))
+            self.tag_last_checkpoint(basename)
+
+        def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+            """Names the last checkpoint in ``last_checkpoint``, atomically."""
+            if "://" in self.save_dir:
+                return super().tag_last_checkpoint(last_filename_basename)
+            path = os.path.join(self.save_dir, "last_checkpoint")
+            atomic_write(path, lambda f: f.write(last_filename_basename), mode="w")
 
         def _load_model(self, checkpoint):
             model_sd = self.model.state_dict()
