@@ -56,7 +56,7 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "COCO-Detection")
 
-# The targets for CondConv over static (CPU, 2 threads, float32).
+# The targets for CondConv over static (CPU, 2 threads, float32).
 TARGETS = {"latency": 1.15, "train": 1.6, "memory": 1.5}
 
 
