@@ -331,51 +331,42 @@ def register_shapes(
     return tuple(names)
 
 
+def _register_variant(
+    root: Optional[PathLike], folder: str, names: Tuple[str, str], defaults: Dict[str, Any], kwargs
+) -> Tuple[str, str]:
+    """:func:`register_shapes` of a named variant: ``defaults`` under the caller's keywords, in
+    ``$DETECTRON2_DATASETS/<folder>`` unless ``root`` is given."""
+    if root is None:
+        root = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), folder)
+    return register_shapes(root, names=names, **{**defaults, **kwargs})
+
+
 def register_shapes_plain(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple[str, str]:
     """Registers ``shapes_plain_train`` and ``shapes_plain_val``: the shapes dataset on plain
-    grey backgrounds (``background="plain"``), the main job's data. See :func:`register_shapes`.
-
-    Args:
-        root: the dataset folder; default ``$DETECTRON2_DATASETS/condconv_shapes_plain``.
-        generate_kwargs: passed to :func:`generate_shapes_dataset`.
-    """
-    if root is None:
-        root = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "condconv_shapes_plain")
-    generate_kwargs.setdefault("background", "plain")
-    return register_shapes(root, names=SHAPES_PLAIN_DATASETS, **generate_kwargs)
+    grey backgrounds (``background="plain"``), the main job's data, in
+    ``$DETECTRON2_DATASETS/condconv_shapes_plain`` by default. See :func:`register_shapes`."""
+    defaults = dict(background="plain")
+    names = SHAPES_PLAIN_DATASETS
+    return _register_variant(root, "condconv_shapes_plain", names, defaults, generate_kwargs)
 
 
 def register_shapes_single(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple[str, str]:
     """Registers ``shapes_single_train`` and ``shapes_single_val``: plain backgrounds and one
     object per image, so that a per-image quantity (a router's routing) belongs to one class, as
-    on ImageNet; for routing analysis (tools/analyze_routing.py). See :func:`register_shapes`.
-
-    Args:
-        root: the dataset folder; default ``$DETECTRON2_DATASETS/condconv_shapes_single``.
-        generate_kwargs: passed to :func:`generate_shapes_dataset`.
-    """
-    if root is None:
-        root = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "condconv_shapes_single")
-    generate_kwargs.setdefault("background", "plain")
-    generate_kwargs.setdefault("objects_per_image", (1, 1))
-    return register_shapes(root, names=SHAPES_SINGLE_DATASETS, **generate_kwargs)
+    on ImageNet; for routing analysis (tools/analyze_routing.py). In
+    ``$DETECTRON2_DATASETS/condconv_shapes_single`` by default. See :func:`register_shapes`."""
+    defaults = dict(background="plain", objects_per_image=(1, 1))
+    names = SHAPES_SINGLE_DATASETS
+    return _register_variant(root, "condconv_shapes_single", names, defaults, generate_kwargs)
 
 
 def register_digits(root: Optional[PathLike] = None, **generate_kwargs) -> Tuple[str, str]:
     """Registers ``digits_train`` and ``digits_val``: the shapes dataset's layout on plain
-    backgrounds with handwritten digits (10 classes, scikit-learn's bundled scans) as the
-    objects; loading either generates it first (needs scikit-learn). See
-    :func:`register_shapes`.
-
-    Args:
-        root: the dataset folder; default ``$DETECTRON2_DATASETS/condconv_digits``.
-        generate_kwargs: passed to :func:`generate_shapes_dataset` (``content="digits"``).
-    """
-    if root is None:
-        root = os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "condconv_digits")
-    generate_kwargs.setdefault("object_size", (14, 56))
-    generate_kwargs.setdefault("background", "plain")
-    return register_shapes(root, names=DIGITS_DATASETS, content="digits", **generate_kwargs)
+    backgrounds with handwritten digits (10 classes, scikit-learn's bundled scans, 14-56 px) as
+    the objects, in ``$DETECTRON2_DATASETS/condconv_digits`` by default; loading either
+    generates it first (needs scikit-learn). See :func:`register_shapes`."""
+    defaults = dict(content="digits", object_size=(14, 56), background="plain")
+    return _register_variant(root, "condconv_digits", DIGITS_DATASETS, defaults, generate_kwargs)
 
 
 register_shapes()

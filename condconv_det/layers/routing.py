@@ -336,12 +336,12 @@ def configure_condconv(
     if expert_init not in EXPERT_INITS:
         raise ValueError(f"expert_init must be one of {EXPERT_INITS}, got {expert_init!r}")
     check_router_init(router_init)
-    activation_of: dict = {}
+    activations = set()
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if not isinstance(child, CondConvRouter):
                 continue
-            activation_of[child.num_experts] = child.activation
+            activations.add(child.activation)
             child.expert_dropout = float(expert_dropout)
             child.detach_input = bool(router_detach_input)
             if child.hidden_ratio == float(router_hidden_ratio) and _norm_name(child.norm) == router_norm:
@@ -362,6 +362,13 @@ def configure_condconv(
             if not any(p.requires_grad for p in child.parameters()):
                 rebuilt.requires_grad_(False)  # a frozen block's router stays frozen
             setattr(parent, name, rebuilt)
+    if expert_init == "mixed_variance" and len(activations) > 1:
+        raise ValueError(
+            "expert_init='mixed_variance' needs one routing activation for the whole module, "
+            f"got {sorted(activations)}"
+        )
+    # Routing weights start at sigmoid(0) = 1/2 or softmax's 1/E.
+    sigmoid = activations != {"softmax"}
     for m in module.modules():
         if not isinstance(m, CondConv2d):
             continue
@@ -369,8 +376,7 @@ def configure_condconv(
         if static_kernel:
             m.add_static_kernel()
         elif expert_init == "mixed_variance" and m.static_weight is None:
-            activation = activation_of.get(m.num_experts, "sigmoid")
-            start = 0.5 if activation == "sigmoid" else 1.0 / m.num_experts
+            start = 0.5 if sigmoid else 1.0 / m.num_experts
             with torch.no_grad():
                 m.weight.mul_(1.0 / (start * math.sqrt(m.num_experts)))
     return module
