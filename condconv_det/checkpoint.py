@@ -18,6 +18,7 @@
 """
 import math
 import os
+import pickle
 import re
 from typing import IO, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -35,6 +36,9 @@ __all__ = [
     "upcycle_state_dict",
     "load_checkpoint_strict",
     "CheckpointMismatchError",
+    "UnreadableCheckpointError",
+    "WEIGHTS_MATCHES",
+    "state_dict_differences",
     "CondConvCheckpointer",
     "atomic_write",
 ]
@@ -42,6 +46,20 @@ __all__ = [
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint that does not fit the model; the message lists every difference."""
+
+
+class UnreadableCheckpointError(ValueError):
+    """A checkpoint file that cannot be read (empty, cut short, not a PyTorch checkpoint); the
+    message names the file."""
+
+
+#: How a checkpoint named by ``MODEL.WEIGHTS`` must fit the model (:class:`CondConvCheckpointer`):
+#: ``strict``: every tensor of the model, with its shape, and nothing else; ``pretrained``: every
+#: tensor of the checkpoint fits a tensor of the model, which may have more (pretrained backbone
+#: weights under new layers, which keep their initialisation), but no CondConv layer gets its
+#: experts without its router or the reverse; ``partial``: whatever fits loads and the rest is
+#: listed in the log (fine-tuning with other heads), but at least one tensor must fit.
+WEIGHTS_MATCHES = ("strict", "pretrained", "partial")
 
 
 def torchvision_resnet_to_detectron2(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -69,6 +87,14 @@ def torchvision_mobilenet_v2_to_condconv(
         state_dict: torchvision's state dict.
         block_names: the target's block prefixes in order, ``MobileNet.block_names()``.
     """
+    layers_found = sorted({int(m.group(1)) for k in state_dict for m in [re.match(r"features\.(\d+)\.", k)] if m})
+    if layers_found != list(range(len(block_names) + 2)):
+        raise CheckpointMismatchError(
+            f"the torchvision MobileNetV2 checkpoint has {len(layers_found)} feature layers, the "
+            f"target model {len(block_names)} blocks plus stem and head ({len(block_names) + 2}): "
+            "convert it for a MobileNetV2 (MODEL.MOBILENET.ARCH mobilenet_v2, width 1.0, or "
+            "--arch mobilenet_v2)."
+        )
     out = {}
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):
@@ -336,8 +362,11 @@ def upcycle_state_dict(
 
 
 def _sigmoid_start(experts: int) -> float:
-    # Sigmoid routing cannot reach 1, so a single expert starts at r = 1/2 with a doubled kernel.
-    return 1.0 / experts if experts > 1 else 0.5
+    # With every expert at W / (E r) under routing r, the mixed kernel is W and an SGD step moves
+    # it by E r^2 times the static kernel's step: r = 1 / sqrt(E) keeps the static twin's
+    # learning rate (r = 1 / E would slow it E-fold). Sigmoid routing cannot reach 1, so a single
+    # expert starts at r = 1/2 with a doubled kernel.
+    return 1.0 / math.sqrt(experts) if experts > 1 else 0.5
 
 
 def _logit(p: float) -> float:
@@ -357,29 +386,47 @@ def load_checkpoint_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     that differ. Keys matching a regex in ``ignore`` are skipped on both sides."""
     ignore_re = [re.compile(p) for p in (ignore or [])]
     skip = lambda k: any(r.search(k) for r in ignore_re)  # noqa: E731
-    target = {k: v for k, v in model.state_dict().items() if not skip(k) and not k.endswith("num_batches_tracked")}
-    given = {k: v for k, v in state_dict.items() if not skip(k) and not k.endswith("num_batches_tracked")}
+    target = {k: v for k, v in model.state_dict().items() if not skip(k)}
+    given = {k: v for k, v in state_dict.items() if not skip(k)}
+    missing, unexpected, shapes = state_dict_differences(target, given)
+    if missing or unexpected or shapes:
+        raise CheckpointMismatchError(
+            mismatch_report("the checkpoint", missing, unexpected, shapes)
+            + "\n  Convert it for this model with tools/convert_pretrained.py (matching --source and "
+            "the same config / arch / experts)."
+        )
+    given = {k: v for k, v in given.items() if not k.endswith("num_batches_tracked")}
+    model.load_state_dict({**model.state_dict(), **given}, strict=True)
+
+
+def state_dict_differences(
+    target: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> Tuple[List[str], List[str], List[str]]:
+    """The keys of ``target`` (a model's state dict) that ``given`` lacks, the keys of ``given``
+    that ``target`` lacks, and ``"key: checkpoint (shape) vs model (shape)"`` for the shared keys
+    whose shapes differ; BatchNorm's ``num_batches_tracked`` counters are not compared."""
+    target = {k: v for k, v in target.items() if not k.endswith("num_batches_tracked")}
+    given = {k: v for k, v in given.items() if not k.endswith("num_batches_tracked")}
     missing = sorted(set(target) - set(given))
     unexpected = sorted(set(given) - set(target))
     shapes = sorted(
         f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(target[k].shape)}"
         for k in set(target) & set(given)
-        if tuple(given[k].shape) != tuple(target[k].shape)
+        if tuple(getattr(given[k], "shape", ())) != tuple(target[k].shape)
     )
-    if missing or unexpected or shapes:
-        lines = ["the checkpoint does not fit the model:"]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-            if items:
-                lines.append(f"  {title} ({len(items)}):")
-                lines.extend(f"    {item}" for item in items[:50])
-                if len(items) > 50:
-                    lines.append(f"    ... and {len(items) - 50} more")
-        lines.append(
-            "  Convert it for this model with tools/convert_pretrained.py (matching --source and "
-            "the same config / arch / experts)."
-        )
-        raise CheckpointMismatchError("\n".join(lines))
-    model.load_state_dict({**model.state_dict(), **given}, strict=True)
+    return missing, unexpected, shapes
+
+
+def mismatch_report(what: str, missing: List[str], unexpected: List[str], shapes: List[str], limit: int = 20) -> str:
+    """``"<what> does not fit the model:"`` and the first ``limit`` keys of each kind."""
+    lines = [f"{what} does not fit the model:"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            lines.append(f"  {title} ({len(items)}):")
+            lines.extend(f"    {item}" for item in items[:limit])
+            if len(items) > limit:
+                lines.append(f"    ... and {len(items) - limit} more")
+    return "\n".join(lines)
 
 
 def _condconv_keys(model: nn.Module) -> List[str]:
@@ -443,6 +490,102 @@ if DetectionCheckpointer is not None:
         only checkpoint empty or cut short, under its normal name.
         """
 
+        def __init__(self, model: nn.Module, save_dir: str = "", *, match: str = "strict", **kwargs: Any):
+            """As ``DetectionCheckpointer``; ``match`` is how a checkpoint given to :meth:`load`
+            must fit the model (:data:`WEIGHTS_MATCHES`, ``MODEL.WEIGHTS_MATCH``). Resuming a
+            run (:meth:`resume_or_load` with ``resume=True``) always needs a checkpoint that
+            fits exactly."""
+            if match not in WEIGHTS_MATCHES:
+                raise ValueError(f"MODEL.WEIGHTS_MATCH must be one of {WEIGHTS_MATCHES}, got {match!r}")
+            super().__init__(model, save_dir, **kwargs)
+            self.match = match
+            self._loading: Optional[str] = None
+            self._model_loaded = False
+
+        def load(self, path: str, checkpointables: Optional[List[str]] = None) -> Dict[str, Any]:
+            """As fvcore's ``Checkpointer.load``, with errors that name the file: one that
+            cannot be read (:class:`UnreadableCheckpointError`), one that does not fit the model
+            as ``match`` asks (:class:`CheckpointMismatchError`, before the model is touched),
+            and a training state that does not fit the trainer (a changed solver config)."""
+            if path and "://" not in path and not os.path.isfile(path):
+                if not os.path.exists(path):
+                    raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+                raise UnreadableCheckpointError(f"checkpoint {path!r} is not a file")
+            self._loading, self._model_loaded = path, False
+            try:
+                return super().load(path, checkpointables=checkpointables)
+            except (KeyError, ValueError, RuntimeError) as e:
+                if not self._model_loaded or isinstance(e, (CheckpointMismatchError, UnreadableCheckpointError)):
+                    raise
+                # The weights loaded; the trainer's or optimizer's state did not.
+                raise CheckpointMismatchError(
+                    f"checkpoint {path!r}: its training state (iteration, optimizer, scheduler) "
+                    f"does not fit this run ({type(e).__name__}: {e}). Resume with the config the "
+                    "run was started with, or start a new OUTPUT_DIR with MODEL.WEIGHTS naming "
+                    "this checkpoint to fine-tune from its weights."
+                ) from e
+            finally:
+                self._loading = None
+
+        def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+            """With ``resume`` and a checkpoint in the save folder: the newest checkpoint that
+            can be read, with its training state (``last_checkpoint`` first; a file that cannot
+            be read is reported and the next newest tried). Otherwise ``path``'s weights alone,
+            fitting the model as ``match`` asks."""
+            if not (resume and self.has_checkpoint()):
+                return self.load(path, checkpointables=[])
+            candidates = self.resume_candidates()
+            failures = []
+            match, self.match = self.match, "strict"
+            try:
+                for candidate in candidates:
+                    try:
+                        loaded = self.load(candidate)
+                    except (UnreadableCheckpointError, FileNotFoundError) as e:
+                        failures.append(str(e))
+                        self.logger.warning(f"Cannot resume from {candidate}: {e}")
+                        continue
+                    if failures:
+                        self.logger.warning(
+                            f"Resumed from {candidate}, the newest checkpoint that could be read "
+                            f"({len(failures)} newer could not: see above)."
+                        )
+                    return loaded
+            finally:
+                self.match = match
+            raise UnreadableCheckpointError(
+                f"no checkpoint in {self.save_dir!r} can be read, so the run cannot be resumed:\n  "
+                + "\n  ".join(failures)
+                + "\nMove the folder aside and start again without --resume, or give MODEL.WEIGHTS."
+            )
+
+        def resume_candidates(self) -> List[str]:
+            """The checkpoints of the save folder, newest first: the one ``last_checkpoint``
+            names, then the other ``.pth`` files by modification time."""
+            named = self.get_checkpoint_file()
+            others = [
+                os.path.join(self.save_dir, f)
+                for f in self.path_manager.ls(self.save_dir)
+                if f.endswith(".pth") and os.path.join(self.save_dir, f) != named
+            ]
+            others.sort(key=lambda f: os.path.getmtime(f) if os.path.exists(f) else 0, reverse=True)
+            return [named] + others
+
+        def _load_file(self, filename: str) -> Dict[str, Any]:
+            if os.path.isfile(filename) and os.path.getsize(filename) == 0:
+                raise UnreadableCheckpointError(
+                    f"checkpoint {filename!r} is empty (0 bytes): a save was probably killed"
+                )
+            try:
+                loaded = super()._load_file(filename)
+            except AssertionError:
+                raise
+            except Exception as e:  # noqa: BLE001 (whatever torch.load met, the file is unusable)
+                raise UnreadableCheckpointError(_unreadable_reason(filename, e)) from e
+            if not isinstance(loaded.get("model"), Mapping):
+                raise UnreadableCheckpointError(_not_a_state_dict(filename, loaded["model"]))
+            return loaded
+
         def save(self, name: str, **kwargs: Any) -> None:
             """As fvcore's ``Checkpointer.save``, written atomically to a local folder."""
             if not self.save_dir or not self.save_to_disk:
@@ -489,8 +632,112 @@ if DetectionCheckpointer is not None:
                 upcycled = upcycle_state_dict({k: weights.pop(k) for k in static_keys}, self.model)
                 for key, value in upcycled.items():
                     weights.setdefault(key, value)
+                # Routers the upcycling leaves alone (beside a static kernel) keep their init.
+                for name, router in _routers(self.model).items():
+                    for key, value in router.state_dict().items():
+                        weights.setdefault(f"{name}.{key}" if name else key, value)
                 self.logger.info(
                     f"Upcycled {len(static_keys)} static kernels into CondConv experts "
                     "(uniform routing: the model computes what the static checkpoint does)."
                 )
-            return super()._load_model(checkpoint)
+            self._check_fit(model_sd, weights)
+            incompatible = super()._load_model(checkpoint)
+            self._model_loaded = True
+            return incompatible
+
+        def _check_fit(self, model_sd: Mapping[str, torch.Tensor], weights: Mapping[str, Any]) -> None:
+            weights = _strip_ddp_prefix(weights)
+            missing, unexpected, shapes = state_dict_differences(model_sd, weights)
+            # FrozenBN fills statistics a file lacks (Caffe2 models fold them into the affine).
+            frozen = _frozen_bn_statistics(self.model)
+            missing = [k for k in missing if k not in frozen]
+            if self.match == "pretrained":
+                missing = _half_loaded_condconv(self.model, missing, weights)
+            elif self.match == "partial":
+                fitting = set(model_sd) & set(weights)
+                if len(fitting) > len(shapes):
+                    return
+            if not (missing or unexpected or shapes):
+                return
+            name = self._loading or "the checkpoint"
+            hint = {
+                "strict": "Give a checkpoint of this model (the config it was trained with, the "
+                "same experts and classes); set MODEL.WEIGHTS_MATCH pretrained to load pretrained "
+                "weights under new layers, or partial to load whatever fits.",
+                "pretrained": "Convert pretrained weights for this config with "
+                "tools/convert_pretrained.py, or set MODEL.WEIGHTS_MATCH partial to load "
+                "whatever fits.",
+                "partial": "Not one tensor of it fits this model: is it a checkpoint of another "
+                "architecture?",
+            }[self.match]
+            raise CheckpointMismatchError(
+                mismatch_report(f"checkpoint {name!r}", missing, unexpected, shapes)
+                + f"\n  (MODEL.WEIGHTS_MATCH {self.match}) {hint}"
+            )
+
+    def _half_loaded_condconv(model: nn.Module, missing: List[str], weights: Mapping[str, Any]) -> List[str]:
+        """The missing keys of the routed groups (a router and the CondConv layers in the
+        module that holds it) that the checkpoint fills only in part: experts without their
+        router, or a router without its experts."""
+        missing = set(missing)
+        condconvs = {n: m for n, m in model.named_modules() if isinstance(m, CondConv2d)}
+        out = set()
+        for router_name, router in _routers(model).items():
+            owner = router_name.rsplit(".", 1)[0] if "." in router_name else ""
+            keys = [f"{router_name}.{k}" for k in router.state_dict()]
+            for name, conv in condconvs.items():
+                if owner == "" or name == owner or name.startswith(owner + "."):
+                    keys += [f"{name}.{k}" for k in conv.state_dict() if not k.startswith("router.")]
+            if any(k in weights for k in keys):
+                out.update(k for k in keys if k in missing)
+        return sorted(out)
+
+    def _frozen_bn_statistics(model: nn.Module) -> set:
+        from detectron2.layers import FrozenBatchNorm2d
+
+        return {
+            f"{name}.{stat}" if name else stat
+            for name, m in model.named_modules()
+            if isinstance(m, FrozenBatchNorm2d)
+            for stat in ("running_mean", "running_var")
+        }
+
+    def _strip_ddp_prefix(weights: Mapping[str, Any]) -> Mapping[str, Any]:
+        if weights and all(k.startswith("module.") for k in weights):
+            return {k[len("module."):]: v for k, v in weights.items()}
+        return weights
+
+    def _starts_as_a_zip(filename: str) -> bool:
+        """Whether the file begins as torch.save's zip archives do (so a failed read means a
+        damaged or cut-short file rather than another format)."""
+        try:
+            with open(filename, "rb") as f:
+                return f.read(4) == b"PK\x03\x04"
+        except OSError:
+            return False
+
+    def _not_a_state_dict(filename: str, content: Any) -> str:
+        return (
+            f"checkpoint {filename!r} holds a {type(content).__name__}, not a state dict (a dict "
+            "of tensors, or a dict with one under 'model')"
+        )
+
+    def _unreadable_reason(filename: str, error: BaseException) -> str:
+        text = str(error)
+        if isinstance(error, RuntimeError) and "__contains__" in text:
+            # detectron2 looked for "model" in what torch.load returned: not a dict.
+            try:
+                return _not_a_state_dict(filename, torch.load(filename, map_location="cpu", weights_only=True))
+            except Exception:  # noqa: BLE001
+                pass
+        if isinstance(error, pickle.UnpicklingError) and "weights_only" in text.lower():
+            what = (
+                "holds Python objects other than tensors, numbers and containers, which are "
+                "not loaded for safety; if you trust it, re-save its state dict alone with "
+                "torch.save"
+            )
+        elif isinstance(error, EOFError) or _starts_as_a_zip(filename):
+            what = "is cut short or corrupt (a save was probably killed): use an earlier checkpoint"
+        else:
+            what = f"is not a PyTorch checkpoint ({type(error).__name__}: {text.splitlines()[0][:200] if text else ''})"
+        return f"checkpoint {filename!r} {what}"

@@ -25,6 +25,10 @@ __all__ = [
 def add_condconv_config(cfg: CN) -> None:
     """Adds ``MODEL.CONDCONV`` and ``MODEL.MOBILENET`` to ``cfg`` (in place)."""
     _C = cfg
+    # How a checkpoint named by MODEL.WEIGHTS must fit the model: "strict" (every tensor, nothing
+    # else), "pretrained" (all of the checkpoint fits; layers it lacks start as initialised) or
+    # "partial" (whatever fits; fine-tuning). Resuming a run always needs an exact fit.
+    _C.MODEL.WEIGHTS_MATCH = "strict"
     _C.MODEL.CONDCONV = CN()
     # Experts per CondConv layer. 0 builds the static twin: the same network with plain convs
     # (for ResNet, exactly detectron2's blocks and parameter names).

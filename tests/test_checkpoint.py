@@ -86,6 +86,29 @@ def test_upcycled_routing_reproduces_the_static_kernel(activation, experts):
     assert layer.router.fc.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("experts", [2, 8])
+def test_upcycled_sigmoid_layer_learns_at_the_static_learning_rate(experts):
+    # Under uniform routing r the mixed kernel sum_i r W_i moves by E r^2 times the static
+    # kernel's SGD step; upcycling starts the routing where that factor is 1, so the first
+    # steps of the upcycled layer (routing held) are the static layer's steps.
+    from condconv_det.layers import RoutedCondConv2d
+
+    torch.manual_seed(0)
+    static = torch.nn.Conv2d(8, 8, 3, padding=1)
+    layer = RoutedCondConv2d(8, 8, 3, padding=1, num_experts=experts, routing_activation="sigmoid")
+    load_checkpoint_strict(layer, upcycle_state_dict(static.state_dict(), layer, noise=0.0))
+    layer.router.requires_grad_(False)
+    x, target = torch.randn(3, 8, 7, 7), torch.randn(3, 8, 7, 7)
+    params = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
+    opts = [torch.optim.SGD(params(m), lr=0.1) for m in (static, layer)]
+    for _ in range(3):
+        for m, opt in zip((static, layer), opts):
+            opt.zero_grad()
+            (m(x) - target).square().mean().backward()
+            opt.step()
+    torch.testing.assert_close(layer(x), static(x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_upcycling_into_a_static_kernel_keeps_the_kernel_and_zero_experts(bias):
     from condconv_det.layers import RoutedCondConv2d, configure_condconv
@@ -183,3 +206,11 @@ def test_msra_pkl_loads_into_a_condconv_model_through_the_checkpointer(tmp_path)
     DetectionCheckpointer(plain).load(str(tmp_path / "R-50.pkl"))
     with torch.no_grad():
         assert not torch.allclose(plain(x)["res5"], want, rtol=1e-2, atol=1e-2)
+
+
+def test_mobilenet_v2_weights_for_a_mobilenet_v1_model_are_a_clear_error():
+    from condconv_det.modeling.backbone import MobileNet
+
+    v1 = MobileNet("mobilenet_v1", num_experts=0)
+    with pytest.raises(CheckpointMismatchError, match="MODEL.MOBILENET.ARCH mobilenet_v2"):
+        torchvision_mobilenet_v2_to_condconv(torchvision.models.mobilenet_v2().state_dict(), v1.block_names())

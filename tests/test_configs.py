@@ -52,6 +52,9 @@ def test_model_zoo_base_changes_only_the_backbone():
     assert ours.MODEL.BACKBONE.NAME == "build_condconv_resnet_fpn_backbone"
     assert ours.MODEL.WEIGHTS == zoo.MODEL.WEIGHTS == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
     zoo.MODEL.BACKBONE.NAME = ours.MODEL.BACKBONE.NAME
+    # The ImageNet R-50 fills the bottom-up only: FPN and heads start as initialised.
+    assert ours.MODEL.WEIGHTS_MATCH == "pretrained"
+    zoo.MODEL.WEIGHTS_MATCH = ours.MODEL.WEIGHTS_MATCH
     assert ours.dump() == zoo.dump()
 
 
@@ -73,3 +76,12 @@ def test_unknown_model_zoo_base_is_named(tmp_path):
     path.write_text('_BASE_: "model_zoo://COCO-Detection/no_such_config.yaml"\n')
     with pytest.raises(FileNotFoundError, match="no_such_config.yaml.*model zoo"):
         get_cfg().merge_from_file(str(path))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_is_plain_yaml(path):
+    # detectron2 falls back to yaml.unsafe_load (and warns that the machine may be at risk)
+    # when a config fails safe loading, e.g. on a !!python tag.
+    import yaml
+
+    yaml.safe_load(path.read_text())

@@ -47,7 +47,8 @@ def parse_args(argv=None):
 def run_training(config_file: str, output_dir: str, opts: List[str], quiet: bool) -> float:
     """Runs tools/train_net.py; returns its wall time. Fails with the log's tail on error."""
     os.makedirs(output_dir, exist_ok=True)
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config_file]
+    # --resume: a run that was interrupted continues from its last checkpoint.
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config_file, "--resume"]
     cmd += [*opts, "OUTPUT_DIR", output_dir]
     start = time.perf_counter()
     tail: List[str] = []

@@ -52,7 +52,11 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
 
 import condconv_det  # noqa: F401,E402  (registers the backbones and SSD)
-from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
+from condconv_det.checkpoint import (  # noqa: E402
+    CheckpointMismatchError,
+    CondConvCheckpointer,
+    UnreadableCheckpointError,
+)
 from condconv_det.config import get_cfg  # noqa: E402
 from condconv_det.export import (  # noqa: E402
     DenseDetectorNetwork,
@@ -172,21 +176,13 @@ def setup_cfg(args: argparse.Namespace):
 def build_detector(cfg) -> torch.nn.Module:
     """The config's detector, in eval mode, with every parameter from MODEL.WEIGHTS."""
     model = build_model(cfg).eval()
-    checkpointer = CondConvCheckpointer(model)
-    path = checkpointer.path_manager.get_local_path(cfg.MODEL.WEIGHTS)
-    # Loaded through the checkpointer's own steps rather than .load(), which only logs the keys
-    # it could not fill: an export with randomly initialised layers must fail instead.
-    incompatible = checkpointer._load_model(checkpointer._load_file(path))
-    # fvcore drops the tensors of other shapes before loading, so they are also missing keys.
-    missing = {k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")}
-    missing |= {k for k, *_ in incompatible.incorrect_shapes}
-    if missing:
+    # Strict: an export with randomly initialised layers must fail, not be written.
+    try:
+        CondConvCheckpointer(model, match="strict").load(cfg.MODEL.WEIGHTS, checkpointables=[])
+    except (CheckpointMismatchError, UnreadableCheckpointError) as e:
         raise ExportInputError(
-            f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r} does not fit the config's model: {len(missing)} "
-            f"tensors are missing or have other shapes ({', '.join(sorted(missing)[:5])}"
-            f"{', ...' if len(missing) > 5 else ''}). Use the config the checkpoint was trained "
-            "with, and the same overrides."
-        )
+            f"{e}\nUse the config the checkpoint was trained with, and the same overrides."
+        ) from e
     return model
 
 

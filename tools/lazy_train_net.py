@@ -32,7 +32,6 @@ from detectron2.engine import (  # noqa: E402
     AMPTrainer,
     SimpleTrainer,
     TrainerBase,
-    default_argument_parser,
     default_setup,
     default_writers,
     hooks,
@@ -42,10 +41,12 @@ from detectron2.utils import comm  # noqa: E402
 
 import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
-from condconv_det.engine import launch  # noqa: E402
+from condconv_det.engine import argument_parser, launch  # noqa: E402
+from condconv_det.engine.output_dir import claim_output_dir  # noqa: E402
 from condconv_det.engine.hooks import RoutingStatsHook, RoutingTemperatureHook  # noqa: E402
 from condconv_det.engine.trainer import (  # noqa: E402
     check_datasets,
+    check_num_classes,
     check_weights,
     create_ddp_model,
 )
@@ -85,6 +86,8 @@ def do_train(args, cfg) -> Dict[str, Any]:
         the results of the last evaluation (at the end of training), or {} without an evaluator.
     """
     model = instantiate(cfg.model)
+    names = _dataset_names(cfg.dataloader.get("train", None)) + _dataset_names(cfg.dataloader.get("test", None))
+    check_num_classes(model, names, _num_classes_key(model))
     logger.info("Model:\n{}".format(model))
     model.to(cfg.train.device)
 
@@ -104,7 +107,9 @@ def do_train(args, cfg) -> Dict[str, Any]:
     checkpointables = {"trainer": trainer}
     if not _trainer_saves_optimizer():
         checkpointables["optimizer"] = optimizer
-    checkpointer = CondConvCheckpointer(model, cfg.train.output_dir, **checkpointables)
+    checkpointer = CondConvCheckpointer(
+        model, cfg.train.output_dir, match=cfg.train.get("weights_match", "strict"), **checkpointables
+    )
 
     last_results: Dict[str, Any] = {}
 
@@ -168,6 +173,10 @@ def _dataset_names(loader_cfg) -> List[str]:
     return [names] if isinstance(names, str) else list(names)
 
 
+def _num_classes_key(model) -> str:
+    return "model.roi_heads.num_classes" if hasattr(model, "roi_heads") else "model.num_classes"
+
+
 def _check_checkpoint(path: str, required: bool) -> None:
     check_weights(path, required, key="train.init_checkpoint", sep="=")
 
@@ -190,6 +199,14 @@ def setup(args):
         # Announced (below, once the logger exists) rather than a crash in model.to().
         cfg.train.device = "cpu"
         cfg.train.amp.enabled = False  # detectron2's AMPTrainer needs CUDA
+    if not args.eval_only and comm.is_main_process():
+        # Before default_setup writes config.yaml and the log into the folder.
+        claim_output_dir(
+            cfg.train.output_dir,
+            resume=args.resume,
+            overwrite=getattr(args, "overwrite", False),
+            key="train.output_dir",
+        )
     default_setup(cfg, args)
     if fell_back:
         logger.warning(
@@ -204,11 +221,19 @@ def main(args) -> Dict[str, Any]:
     train_names = [] if args.eval_only else _dataset_names(cfg.dataloader.get("train", None))
     check_datasets(train_names + test_names)
     if args.eval_only:
-        _check_checkpoint(cfg.train.init_checkpoint, required=not args.resume)
         model = instantiate(cfg.model)
+        check_num_classes(model, test_names, _num_classes_key(model))
         model.to(cfg.train.device)
         model = create_ddp_model(model)
-        checkpointer = CondConvCheckpointer(model, cfg.train.output_dir)
+        checkpointer = CondConvCheckpointer(model, cfg.train.output_dir)  # strict
+        resumable = args.resume and checkpointer.has_checkpoint()
+        check_weights(
+            cfg.train.init_checkpoint,
+            required=not resumable,
+            key="train.init_checkpoint",
+            sep="=",
+            empty_resume_dir=cfg.train.output_dir if args.resume else None,
+        )
         checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
         return do_test(cfg, model)
     _check_checkpoint(cfg.train.init_checkpoint, required=False)
@@ -216,7 +241,7 @@ def main(args) -> Dict[str, Any]:
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     launch(
         main,
         args.num_gpus,

@@ -19,14 +19,20 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 
 import torch  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+from detectron2.engine import default_setup  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
 from condconv_det.config import get_cfg  # noqa: E402
-from condconv_det.engine import Trainer, launch  # noqa: E402
-from condconv_det.engine.trainer import check_datasets, check_weights  # noqa: E402
+from condconv_det.engine import Trainer, argument_parser, launch  # noqa: E402
+from condconv_det.engine.output_dir import claim_output_dir  # noqa: E402
+from condconv_det.engine.trainer import (  # noqa: E402
+    check_datasets,
+    check_num_classes,
+    check_weights,
+    num_classes_key,
+)
 
 
 def setup(args):
@@ -45,6 +51,9 @@ def setup(args):
     else:
         fell_back = False
     cfg.freeze()
+    if not args.eval_only and comm.is_main_process():
+        # Before default_setup writes config.yaml and the log into the folder.
+        claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     default_setup(cfg, args)
     if fell_back:
         logging.getLogger("detectron2").warning(
@@ -57,9 +66,15 @@ def main(args):
     cfg = setup(args)
     check_datasets(cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
     if args.eval_only:
-        check_weights(cfg.MODEL.WEIGHTS, required=not args.resume)
         model = Trainer.build_model(cfg)
-        Trainer.build_checkpointer(model, cfg).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        check_num_classes(model, cfg.DATASETS.TEST, num_classes_key(cfg))
+        checkpointer = Trainer.build_checkpointer(model, cfg)
+        checkpointer.match = "strict"  # every weight evaluated comes from the checkpoint
+        resumable = args.resume and checkpointer.has_checkpoint()
+        check_weights(
+            cfg.MODEL.WEIGHTS, required=not resumable, empty_resume_dir=cfg.OUTPUT_DIR if args.resume else None
+        )
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
@@ -72,7 +87,7 @@ def main(args):
 
 
 def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     logging.getLogger(__name__).info("Command Line Args: %s", args)
     launch(
         main,

@@ -12,10 +12,24 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from detectron2.engine import default_argument_parser
 from detectron2.engine import launch as d2_launch
 from detectron2.utils import comm
 
-__all__ = ["launch"]
+__all__ = ["argument_parser", "launch"]
+
+
+def argument_parser(epilog: str = None):
+    """detectron2's command-line arguments of the training tools, and ``--overwrite`` (start a
+    new run in an output folder that holds an earlier run's checkpoints)."""
+    parser = default_argument_parser(epilog)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an output folder that holds an earlier run's checkpoints "
+        "(without it, such a folder is refused unless --resume continues the run)",
+    )
+    return parser
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 

@@ -22,8 +22,15 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
@@ -106,16 +113,27 @@ def check_datasets(names) -> None:
                 )
 
 
-def check_weights(path: str, required: bool, key: str = "MODEL.WEIGHTS", sep: str = " ") -> None:
+def check_weights(
+    path: str, required: bool, key: str = "MODEL.WEIGHTS", sep: str = " ", empty_resume_dir: Optional[str] = None
+) -> None:
     """Fails early when the weights (``MODEL.WEIGHTS``) name a local file that does not exist.
 
     Args:
         path: the checkpoint path; "" for none.
-        required: whether a checkpoint must be given (evaluation only, without resuming).
+        required: whether a checkpoint must be given (evaluation only, without a checkpoint to
+            resume from).
         key, sep: how the setting is written on the command line, ``key + sep + value``:
             ``MODEL.WEIGHTS path`` (YAML configs) or ``train.init_checkpoint=path`` (LazyConfig).
+        empty_resume_dir: the output folder ``--resume`` was asked to use and that holds no
+            checkpoint, for the message.
     """
     if not path:
+        if required and empty_resume_dir is not None:
+            raise ValueError(
+                f"--eval-only --resume: the output directory {empty_resume_dir!r} holds no "
+                "checkpoint (no last_checkpoint file), so there is nothing to evaluate. Give the "
+                f"OUTPUT_DIR of a training run, or {key}{sep}path/to/model.pth."
+            )
         if required:
             raise ValueError(
                 f"--eval-only needs the weights to evaluate: add {key}{sep}path/to/model.pth "
@@ -128,6 +146,73 @@ def check_weights(path: str, required: bool, key: str = "MODEL.WEIGHTS", sep: st
             f"{key} {path!r} does not exist. Give a checkpoint file (.pth, or .pkl from "
             f"tools/convert_pretrained.py), or {key}{sep}'' to start from scratch."
         )
+
+
+def model_num_classes(model: torch.nn.Module) -> Optional[int]:
+    """The number of object classes ``model`` detects (SSD, RetinaNet, R-CNN), or None."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    if isinstance(getattr(model, "num_classes", None), int):
+        return model.num_classes
+    heads = getattr(model, "roi_heads", None)
+    return getattr(heads, "num_classes", None) if heads is not None else None
+
+
+def check_num_classes(model: torch.nn.Module, dataset_names, key: str) -> None:
+    """Fails before any training when a dataset has another number of classes than ``model``.
+
+    A model with too few classes trains the last ones as background or fails mid-training on a
+    label out of range; one with too many fails in the evaluator after the whole training.
+
+    Args:
+        model: the detector.
+        dataset_names: registered datasets (their metadata's ``thing_classes``; datasets that
+            set them only when loaded, as COCO-format json ones, are loaded).
+        key: the setting that holds the model's class count, for the message.
+    """
+    expected = model_num_classes(model)
+    if expected is None:
+        return
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is None:
+            DatasetCatalog.get(name)  # COCO-format json datasets set thing_classes when loaded
+            classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is not None and len(classes) != expected:
+            raise ValueError(
+                f"{key} is {expected} but dataset {name!r} has {len(classes)} classes "
+                f"({', '.join(map(str, classes[:10]))}{', ...' if len(classes) > 10 else ''}). Set "
+                f"{key} {len(classes)}, or give datasets with {expected} classes."
+            )
+
+
+def check_images_per_batch_norm(cfg, model: torch.nn.Module) -> None:
+    """Fails before training when BatchNorm would see one value per channel: one image per
+    process through SSD's last layers (1x1 maps) or a router's norm (one pooled vector)."""
+    per_process = cfg.SOLVER.IMS_PER_BATCH // max(comm.get_world_size(), 1)
+    if per_process > 1:
+        return
+    batch_norms = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (is_ssd(cfg) or ".router" in f".{name}")
+    ]
+    if batch_norms:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} gives {per_process} image per "
+            f"process, and BatchNorm cannot train on one value per channel, as in {batch_norms[0]} "
+            "(SSD's last layers are 1x1; a router normalises one pooled vector per image). Give "
+            "at least 2 images per process, or another norm (MODEL.SSD.NORM, "
+            "MODEL.MOBILENET.NORM: FrozenBN or GN; MODEL.CONDCONV.ROUTER_NORM: LN)."
+        )
+
+
+def num_classes_key(cfg) -> str:
+    """The config key of the detector's class count."""
+    if is_ssd(cfg):
+        return "MODEL.SSD.NUM_CLASSES"
+    if cfg.MODEL.META_ARCHITECTURE == "RetinaNet":
+        return "MODEL.RETINANET.NUM_CLASSES"
+    return "MODEL.ROI_HEADS.NUM_CLASSES"
 
 
 def is_ssd(cfg) -> bool:
@@ -179,6 +264,8 @@ class Trainer(DefaultTrainer):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
+        check_num_classes(model, cfg.DATASETS.TRAIN + cfg.DATASETS.TEST, num_classes_key(cfg))
+        check_images_per_batch_norm(cfg, model)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
@@ -262,11 +349,31 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_checkpointer(cls, model, cfg, **checkpointables) -> CondConvCheckpointer:
         """The checkpointer of ``model``, saving to ``cfg.OUTPUT_DIR``."""
-        return CondConvCheckpointer(model, cfg.OUTPUT_DIR, **checkpointables)
+        return CondConvCheckpointer(model, cfg.OUTPUT_DIR, match=cfg.MODEL.WEIGHTS_MATCH, **checkpointables)
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+        """detectron2's train loader. With the default ``TrainingSampler`` the sampler's seed is
+        drawn from the global RNG (that ``SEED`` seeds), as detectron2 0.6 and the LazyConfig
+        loader of every version do: detectron2's main branch seeds it with ``SEED`` itself,
+        which would give another data order than 0.6 and than ``tools/lazy_train_net.py``."""
+        mapper = build_mapper(cfg, is_train=True)
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            return build_detection_train_loader(cfg, mapper=mapper)
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        return build_detection_train_loader(
+            dataset,
+            mapper=mapper,
+            sampler=TrainingSampler(len(dataset)),
+            total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):

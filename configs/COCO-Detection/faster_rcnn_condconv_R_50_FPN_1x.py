@@ -41,5 +41,6 @@ lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x
 
 train = get_config("common/train.py").train
 train.update(
+    weights_match="pretrained",
     init_checkpoint="detectron2://ImageNetPretrained/MSRA/R-50.pkl", max_iter=90000, eval_period=0
 )

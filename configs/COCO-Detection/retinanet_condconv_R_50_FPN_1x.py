@@ -13,4 +13,4 @@ optimizer.lr = 0.01  # RetinaNet's
 lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x
 
 train = get_config("common/train.py").train
-train.update(init_checkpoint="", max_iter=90000, eval_period=0)
+train.update(weights_match="pretrained", init_checkpoint="", max_iter=90000, eval_period=0)

@@ -21,5 +21,5 @@ lr_multiplier = L(WarmupParamScheduler)(
 )
 
 train = get_config("common/train.py").train
-train.update(init_checkpoint="", max_iter=180000, eval_period=0)
+train.update(weights_match="pretrained", init_checkpoint="", max_iter=180000, eval_period=0)
 train.checkpointer.period = 10000

@@ -73,7 +73,9 @@ def test_resume_restores_optimizer_and_schedule(tmp_path):
     saved = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=False)
     state = saved["trainer"]
     assert state["iteration"] == 3
-    momentum = [s["momentum_buffer"] for s in state["optimizer"]["state"].values()]
+    # detectron2 0.6 keeps the optimizer beside the hooks; main, in the inner trainer's state.
+    optimizer_state = state["_trainer"]["optimizer"] if "_trainer" in state else state["optimizer"]
+    momentum = [s["momentum_buffer"] for s in optimizer_state["state"].values()]
     assert momentum and any(m.abs().sum() > 0 for m in momentum), "momentum was not saved"
     saved_sched = next(iter(state["hooks"].values()))
 
@@ -85,10 +87,10 @@ def test_resume_restores_optimizer_and_schedule(tmp_path):
     second.resume_or_load(resume=True)
     assert second.start_iter == 4
     restored = second.optimizer.state_dict()
-    assert restored["state"].keys() == state["optimizer"]["state"].keys()
-    for key, value in state["optimizer"]["state"].items():
+    assert restored["state"].keys() == optimizer_state["state"].keys()
+    for key, value in optimizer_state["state"].items():
         torch.testing.assert_close(restored["state"][key]["momentum_buffer"], value["momentum_buffer"])
-    assert [g["lr"] for g in restored["param_groups"]] == [g["lr"] for g in state["optimizer"]["param_groups"]]
+    assert [g["lr"] for g in restored["param_groups"]] == [g["lr"] for g in optimizer_state["param_groups"]]
     assert second.scheduler.state_dict()["last_epoch"] == saved_sched["last_epoch"] == 4
     # The LR has passed the step at iteration 2: it is BASE_LR * GAMMA after resuming.
     assert restored["param_groups"][0]["lr"] == pytest.approx(0.01 * cfg.SOLVER.GAMMA)
@@ -119,3 +121,37 @@ def test_missing_dataset_files_and_weights_are_named(tmp_path):
     check_weights("", required=False)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         check_weights(str(tmp_path / "missing.pth"), required=False)
+
+
+@pytest.mark.parametrize("classes", [79, 81])
+def test_a_class_count_other_than_the_datasets_is_refused_before_training(tmp_path, classes):
+    # One too few would train the last class as background; one too many would fail in the
+    # evaluator after the whole training.
+    cfg = tiny_cfg(tmp_path, tag=f"classes{classes}", **{"MODEL.RETINANET.NUM_CLASSES": classes})
+    with pytest.raises(ValueError) as info:
+        Trainer(cfg)
+    message = str(info.value)
+    assert f"MODEL.RETINANET.NUM_CLASSES is {classes}" in message and "has 80 classes" in message
+    assert cfg.DATASETS.TRAIN[0] in message and "Set MODEL.RETINANET.NUM_CLASSES 80" in message
+    assert not os.path.exists(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+
+
+def test_one_image_per_batch_through_batch_norm_is_refused_by_name():
+    from detectron2.modeling import build_model
+
+    from condconv_det.engine.trainer import check_images_per_batch_norm
+
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "../../configs/shapes/ssd_condconv_MNv1.yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.MOBILENET.WIDTH_MULT", 0.25, "SOLVER.IMS_PER_BATCH", 1])
+    model = build_model(cfg)
+    # What it guards against: BatchNorm in training on SSD's 1x1 maps with one image.
+    model.train()
+    last = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        last(torch.randn(1, last.num_features, 1, 1))
+    with pytest.raises(ValueError) as info:
+        check_images_per_batch_norm(cfg, model)
+    assert "SOLVER.IMS_PER_BATCH 1" in str(info.value) and "MODEL.SSD.NORM" in str(info.value)
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    check_images_per_batch_norm(cfg, model)

@@ -262,7 +262,7 @@ def test_checkpoint_of_another_model_is_refused(detector, tmp_path, capsys):
     # The tiny checkpoint against the full-width config: nothing may be exported half-loaded.
     assert run_tool("--output", str(tmp_path), "MODEL.WEIGHTS", detector[1]) == 2
     err = capsys.readouterr().err
-    assert "does not fit the config's model" in err and "backbone.bottom_up" in err
+    assert "does not fit the model" in err and "backbone.bottom_up" in err
 
 
 def test_scripted_network_matches_pytorch(detector, tmp_path):

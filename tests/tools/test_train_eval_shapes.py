@@ -40,7 +40,7 @@ def shapes(tmp_path_factory):
 
 
 def _args(train_net, *extra):
-    return train_net.default_argument_parser().parse_args(["--config-file", CONFIG, *map(str, extra)])
+    return train_net.argument_parser().parse_args(["--config-file", CONFIG, *map(str, extra)])
 
 
 def _train_and_eval_only(train_net, out, *extra):

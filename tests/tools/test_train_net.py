@@ -95,3 +95,27 @@ def test_eval_only_without_weights_says_what_to_add(fake_coco, tmp_path):
         "OUTPUT_DIR", str(tmp_path / "out"), env={"DETECTRON2_DATASETS": fake_coco}, check=False,
     )
     assert proc.returncode != 0 and "--eval-only needs the weights" in proc.stdout
+
+
+def test_eval_only_resume_in_a_folder_without_checkpoints_is_an_error(fake_coco, tmp_path):
+    proc = train_net(
+        "--config-file", os.path.join(ROOT, "configs", COCO_CONFIGS[0]), "--eval-only", "--resume", *TINY,
+        "OUTPUT_DIR", str(tmp_path / "empty"), env={"DETECTRON2_DATASETS": fake_coco}, check=False,
+    )
+    assert proc.returncode != 0 and "holds no checkpoint" in proc.stdout
+    assert "copypaste" not in proc.stdout  # no AP of random weights
+
+
+def test_eval_only_with_a_foreign_checkpoint_names_it_and_evaluates_nothing(fake_coco, tmp_path):
+    import torch
+
+    foreign = tmp_path / "classifier.pth"
+    torch.save({"model": {"fc.weight": torch.zeros(10, 4), "fc.bias": torch.zeros(10)}}, foreign)
+    proc = train_net(
+        "--config-file", os.path.join(ROOT, "configs", COCO_CONFIGS[0]), "--eval-only", *TINY,
+        "MODEL.WEIGHTS", str(foreign), "OUTPUT_DIR", str(tmp_path / "out"),
+        env={"DETECTRON2_DATASETS": fake_coco}, check=False,
+    )
+    assert proc.returncode != 0 and "copypaste" not in proc.stdout
+    assert str(foreign) in proc.stdout and "does not fit the model" in proc.stdout
+    assert "unexpected keys (2)" in proc.stdout and "fc.weight" in proc.stdout

@@ -1,0 +1,190 @@
+"""Loading checkpoints: files that cannot be read, checkpoints that do not fit the model, and
+resuming from the newest checkpoint that can be read. Every failure names the file and leaves
+the model as it was."""
+import argparse
+import os
+
+import pytest
+import torch
+
+from condconv_det.checkpoint import (
+    CheckpointMismatchError,
+    CondConvCheckpointer,
+    UnreadableCheckpointError,
+)
+from condconv_det.layers import CondConv2d, CondConvRouter
+
+
+class Routed(torch.nn.Module):
+    """A router and a CondConv layer it feeds (block routing), then a plain head."""
+
+    def __init__(self, experts: int = 4, classes: int = 3):
+        super().__init__()
+        self.router = CondConvRouter(8, experts)
+        self.conv = CondConv2d(8, 8, 3, padding=1, num_experts=experts)
+        self.head = torch.nn.Conv2d(8, classes, 1)
+
+    def forward(self, x):
+        return self.head(self.conv(x, self.router(x)))
+
+
+def _save(model, path, **extra):
+    torch.save({"model": model.state_dict(), **extra}, path)
+    return str(path)
+
+
+def _snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _unchanged(model, before):
+    return all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"this is a text file, not a checkpoint\n", "is not a PyTorch checkpoint"),
+        (None, "is cut short or corrupt"),  # the first half of a real checkpoint
+    ],
+)
+def test_a_file_that_cannot_be_read_is_named(tmp_path, content, reason):
+    path = tmp_path / "model.pth"
+    if content is None:
+        _save(Routed(), path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(content)
+    model = Routed()
+    before = _snapshot(model)
+    with pytest.raises(UnreadableCheckpointError) as info:
+        CondConvCheckpointer(model).load(str(path))
+    assert str(path) in str(info.value) and reason in str(info.value)
+    assert "weights_only=False" not in str(info.value)
+    assert _unchanged(model, before)
+
+
+def test_a_tensor_saved_alone_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(UnreadableCheckpointError, match="holds a Tensor, not a state dict"):
+        CondConvCheckpointer(Routed()).load(str(path))
+
+
+def test_a_checkpoint_with_arbitrary_objects_is_refused_without_advising_unsafe_loading(tmp_path):
+    path = tmp_path / "objects.pth"
+    torch.save({"model": Routed().state_dict(), "extra": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(UnreadableCheckpointError) as info:
+        CondConvCheckpointer(Routed()).load(str(path))
+    assert "holds Python objects" in str(info.value) and "weights_only=False" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "other,expected",
+    [
+        (lambda: torch.nn.Sequential(torch.nn.Linear(4, 4)), "missing keys"),  # another architecture
+        (lambda: Routed(experts=8), "shape mismatches"),  # other experts
+        (lambda: Routed(classes=5), "head.weight: checkpoint (5, 8, 1, 1) vs model (3, 8, 1, 1)"),
+    ],
+)
+def test_strict_loading_refuses_a_checkpoint_of_another_model(tmp_path, other, expected):
+    path = _save(other(), tmp_path / "other.pth")
+    model = Routed()
+    before = _snapshot(model)
+    with pytest.raises(CheckpointMismatchError) as info:
+        CondConvCheckpointer(model).load(path)
+    message = str(info.value)
+    assert path in message and expected in message and "MODEL.WEIGHTS_MATCH" in message
+    assert _unchanged(model, before)
+
+
+def test_a_checkpoint_without_the_routers_is_refused(tmp_path):
+    source = Routed()
+    sd = {k: v for k, v in source.state_dict().items() if not k.startswith("router.")}
+    path = tmp_path / "no_routers.pth"
+    torch.save({"model": sd}, path)
+    for match in ("strict", "pretrained"):
+        with pytest.raises(CheckpointMismatchError, match="router.fc.weight"):
+            CondConvCheckpointer(Routed(), match=match).load(str(path))
+
+
+def test_pretrained_loads_a_checkpoint_smaller_than_the_model(tmp_path):
+    # The routed block pretrained, the head new: it keeps its initialisation.
+    source = Routed()
+    sd = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
+    path = tmp_path / "backbone.pth"
+    torch.save({"model": sd}, path)
+    model = Routed()
+    head = model.head.weight.clone()
+    CondConvCheckpointer(model, match="pretrained").load(str(path))
+    assert torch.equal(model.conv.weight, source.conv.weight)
+    assert torch.equal(model.head.weight, head)
+    with pytest.raises(CheckpointMismatchError, match="missing keys"):
+        CondConvCheckpointer(Routed()).load(str(path))  # strict, the default
+
+
+def test_partial_loads_what_fits_and_refuses_a_foreign_checkpoint(tmp_path):
+    source = Routed(classes=5)  # fine-tuning to 3 classes: the head does not fit
+    model = Routed(classes=3)
+    head = model.head.weight.clone()
+    CondConvCheckpointer(model, match="partial").load(_save(source, tmp_path / "five.pth"))
+    assert torch.equal(model.conv.weight, source.conv.weight) and torch.equal(model.head.weight, head)
+    foreign = _save(torch.nn.Sequential(torch.nn.Linear(4, 4)), tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointMismatchError, match="Not one tensor of it fits"):
+        CondConvCheckpointer(Routed(), match="partial").load(foreign)
+
+
+def test_an_unknown_match_is_refused():
+    with pytest.raises(ValueError, match="MODEL.WEIGHTS_MATCH must be one of"):
+        CondConvCheckpointer(Routed(), match="loose")
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_can_be_read(tmp_path, caplog):
+    model = Routed()
+    checkpointer = CondConvCheckpointer(model, str(tmp_path))
+    for it, value in ((99, 1.0), (199, 2.0)):
+        torch.nn.init.constant_(model.head.weight, value)
+        checkpointer.save(f"model_{it:07d}", iteration=it)
+    torch.nn.init.constant_(model.head.weight, 3.0)
+    checkpointer.save("model_final", iteration=299)
+    final = tmp_path / "model_final.pth"
+    final.write_bytes(final.read_bytes()[:100])  # cut short by a disk fault
+    os.utime(tmp_path / "model_0000099.pth", (1, 1))  # the older one is older
+
+    resumed = Routed()
+    loaded = CondConvCheckpointer(resumed, str(tmp_path)).resume_or_load("", resume=True)
+    assert loaded["iteration"] == 199
+    assert torch.equal(resumed.head.weight, torch.full_like(resumed.head.weight, 2.0))
+    assert "model_final.pth" in caplog.text and "newest checkpoint that could be read" in caplog.text
+
+
+def test_resume_with_no_readable_checkpoint_lists_every_file(tmp_path):
+    model = Routed()
+    CondConvCheckpointer(model, str(tmp_path)).save("model_final", iteration=9)
+    (tmp_path / "model_final.pth").write_bytes(b"")
+    with pytest.raises(UnreadableCheckpointError) as info:
+        CondConvCheckpointer(Routed(), str(tmp_path)).resume_or_load("", resume=True)
+    assert "cannot be resumed" in str(info.value) and "model_final.pth" in str(info.value)
+
+
+def test_resume_into_a_changed_model_is_not_a_fallback(tmp_path):
+    CondConvCheckpointer(Routed(), str(tmp_path)).save("model_final", iteration=9)
+    with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
+        CondConvCheckpointer(Routed(experts=8), str(tmp_path), match="partial").resume_or_load("", resume=True)
+
+
+def test_training_state_that_does_not_fit_names_the_checkpoint(tmp_path):
+    model = Routed()
+    one_group = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 8, 5, 5)).sum().backward()
+    one_group.step()
+    CondConvCheckpointer(model, str(tmp_path), optimizer=one_group).save("model_final", iteration=3)
+    two_groups = torch.optim.SGD(
+        [{"params": model.router.parameters()}, {"params": list(model.conv.parameters()) + list(model.head.parameters())}],
+        lr=0.1,
+    )
+    with pytest.raises(CheckpointMismatchError) as info:
+        CondConvCheckpointer(model, str(tmp_path), optimizer=two_groups).resume_or_load("", resume=True)
+    assert "model_final.pth" in str(info.value) and "training state" in str(info.value)
