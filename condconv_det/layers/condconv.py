@@ -13,12 +13,13 @@ This module is pure PyTorch: it imports nothing from detectron2.
 """
 import contextlib
 import math
-import numbers
 from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._checks import check_integer, check_pair
 
 __all__ = ["CondConv2d", "cond_conv2d", "CONDCONV_PATHS"]
 
@@ -35,15 +36,6 @@ __all__ = ["CondConv2d", "cond_conv2d", "CONDCONV_PATHS"]
 CONDCONV_PATHS = ("auto", "single", "grouped", "matmul", "experts")
 
 _IntOrPair = Union[int, Tuple[int, int]]
-
-
-def _pair(value: _IntOrPair, name: str) -> Tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    pair = tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return (pair[0], pair[1])
 
 
 def _mix(routing_weights: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
@@ -188,12 +180,23 @@ def cond_conv2d(
         weight: expert kernels, (E, O, C // groups, kh, kw).
         bias: expert biases, (E, O), or None.
         stride, padding, dilation, groups: as for :func:`torch.nn.functional.conv2d`.
-        path: one of :data:`CONDCONV_PATHS`; all give the same result up to rounding.
+        path: one of :data:`CONDCONV_PATHS`; all give the same result up to rounding. An empty
+            batch (B = 0) takes "experts", whatever ``path`` says.
 
     Returns:
         (B, O, H', W'): for each example b, ``conv2d(x[b], sum_i r[b, i] W_i) + sum_i r[b, i] b_i``.
     """
-    if path == "auto":
+    if path not in ["auto", "single", "grouped", "matmul", "experts"]:
+        raise ValueError(
+            "unknown CondConv2d path '{}'; expected 'auto', 'single', 'grouped', 'matmul' or "
+            "'experts'".format(path)
+        )
+    if x.shape[0] == 0:
+        # An empty batch has no kernel to mix, and folded into groups it would make zero
+        # groups. The experts path needs neither and still ties every weight to the (empty)
+        # output, so that backward gives zero gradients, as nn.Conv2d's does.
+        path = "experts"
+    elif path == "auto":
         path = _auto_path(x, weight, stride, padding, dilation)
     if path == "experts":
         return _experts_conv2d(x, routing_weights, weight, bias, stride, padding, dilation, groups)
@@ -219,13 +222,7 @@ def cond_conv2d(
         kernel = kernels.reshape(out_channels, kernels.shape[2], kh, kw)
         return F.conv2d(x, kernel, b0, stride, padding, dilation, groups)
 
-    if path == "grouped":
-        return _grouped_conv2d(x, kernels, biases, stride, padding, dilation, groups)
-
-    raise ValueError(
-        "unknown CondConv2d path '{}'; expected 'auto', 'single', 'grouped', 'matmul' or "
-        "'experts'".format(path)
-    )
+    return _grouped_conv2d(x, kernels, biases, stride, padding, dilation, groups)
 
 
 def _grouped_conv2d(
@@ -313,7 +310,9 @@ def _matmul_conv2d(
         kernels, biases = _mix_kernels(routing_weights, weight, bias)
     else:
         kernels, biases = _mix_kernels_eager(routing_weights, weight, bias)
-    kernels = kernels.reshape(batch * groups, out_channels // groups, -1)
+    # Every size spelled out: with -1 an empty batch (a traced graph runs on any batch) would be
+    # ambiguous.
+    kernels = kernels.reshape(batch * groups, out_channels // groups, weight.shape[2] * kh * kw)
     if biases is not None:
         # The bias rides in the product (beta * input + A @ B): no second pass over the output.
         bias_cols = biases.reshape(batch * groups, out_channels // groups, 1)
@@ -449,7 +448,6 @@ def _auto_path(
     return "grouped"
 
 
-
 class CondConv2d(nn.Module):
     """A 2D convolution whose kernel is a per-example mixture of ``num_experts`` kernels.
 
@@ -490,6 +488,7 @@ class CondConv2d(nn.Module):
         "normalize_kernel",
     ]
     _pre_pad: List[int]
+    _min_input_size: Tuple[int, int]
 
     def __init__(
         self,
@@ -511,30 +510,28 @@ class CondConv2d(nn.Module):
         normalize_kernel: bool = False,
     ):
         super().__init__()
-        if isinstance(num_experts, bool) or not isinstance(num_experts, numbers.Integral) or num_experts < 1:
-            raise ValueError(f"CondConv2d needs num_experts >= 1, got {num_experts!r}")
-        if groups < 1:
-            raise ValueError(f"CondConv2d needs groups >= 1, got {groups}")
-        if in_channels % groups != 0:
-            raise ValueError(
-                f"CondConv2d: in_channels ({in_channels}) must be divisible by groups ({groups})"
-            )
-        if out_channels % groups != 0:
-            raise ValueError(
-                f"CondConv2d: out_channels ({out_channels}) must be divisible by groups ({groups})"
-            )
+        owner = type(self).__name__
+        in_channels = check_integer(owner, "in_channels", in_channels, 1)
+        out_channels = check_integer(owner, "out_channels", out_channels, 1)
+        groups = check_integer(owner, "groups", groups, 1)
+        num_experts = check_integer(owner, "num_experts", num_experts, 1)
+        for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if channels % groups != 0:
+                raise ValueError(
+                    f"{owner}: {name} ({channels}) must be divisible by groups ({groups})"
+                )
         if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
             raise ValueError(
-                f"CondConv2d: padding_mode must be 'zeros', 'reflect', 'replicate' or "
+                f"{owner}: padding_mode must be 'zeros', 'reflect', 'replicate' or "
                 f"'circular', got {padding_mode!r}"
             )
         if path not in CONDCONV_PATHS:
-            raise ValueError(f"CondConv2d: path must be one of {CONDCONV_PATHS}, got {path!r}")
+            raise ValueError(f"{owner}: path must be one of {CONDCONV_PATHS}, got {path!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = check_pair(owner, "kernel_size", kernel_size, 1)
+        self.stride = check_pair(owner, "stride", stride, 1)
+        self.dilation = check_pair(owner, "dilation", dilation, 1)
         self.groups = groups
         self.num_experts = num_experts
         self.padding_mode = padding_mode
@@ -544,13 +541,21 @@ class CondConv2d(nn.Module):
         # ints: symmetric zero padding goes to the convolution itself, anything else is applied
         # with F.pad first.
         pads = self._resolve_padding(padding)
-        self._padding_arg = padding
+        # For the repr and expert_conv: 'same' or 'valid' as given, anything else as a pair.
+        self._padding_arg = padding if isinstance(padding, str) else (pads[0], pads[2])
         if padding_mode == "zeros" and pads[0] == pads[1] and pads[2] == pads[3]:
             self.padding = (pads[0], pads[2])
             self._pre_pad = []
         else:
             self.padding = (0, 0)
             self._pre_pad = [pads[2], pads[3], pads[0], pads[1]]  # F.pad order: W then H
+        # The smallest input (H, W) that the kernel fits in once padded, and at least a pixel:
+        # nn.Conv2d refuses an input without pixels too.
+        extent = [d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size)]
+        self._min_input_size = (
+            max(extent[0] - pads[0] - pads[1], 1),
+            max(extent[1] - pads[2] - pads[3], 1),
+        )
 
         factory = {"device": device, "dtype": dtype}
         kh, kw = self.kernel_size
@@ -570,19 +575,23 @@ class CondConv2d(nn.Module):
         self.reset_parameters()
 
     def _resolve_padding(self, padding: Union[str, _IntOrPair]) -> Tuple[int, int, int, int]:
+        owner = type(self).__name__
         kh, kw = self.kernel_size
         if isinstance(padding, str):
             if padding == "valid":
                 return (0, 0, 0, 0)
             if padding == "same":
                 if self.stride != (1, 1):
-                    raise ValueError("CondConv2d: padding='same' is not supported for strides > 1")
+                    raise ValueError(
+                        f"{owner}: padding='same' is not supported for strides > 1 (got stride="
+                        f"{self.stride}); give the padding as integers"
+                    )
                 total_h = self.dilation[0] * (kh - 1)
                 total_w = self.dilation[1] * (kw - 1)
                 # Extra padding on the bottom/right, as nn.Conv2d does.
                 return (total_h // 2, total_h - total_h // 2, total_w // 2, total_w - total_w // 2)
-            raise ValueError(f"CondConv2d: padding must be 'same', 'valid' or ints, got {padding!r}")
-        ph, pw = _pair(padding, "padding")
+            raise ValueError(f"{owner}: padding must be 'same', 'valid' or ints, got {padding!r}")
+        ph, pw = check_pair(owner, "padding", padding, 0)
         return (ph, ph, pw, pw)
 
     def reset_parameters(self) -> None:
@@ -626,8 +635,9 @@ class CondConv2d(nn.Module):
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            x: (B, in_channels, H, W).
-            routing_weights: (B, num_experts).
+            x: (B, in_channels, H, W), floating point; B may be 0, as for ``nn.Conv2d``.
+            routing_weights: (B, num_experts), floating point (cast to the weights' dtype), on
+                the device of ``x``.
 
         Returns:
             (B, out_channels, H', W').
@@ -637,11 +647,18 @@ class CondConv2d(nn.Module):
     def _conv_forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         # One combined test on the fast path; the messages are built only on failure.
         if (
-            x.dim() != 4
+            not isinstance(x, torch.Tensor)
+            or not isinstance(routing_weights, torch.Tensor)
+            or x.dim() != 4
             or x.shape[1] != self.in_channels
+            or x.shape[2] < self._min_input_size[0]
+            or x.shape[3] < self._min_input_size[1]
+            or not x.is_floating_point()
             or routing_weights.dim() != 2
             or routing_weights.shape[0] != x.shape[0]
             or routing_weights.shape[1] != self.num_experts
+            or not routing_weights.is_floating_point()
+            or routing_weights.device != x.device
         ):
             self._raise_bad_input(x, routing_weights)
         if len(self._pre_pad) > 0:
@@ -658,7 +675,8 @@ class CondConv2d(nn.Module):
             static_bias = self.static_bias
             if bias is not None and static_bias is not None:
                 bias = torch.cat([static_bias.unsqueeze(0), bias], dim=0)
-        if self.normalize_kernel:
+        # An empty batch has no kernel to normalise; cond_conv2d takes it.
+        if self.normalize_kernel and x.shape[0] > 0:
             return _normalized_cond_conv2d(
                 x, routing_weights, weight, bias, self.stride, self.padding, self.dilation, self.groups
             )
@@ -675,15 +693,48 @@ class CondConv2d(nn.Module):
         )
 
     def _raise_bad_input(self, x: torch.Tensor, routing_weights: torch.Tensor) -> None:
+        for name, value in (("input", x), ("routing_weights", routing_weights)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"CondConv2d expects {name} to be a torch.Tensor, got {type(value).__name__}"
+                )
         if x.dim() != 4 or x.shape[1] != self.in_channels:
+            hint = ""
+            if x.dim() == 3 and x.shape[0] == self.in_channels:
+                hint = "; for one example give a batch of one, x.unsqueeze(0)"
             raise ValueError(
-                "CondConv2d expects input of shape (B, {}, H, W), got {}".format(
-                    self.in_channels, list(x.shape)
+                "CondConv2d expects input of shape (B, {}, H, W), got {}{}".format(
+                    self.in_channels, list(x.shape), hint
                 )
             )
+        if x.shape[2] < self._min_input_size[0] or x.shape[3] < self._min_input_size[1]:
+            raise ValueError(
+                "CondConv2d expects an input of at least (H, W) = {} (the kernel's extent, "
+                "dilation included, less the padding), got {}; give a larger input or more "
+                "padding".format(self._min_input_size, list(x.shape))
+            )
+        if not x.is_floating_point():
+            raise TypeError(
+                "CondConv2d expects a floating-point input, got dtype {}; convert it, e.g. "
+                "x.float()".format(x.dtype)
+            )
+        if (
+            routing_weights.dim() != 2
+            or routing_weights.shape[0] != x.shape[0]
+            or routing_weights.shape[1] != self.num_experts
+        ):
+            raise ValueError(
+                "CondConv2d expects routing_weights of shape (B, num_experts) = ({}, {}), "
+                "got {}".format(x.shape[0], self.num_experts, list(routing_weights.shape))
+            )
+        if not routing_weights.is_floating_point():
+            raise TypeError(
+                "CondConv2d expects floating-point routing_weights, got dtype {}; convert them, "
+                "e.g. routing_weights.to(x.dtype)".format(routing_weights.dtype)
+            )
         raise ValueError(
-            "CondConv2d expects routing_weights of shape (B, num_experts) = ({}, {}), "
-            "got {}".format(x.shape[0], self.num_experts, list(routing_weights.shape))
+            "CondConv2d expects routing_weights on the input's device ({}), got them on {}; "
+            "move them with routing_weights.to(x.device)".format(x.device, routing_weights.device)
         )
 
     def expert_conv(self, expert: int) -> nn.Conv2d:

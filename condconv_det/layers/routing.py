@@ -1,12 +1,12 @@
 """Routing functions for CondConv and the self-routing drop-in for ``nn.Conv2d``."""
 import math
-import numbers
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._checks import check_integer, check_number
 from .condconv import CondConv2d
 
 __all__ = [
@@ -87,9 +87,13 @@ class CondConvRouter(nn.Module):
         detach_input: bool = False,
     ):
         super().__init__()
-        if isinstance(num_experts, bool) or not isinstance(num_experts, numbers.Integral) or num_experts < 1:
-            raise ValueError(f"CondConvRouter needs num_experts >= 1, got {num_experts!r}")
-        num_experts = int(num_experts)
+        owner = type(self).__name__
+        in_channels = check_integer(owner, "in_channels", in_channels, 1)
+        num_experts = check_integer(owner, "num_experts", num_experts, 1)
+        temperature = check_number(owner, "temperature", temperature)
+        dropout = check_number(owner, "dropout", dropout)
+        hidden_ratio = check_number(owner, "hidden_ratio", hidden_ratio)
+        expert_dropout = check_number(owner, "expert_dropout", expert_dropout)
         if activation not in ROUTING_ACTIVATIONS:
             raise ValueError(
                 f"CondConvRouter: activation must be one of {ROUTING_ACTIVATIONS}, "
@@ -144,10 +148,21 @@ class CondConvRouter(nn.Module):
         Returns:
             (B, num_experts) routing weights.
         """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"CondConvRouter expects input to be a torch.Tensor, got {type(x).__name__}"
+            )
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 "CondConvRouter expects input of shape (B, {}, H, W), got {}".format(
                     self.in_channels, list(x.shape)
+                )
+            )
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            # The mean of no pixels is NaN: it would route every example with NaN weights.
+            raise ValueError(
+                "CondConvRouter expects an input of at least one pixel, got shape {}".format(
+                    list(x.shape)
                 )
             )
         # Routing stays in the dtype of the router's weights (float32) even under autocast and
@@ -393,6 +408,7 @@ def _norm_name(norm: nn.Module) -> str:
 def set_routing_temperature(module: nn.Module, temperature: float) -> int:
     """Sets the temperature of every :class:`CondConvRouter` inside ``module``; returns how many
     routers there are."""
+    temperature = check_number("set_routing_temperature", "temperature", temperature)
     if not temperature > 0:
         raise ValueError(f"routing temperature must be > 0, got {temperature}")
     count = 0
