@@ -15,6 +15,10 @@ The image goes through the evaluation data loader's test-time transforms (SSD: t
 ``INPUT.SSD.SIZE`` square; other detectors: ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``), so
 the demo's predictions are exactly those that ``tools/train_net.py --eval-only`` scores.
 
+``--output`` may not be an input folder, nor a folder where a drawn image would replace an input
+image (paths compared after resolving links): the demo refuses before it reads anything. Each
+drawn image is written atomically, so an interrupted run leaves no truncated file.
+
 An image that cannot be read is logged with its file name and skipped; the exit status is 1 if
 any image failed.
 """
@@ -48,6 +52,7 @@ from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
 from condconv_det.config import get_cfg  # noqa: E402
 from condconv_det.data import build_ssd_augmentation  # noqa: E402
 from condconv_det.engine.trainer import check_weights, is_ssd  # noqa: E402
+from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
 
 logger = logging.getLogger("condconv_det.demo")
 
@@ -267,6 +272,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Lis
             f"no images found in --input {args.input}: expected image files, or directories or "
             f"glob patterns holding files ending in {', '.join(IMAGE_EXTENSIONS)}"
         )
+    inputs = [("--input", path) for path in args.input if os.path.isdir(path)]
+    inputs += [("--input", path) for path in files]
+    outputs = [args.output] + [os.path.join(args.output, name) for name in output_names(files)]
+    try:
+        check_outputs_spare_inputs(inputs, outputs, option="--output")
+    except ValueError as e:
+        parser.error(str(e))
     return files
 
 
@@ -325,7 +337,9 @@ def run(cfg, files: Sequence[str], output_dir: str, threshold: float) -> Dict[st
                     utils.convert_image_to_rgb(image, cfg.INPUT.FORMAT), instances, metadata
                 )
                 out_path = os.path.join(output_dir, name)
-                Image.fromarray(drawn).save(out_path)
+                # PIL picks the format from the name, which the temporary file does not end in.
+                file_format = Image.registered_extensions()[os.path.splitext(name)[1].lower()]
+                atomic_write(out_path, lambda f: Image.fromarray(drawn).save(f, file_format))
             except (OSError, ValueError) as e:  # a bad file or an unwritable output: go on
                 failed[path] = str(e) if path in str(e) else f"{path}: {e}"
                 logger.error(failed[path])
