@@ -19,8 +19,9 @@ the demo's predictions are exactly those that ``tools/train_net.py --eval-only``
 image (paths compared after resolving links): the demo refuses before it reads anything. Each
 drawn image is written atomically, so an interrupted run leaves no truncated file.
 
-An image that cannot be read is logged with its file name and skipped; the exit status is 1 if
-any image failed.
+Images are read as the data loaders read them (:func:`condconv_det.data.read_image`): 16-bit
+and float files are scaled to 0..255. An image that cannot be read is logged with its file name
+and skipped; the exit status is 1 if any image failed.
 """
 import os
 
@@ -50,7 +51,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
 from condconv_det.config import get_cfg  # noqa: E402
-from condconv_det.data import build_ssd_augmentation  # noqa: E402
+from condconv_det.data import build_ssd_augmentation, read_image  # noqa: E402
 from condconv_det.engine.trainer import check_weights, is_ssd  # noqa: E402
 from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
 
@@ -99,8 +100,8 @@ class Predictor:
     def __call__(self, image: np.ndarray) -> Instances:
         """
         Args:
-            image: ``(H, W, C)`` uint8, in ``cfg.INPUT.FORMAT`` (as ``detection_utils.read_image``
-                returns it).
+            image: ``(H, W, C)`` uint8, in ``cfg.INPUT.FORMAT`` (as
+                :func:`condconv_det.data.read_image` returns it).
 
         Returns:
             Instances of image size ``(H, W)``: ``pred_boxes`` (XYXY, in the image's pixels),
@@ -280,16 +281,6 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Lis
     except ValueError as e:
         parser.error(str(e))
     return files
-
-
-def read_image(path: str, image_format: str) -> np.ndarray:
-    """The image at ``path`` in ``image_format``, ``(H, W, C)`` uint8, EXIF orientation applied,
-    as the data loaders read it; an unreadable file raises OSError naming it."""
-    try:
-        image = utils.read_image(path, format=image_format)
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
-        raise OSError(f"cannot read image {path!r} ({type(e).__name__}: {e})") from e
-    return image[:, :, None] if image.ndim == 2 else image
 
 
 def draw(image_rgb: np.ndarray, instances: Instances, metadata) -> np.ndarray:

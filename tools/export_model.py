@@ -49,7 +49,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.data import detection_utils  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
@@ -57,6 +56,7 @@ from detectron2.structures import Instances  # noqa: E402
 import condconv_det  # noqa: F401,E402  (registers the backbones and SSD)
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
 from condconv_det.config import get_cfg  # noqa: E402
+from condconv_det.data import read_image  # noqa: E402
 from condconv_det.export import (  # noqa: E402
     DenseDetectorNetwork,
     ExportCheckError,
@@ -233,7 +233,7 @@ def load_sample_image(cfg, path: Optional[str]) -> torch.Tensor:
             size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
         image = generated_image(*size)
     else:
-        image = detection_utils.read_image(path, format=cfg.INPUT.FORMAT)
+        image = read_image(path, cfg.INPUT.FORMAT)
     image = T.AugInput(image)
     test_resize(cfg)(image)
     return torch.as_tensor(np.ascontiguousarray(image.image.transpose(2, 0, 1))).float()

@@ -1,7 +1,8 @@
 """tools/demo.py and its files: outputs that would replace inputs are refused before any work,
-drawn images are written whole or not at all."""
+drawn images are written whole or not at all, 16-bit inputs are drawn with their gradient."""
 import os
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -67,3 +68,16 @@ def test_an_interrupted_write_leaves_no_cut_file(tmp_path, images, monkeypatch):
     assert demo.main(argv) == 1
     assert os.listdir(out) == ["a.png"]  # no b.jpg and no temporary file
     assert (out / "a.png").read_bytes() == b"an earlier drawing"
+
+
+def test_16bit_image_is_drawn_with_its_gradient(tmp_path):
+    values = np.tile(np.linspace(0, 65535, 256).round().astype(np.uint16), (48, 1))
+    Image.fromarray(values).save(tmp_path / "gray16.png")
+    out = tmp_path / "out"
+    argv = ["--config-file", CONFIG, "--input", str(tmp_path / "gray16.png"), "--output", str(out)]
+    assert demo.main(argv + ["--confidence-threshold", "1.0", *TINY]) == 0  # nothing drawn
+    drawn = np.asarray(Image.open(out / "gray16.png").convert("RGB")).astype(int)
+    expected = np.repeat((values >> 8)[..., None], 3, axis=-1).astype(int)
+    assert drawn.shape == expected.shape
+    assert np.abs(drawn - expected).max() <= 1  # the Visualizer's canvas rounds
+    assert len(np.unique(drawn)) > 200
