@@ -20,11 +20,12 @@ import math
 import os
 import pickle
 import re
-from typing import IO, Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
+from condconv_det.file_io import atomic_write
 from condconv_det.layers import CondConv2d, CondConvRouter
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "WEIGHTS_MATCHES",
     "state_dict_differences",
     "CondConvCheckpointer",
-    "atomic_write",
 ]
 
 
@@ -440,33 +440,6 @@ def _condconv_keys(model: nn.Module) -> List[str]:
     return keys
 
 
-def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb") -> None:
-    """Writes a file so that a reader (or a crash) never sees half of it: ``write(f)`` fills a
-    temporary file in the same folder, which is flushed to disk and then renamed over ``path``.
-    A kill mid-write leaves ``path`` as it was (and a ``.tmp-<pid>`` file beside it)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # the rename itself survives a power loss once the folder is synced
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 try:
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
@@ -485,9 +458,10 @@ if DetectionCheckpointer is not None:
         at uniform routing unless the checkpoint has them. detectron2's own checkpointer would
         skip such kernels with a shape warning, leaving the CondConv layers untrained.
 
-        Checkpoints and ``last_checkpoint`` are written atomically (:func:`atomic_write`):
-        fvcore truncates the file and then writes it, so a kill during a save used to leave the
-        only checkpoint empty or cut short, under its normal name.
+        Checkpoints and ``last_checkpoint`` are written atomically
+        (:func:`condconv_det.file_io.atomic_write`): fvcore truncates the file and then writes
+        it, so a kill during a save used to leave the only checkpoint empty or cut short, under
+        its normal name.
         """
 
         def __init__(self, model: nn.Module, save_dir: str = "", *, match: str = "strict", **kwargs: Any):

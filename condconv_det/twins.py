@@ -17,6 +17,8 @@ import os
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from condconv_det.file_io import atomic_write
+
 __all__ = [
     "CONDCONV_ONLY_PREFIXES",
     "METRICS",
@@ -73,10 +75,10 @@ class TwinRun:
 
     def write_record(self) -> None:
         os.makedirs(self.output_dir, exist_ok=True)
-        tmp = os.path.join(self.output_dir, _RECORD + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.record, f, indent=2)
-        os.replace(tmp, os.path.join(self.output_dir, _RECORD))
+        record = self.record
+        atomic_write(
+            os.path.join(self.output_dir, _RECORD), lambda f: json.dump(record, f, indent=2), "w"
+        )
 
 
 def _split_opts(opts: Sequence[str]) -> Tuple[List[str], List[str]]:

@@ -12,6 +12,9 @@ captures the routing weights of every CondConv router for every image, and write
 - routing_heatmaps.png (classes x experts for an early, a middle and a late layer),
   routing_depth.png (entropy and class dependence by depth) and routing_summary.png (both).
 
+Each file is written atomically; an --output whose files would replace the config or the
+weights is refused before anything runs.
+
 An image counts for every class with at least one annotation in it (crowd regions included),
 once however many such objects it holds; an image without annotations counts only in the
 overall statistics. The paper (sec. 5) finds class-specific routing in deep layers only.
@@ -26,6 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
+import io  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
@@ -42,6 +46,7 @@ import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundle
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
 from condconv_det.config import get_cfg  # noqa: E402
 from condconv_det.engine.trainer import build_mapper, check_weights  # noqa: E402
+from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
 from condconv_det.routing_analysis import (  # noqa: E402
     RoutingRecorder,
     RoutingSummary,
@@ -50,6 +55,11 @@ from condconv_det.routing_analysis import (  # noqa: E402
 )
 
 logger = logging.getLogger("condconv_det.analyze_routing")
+
+
+# What the tool writes into --output.
+CSV_FILES = ("routing.csv", "routing_overall.csv", "routing_layers.csv")
+PLOT_FILES = ("routing_heatmaps.png", "routing_depth.png", "routing_summary.png")
 
 
 class UsageError(Exception):
@@ -150,10 +160,11 @@ def _cell(value: float) -> str:
 
 
 def _write_csv(path: str, rows: List[Dict[str, object]]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def write_csvs(summary: RoutingSummary, out_dir: str) -> List[str]:
@@ -200,11 +211,7 @@ def write_csvs(summary: RoutingSummary, out_dir: str) -> List[str]:
             )
         )
     paths = []
-    for name, rows in (
-        ("routing.csv", per_class),
-        ("routing_overall.csv", overall),
-        ("routing_layers.csv", per_layer),
-    ):
+    for name, rows in zip(CSV_FILES, (per_class, overall, per_layer)):
         paths.append(os.path.join(out_dir, name))
         _write_csv(paths[-1], rows)
     return paths
@@ -256,6 +263,10 @@ def _plot_depth(ax, summary: RoutingSummary) -> None:
     ax.grid(alpha=0.3)
 
 
+def _save_figure(fig, path: str, dpi: int) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+
+
 def write_plots(
     summary: RoutingSummary, out_dir: str, title: str, num_heatmaps: int = 3
 ) -> List[str]:
@@ -273,15 +284,15 @@ def write_plots(
     _plot_heatmaps(fig, list(axes[0]), summary, picks)
     fig.suptitle(f"{title}: mean routing weight per class (images)", fontsize=9)
     fig.tight_layout()
-    paths.append(os.path.join(out_dir, "routing_heatmaps.png"))
-    fig.savefig(paths[-1], dpi=100)
+    paths.append(os.path.join(out_dir, PLOT_FILES[0]))
+    _save_figure(fig, paths[-1], dpi=100)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.0, 3.5))
     _plot_depth(ax, summary)
     fig.tight_layout()
-    paths.append(os.path.join(out_dir, "routing_depth.png"))
-    fig.savefig(paths[-1], dpi=100)
+    paths.append(os.path.join(out_dir, PLOT_FILES[1]))
+    _save_figure(fig, paths[-1], dpi=100)
     plt.close(fig)
 
     fig = plt.figure(figsize=(3.0 * len(picks) + 4.2, 3.2))
@@ -291,8 +302,8 @@ def write_plots(
     _plot_depth(fig.add_subplot(grid[0, -1]), summary)
     fig.suptitle(f"{title}: mean routing weight per class, and routing by depth", fontsize=9)
     fig.tight_layout()
-    paths.append(os.path.join(out_dir, "routing_summary.png"))
-    fig.savefig(paths[-1], dpi=90)
+    paths.append(os.path.join(out_dir, PLOT_FILES[2]))
+    _save_figure(fig, paths[-1], dpi=90)
     plt.close(fig)
     return paths
 
@@ -355,8 +366,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_outputs(args: argparse.Namespace, cfg) -> None:
+    """Refuses an --output whose files would replace the config or the weights."""
+    inputs = [("--config-file", args.config_file)]
+    inputs.append(("MODEL.WEIGHTS", os.path.expanduser(cfg.MODEL.WEIGHTS)))
+    outputs = [args.output] + [os.path.join(args.output, n) for n in CSV_FILES + PLOT_FILES]
+    try:
+        check_outputs_spare_inputs(inputs, outputs, option="--output")
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+
+
 def run(args: argparse.Namespace) -> RoutingSummary:
     cfg = setup_cfg(args.config_file, args.opts)
+    check_outputs(args, cfg)
     if args.dataset is None and not cfg.DATASETS.TEST:
         raise UsageError("the config has no DATASETS.TEST: name a dataset with --dataset")
     dataset = args.dataset or cfg.DATASETS.TEST[0]

@@ -13,7 +13,8 @@ in ``<output-dir>/<twin>/seed<k>/log.txt``); the final COCO evaluations are then
 side, as the mean and spread over the seeds, with the seed-by-seed difference, parameters and
 multiply-adds. Extra ``KEY VALUE`` pairs apply to both runs; those that only a CondConv model
 reads (``MODEL.CONDCONV.*``, the routers' solver settings) are left out of the static twin's, so
-the static runs are shared by every variant and trained once. Finished runs are reused.
+the static runs are shared by every variant and trained once. Finished runs are reused. A
+--config-file inside a run's folder is refused: training writes its own config.yaml there.
 """
 import argparse
 import os
@@ -84,10 +85,20 @@ def model_figures(config_file: str, opts: List[str]) -> Dict[str, object]:
 
 
 def main(argv=None) -> int:
+    from condconv_det.file_io import check_outputs_spare_inputs
     from condconv_det.twins import final_results, format_table, twin_runs
 
     args = parse_args(argv)
     runs = twin_runs(args.config_file, args.opts, range(args.seeds), args.output_dir)
+    if not args.skip_train:
+        # Training writes its config.yaml, checkpoints and logs into each run's folder.
+        folders = [run.output_dir for twin_runs_ in runs.values() for run in twin_runs_]
+        try:
+            check_outputs_spare_inputs(
+                [("--config-file", args.config_file)], output_folders=folders, option="--output-dir"
+            )
+        except ValueError as e:
+            sys.exit(f"error: {e}")
     rows: Dict[str, List[Dict[str, float]]] = {}
     figures: Dict[str, Dict[str, object]] = {}
     for twin, twin_runs_ in runs.items():

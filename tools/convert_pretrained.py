@@ -23,7 +23,8 @@ what the timm model computed only with MODEL.MOBILENET.BN_EPS and .PADDING set t
 tool prints the settings).
 
 Then set MODEL.WEIGHTS to the output (detectron2 loads it; the detector's heads, absent from
-an ImageNet checkpoint, keep their initialisation).
+an ImageNet checkpoint, keep their initialisation). The output is written atomically, and may
+not be the input (or the config file): the tool refuses before reading anything.
 """
 import argparse
 import os
@@ -40,6 +41,7 @@ from condconv_det.checkpoint import (
     torchvision_resnet_to_detectron2,
     upcycle_state_dict,
 )
+from condconv_det.file_io import atomic_write, check_outputs_spare_inputs
 
 SOURCES = ("torchvision-resnet", "torchvision-mobilenet_v2", "timm-efficientnet")
 
@@ -105,7 +107,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("--input", required=True, help="the pretrained checkpoint (a state dict)")
-    parser.add_argument("--output", required=True, help="where to write the converted weights (.pth)")
+    parser.add_argument(
+        "--output", required=True, help="where to write the converted weights (.pth; not --input)"
+    )
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--config-file", help="target: the model of this detectron2 config")
     target.add_argument(
@@ -122,6 +126,14 @@ def main(argv=None) -> int:
     parser.add_argument("--noise", type=float, default=0.01, help="expert perturbation (relative std)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
+    try:  # before anything is read: an output over an input would destroy the only copy
+        check_outputs_spare_inputs(
+            [("--input", args.input), ("--config-file", args.config_file)],
+            [args.output],
+            option="--output",
+        )
+    except ValueError as e:
+        parser.error(str(e))
     timm_variant = None
     if args.source == "timm-efficientnet":
         if not args.timm_model:
@@ -175,7 +187,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: {e}")
     if dropped:
         print(f"not used by the target (not built there): {len(dropped)} tensors, e.g. {dropped[:3]}")
-    torch.save({"model": converted, "__author__": "condconv_det", "matching_heuristics": False}, args.output)
+    checkpoint = {"model": converted, "__author__": "condconv_det", "matching_heuristics": False}
+    atomic_write(args.output, lambda f: torch.save(checkpoint, f))
     print(f"wrote {args.output}: {len(converted)} tensors for {type(model).__name__}")
     return 0
 

@@ -15,8 +15,13 @@ The image goes through the evaluation data loader's test-time transforms (SSD: t
 ``INPUT.SSD.SIZE`` square; other detectors: ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``), so
 the demo's predictions are exactly those that ``tools/train_net.py --eval-only`` scores.
 
-An image that cannot be read is logged with its file name and skipped; the exit status is 1 if
-any image failed.
+``--output`` may not be an input folder, nor a folder where a drawn image would replace an input
+image (paths compared after resolving links): the demo refuses before it reads anything. Each
+drawn image is written atomically, so an interrupted run leaves no truncated file.
+
+Images are read as the data loaders read them (:func:`condconv_det.data.read_image`): 16-bit
+and float files are scaled to 0..255. An image that cannot be read is logged with its file name
+and skipped; the exit status is 1 if any image failed.
 """
 import os
 
@@ -46,8 +51,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
 from condconv_det.config import get_cfg  # noqa: E402
-from condconv_det.data import build_ssd_augmentation  # noqa: E402
+from condconv_det.data import build_ssd_augmentation, read_image  # noqa: E402
 from condconv_det.engine.trainer import check_weights, is_ssd  # noqa: E402
+from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
 
 logger = logging.getLogger("condconv_det.demo")
 
@@ -94,8 +100,8 @@ class Predictor:
     def __call__(self, image: np.ndarray) -> Instances:
         """
         Args:
-            image: ``(H, W, C)`` uint8, in ``cfg.INPUT.FORMAT`` (as ``detection_utils.read_image``
-                returns it).
+            image: ``(H, W, C)`` uint8, in ``cfg.INPUT.FORMAT`` (as
+                :func:`condconv_det.data.read_image` returns it).
 
         Returns:
             Instances of image size ``(H, W)``: ``pred_boxes`` (XYXY, in the image's pixels),
@@ -267,17 +273,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Lis
             f"no images found in --input {args.input}: expected image files, or directories or "
             f"glob patterns holding files ending in {', '.join(IMAGE_EXTENSIONS)}"
         )
-    return files
-
-
-def read_image(path: str, image_format: str) -> np.ndarray:
-    """The image at ``path`` in ``image_format``, ``(H, W, C)`` uint8, EXIF orientation applied,
-    as the data loaders read it; an unreadable file raises OSError naming it."""
+    inputs = [("--input", path) for path in args.input if os.path.isdir(path)]
+    inputs += [("--input", path) for path in files]
+    outputs = [args.output] + [os.path.join(args.output, name) for name in output_names(files)]
     try:
-        image = utils.read_image(path, format=image_format)
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
-        raise OSError(f"cannot read image {path!r} ({type(e).__name__}: {e})") from e
-    return image[:, :, None] if image.ndim == 2 else image
+        check_outputs_spare_inputs(inputs, outputs, option="--output")
+    except ValueError as e:
+        parser.error(str(e))
+    return files
 
 
 def draw(image_rgb: np.ndarray, instances: Instances, metadata) -> np.ndarray:
@@ -325,7 +328,9 @@ def run(cfg, files: Sequence[str], output_dir: str, threshold: float) -> Dict[st
                     utils.convert_image_to_rgb(image, cfg.INPUT.FORMAT), instances, metadata
                 )
                 out_path = os.path.join(output_dir, name)
-                Image.fromarray(drawn).save(out_path)
+                # PIL picks the format from the name, which the temporary file does not end in.
+                file_format = Image.registered_extensions()[os.path.splitext(name)[1].lower()]
+                atomic_write(out_path, lambda f: Image.fromarray(drawn).save(f, file_format))
             except (OSError, ValueError) as e:  # a bad file or an unwritable output: go on
                 failed[path] = str(e) if path in str(e) else f"{path}: {e}"
                 logger.error(failed[path])

@@ -19,6 +19,9 @@ Written to --output (``EXT`` is ``ts`` for TorchScript, ``onnx`` for ONNX):
 - ``anchors.npy``: (R, 4) float32 anchors / default boxes, XYXY in the input's pixels.
 - ``export.json``: what the files take and give, and the measured differences to PyTorch.
 
+Each file is written atomically. An --output whose files would replace the config, the weights
+or --sample-image is refused before anything is built.
+
 --export-method scripting (TorchScript only) scripts the network: the MobileNet, ResNet and SSD
 backbones of this project script (ResNet through detectron2's own scripting patch); a network
 that does not script is refused with the line TorchScript rejects.
@@ -46,7 +49,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.data import detection_utils  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
@@ -58,6 +60,7 @@ from condconv_det.checkpoint import (  # noqa: E402
     UnreadableCheckpointError,
 )
 from condconv_det.config import get_cfg  # noqa: E402
+from condconv_det.data import read_image  # noqa: E402
 from condconv_det.export import (  # noqa: E402
     DenseDetectorNetwork,
     ExportCheckError,
@@ -68,6 +71,7 @@ from condconv_det.export import (  # noqa: E402
     import_tracing_adapter,
     score_activation,
 )
+from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
 
 logger = logging.getLogger("condconv_det.export_model")
 
@@ -225,7 +229,7 @@ def load_sample_image(cfg, path: Optional[str]) -> torch.Tensor:
             size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
         image = generated_image(*size)
     else:
-        image = detection_utils.read_image(path, format=cfg.INPUT.FORMAT)
+        image = read_image(path, cfg.INPUT.FORMAT)
     image = T.AugInput(image)
     test_resize(cfg)(image)
     return torch.as_tensor(np.ascontiguousarray(image.image.transpose(2, 0, 1))).float()
@@ -264,16 +268,19 @@ def export_network(
 ) -> Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
     """Writes the network to ``path``; returns a function running the written file."""
     if args.format == "onnx":
-        _quietly(
-            torch.onnx.export,
-            network,
-            (example,),
+        atomic_write(
             path,
-            opset_version=OPSET,
-            input_names=["images"],
-            output_names=["logits", "deltas"],
-            dynamic_axes={name: {0: "batch"} for name in ("images", "logits", "deltas")},
-            dynamo=False,
+            lambda f: _quietly(
+                torch.onnx.export,
+                network,
+                (example,),
+                f,
+                opset_version=OPSET,
+                input_names=["images"],
+                output_names=["logits", "deltas"],
+                dynamic_axes={name: {0: "batch"} for name in ("images", "logits", "deltas")},
+                dynamo=False,
+            ),
         )
         session = _onnx_session(path)
         return lambda images: tuple(
@@ -289,7 +296,7 @@ def export_network(
             raise script_error(f"the network of {args.config_file}", e) from e
     else:
         module = _quietly(torch.jit.trace, network, (example,), check_trace=False)
-    module.save(path)
+    atomic_write(path, lambda f: torch.jit.save(module, f))
     loaded = torch.jit.load(path)
 
     def run(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -330,15 +337,18 @@ def export_detector(
     schema = adapter.outputs_schema
     names = _detector_output_names(schema)
     if args.format == "onnx":
-        _quietly(
-            torch.onnx.export,
-            adapter,
-            adapter.flattened_inputs,
+        atomic_write(
             path,
-            opset_version=OPSET,
-            input_names=["image"],
-            output_names=names,
-            dynamo=False,
+            lambda f: _quietly(
+                torch.onnx.export,
+                adapter,
+                adapter.flattened_inputs,
+                f,
+                opset_version=OPSET,
+                input_names=["image"],
+                output_names=names,
+                dynamo=False,
+            ),
         )
         session = _onnx_session(path)
 
@@ -348,7 +358,7 @@ def export_detector(
 
     else:
         module = _quietly(torch.jit.trace, adapter, adapter.flattened_inputs, check_trace=False)
-        module.save(path)
+        atomic_write(path, lambda f: torch.jit.save(module, f))
         loaded = torch.jit.load(path)
 
         def run(x: torch.Tensor) -> Instances:
@@ -396,10 +406,33 @@ def check_detector(
     return results
 
 
+def output_files(args: argparse.Namespace) -> Dict[str, str]:
+    """The files the export writes, by name: network, detector (tracing only), anchors, info."""
+    ext = EXTENSIONS[args.format]
+    files = {"network": os.path.join(args.output, f"network.{ext}")}
+    if args.export_method == "tracing":
+        files["detector"] = os.path.join(args.output, f"detector.{ext}")
+    files["anchors"] = os.path.join(args.output, "anchors.npy")
+    files["info"] = os.path.join(args.output, "export.json")
+    return files
+
+
+def check_outputs(args: argparse.Namespace, cfg) -> None:
+    """Refuses an --output whose files would replace the config, the weights or the sample."""
+    inputs = [("--config-file", args.config_file), ("--sample-image", args.sample_image)]
+    inputs.append(("MODEL.WEIGHTS", os.path.expanduser(cfg.MODEL.WEIGHTS)))
+    outputs = [args.output, *output_files(args).values()]
+    try:
+        check_outputs_spare_inputs(inputs, outputs, option="--output")
+    except ValueError as e:
+        raise ExportInputError(str(e)) from e
+
+
 def export(args: argparse.Namespace) -> Dict:
     """Exports and checks; returns what export.json holds."""
     batch_sizes = check_args(args)
     cfg = setup_cfg(args)
+    check_outputs(args, cfg)
     model = build_detector(cfg)
     try:
         network = DenseDetectorNetwork(model).eval()
@@ -407,8 +440,8 @@ def export(args: argparse.Namespace) -> Dict:
         raise ExportInputError(str(e)) from e
     image = load_sample_image(cfg, args.sample_image)
     os.makedirs(args.output, exist_ok=True)
-    ext = EXTENSIONS[args.format]
-    files = {"network": os.path.join(args.output, f"network.{ext}")}
+    paths = output_files(args)
+    files = {"network": paths["network"]}
 
     start = time.perf_counter()
     # Traced at batch 2, so that nothing special to a batch of one can enter the graph.
@@ -418,15 +451,15 @@ def export(args: argparse.Namespace) -> Dict:
 
     detector_diffs, detector_outputs = None, None
     if args.export_method == "tracing":
-        files["detector"] = os.path.join(args.output, f"detector.{ext}")
+        files["detector"] = paths["detector"]
         start = time.perf_counter()
         run_detector, detector_outputs = export_detector(model, image, args, files["detector"])
         logger.info("wrote %s (%.1f s)", files["detector"], time.perf_counter() - start)
         detector_diffs = check_detector(model, run_detector, image, args.atol)
 
-    files["anchors"] = os.path.join(args.output, "anchors.npy")
+    files["anchors"] = paths["anchors"]
     anchors = dense_anchors(model, image[None])
-    np.save(files["anchors"], anchors.numpy())
+    atomic_write(files["anchors"], lambda f: np.save(f, anchors.numpy()))
 
     height, width = image.shape[-2:]
     info = {
@@ -465,8 +498,7 @@ def export(args: argparse.Namespace) -> Dict:
         },
         "atol": args.atol,
     }
-    with open(os.path.join(args.output, "export.json"), "w") as f:
-        json.dump(info, f, indent=2)
+    atomic_write(paths["info"], lambda f: json.dump(info, f, indent=2), "w")
     return info
 
 

@@ -1,4 +1,5 @@
-"""Data: the bundled shapes dataset, SSD augmentations and the SSD dataset mapper."""
+"""Data: the bundled shapes dataset, SSD augmentations, the SSD dataset mapper and its image
+reader (also the tools')."""
 from .dataset_mapper import SSDDatasetMapper, build_ssd_augmentation
 from .datasets import (  # registers shapes_, shapes_plain_, shapes_single_, digits_
     DIGITS_DATASETS,
@@ -14,6 +15,7 @@ from .datasets import (  # registers shapes_, shapes_plain_, shapes_single_, dig
     register_shapes_plain,
     register_shapes_single,
 )
+from .images import read_image
 from .shapes import BACKGROUNDS, CONTENTS, DIGITS_CLASSES, SHAPES_CLASSES, generate_shapes_dataset
 from .transforms import (
     ExpandTransform,

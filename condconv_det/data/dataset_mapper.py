@@ -13,6 +13,7 @@ from detectron2.structures import BoxMode, Instances
 
 from condconv_det.config import check_ssd_input_config
 
+from .images import read_image
 from .transforms import (
     RandomExpand,
     RandomMinIoUCrop,
@@ -79,8 +80,9 @@ class SSDDatasetMapper:
 
     Like detectron2's ``DatasetMapper`` (boxes only: segmentations and keypoints are dropped):
 
-    1. read the image in ``image_format`` (a grayscale file becomes 3 channels for "RGB" and
-       "BGR") and check its size against the record's;
+    1. read the image in ``image_format`` with :func:`~condconv_det.data.images.read_image` (a
+       grayscale file becomes 3 channels for "RGB" and "BGR"; 16-bit and float files are scaled
+       to 0..255) and check its size against the record's;
     2. drop crowd annotations (they neither steer the crop nor become instances);
     3. apply the augmentations, which see the boxes (``AugInput(image, boxes=...)``);
     4. keep an object iff the centre of its transformed box lies strictly inside the output
@@ -106,7 +108,8 @@ class SSDDatasetMapper:
         Args:
             is_train: whether the output is for training (with instances) or inference.
             augmentations: augmentations or deterministic transforms applied in order.
-            image_format: an image format of :func:`detectron2.data.detection_utils.read_image`.
+            image_format: an image format of :func:`detectron2.data.detection_utils.read_image`
+                ("RGB", "BGR", "L", ...).
         """
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
@@ -160,19 +163,12 @@ class SSDDatasetMapper:
         return dataset_dict
 
     def _read_image(self, dataset_dict: Dict[str, Any]) -> np.ndarray:
-        file_name = dataset_dict["file_name"]
         try:
-            image = utils.read_image(file_name, format=self.image_format)
-        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
+            return read_image(dataset_dict["file_name"], self.image_format)
+        except OSError as e:  # names the file; the record says where it comes from
             record = {k: v for k, v in dataset_dict.items() if k != "annotations"}
             record["annotations"] = f"<{len(dataset_dict.get('annotations', []))} annotations>"
-            raise OSError(
-                f"Cannot read image {file_name!r} as {self.image_format}"
-                f" ({type(e).__name__}: {e}); dataset record: {record}"
-            ) from e
-        if image.ndim == 2:  # only for formats that PIL squeezes; "RGB" / "BGR" are HWC already
-            image = image[:, :, None]
-        return image
+            raise OSError(f"{e}; dataset record: {record}") from e
 
 
 def _boxes_only(obj: Dict[str, Any]) -> Dict[str, Any]:

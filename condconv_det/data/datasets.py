@@ -89,7 +89,7 @@ def check_coco_dataset(
     (:func:`load_coco_json_checked` skips them with a warning; they could not be matched to any
     prediction); annotations of images not in the file (detectron2 drops them, with a warning);
     crowd annotations (detectron2's mappers drop them in training). Image contents are not read:
-    grayscale or RGBA files are the mapper's business (detectron2's ``read_image`` converts).
+    grayscale, RGBA or 16-bit files are the mapper's business (it converts them).
 
     Args:
         coco: the parsed JSON (``images``, ``annotations``, ``categories``).
