@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from condconv_det.file_io import atomic_write
-from condconv_det.layers import CondConv2d, CondConvRouter
+from condconv_det.layers import CondConv2d, CondConvRouter, shared_expert_weights, uniform_start
 
 __all__ = [
     "torchvision_resnet_to_detectron2",
@@ -339,13 +339,8 @@ def upcycle_state_dict(
                 out[name] = torch.zeros_like(want)
                 continue
             experts = conv.num_experts
-            scale = 1.0 / (experts * _uniform_routing(conv, model, experts))
-            stacked = value.to(want.dtype).unsqueeze(0).repeat(experts, *([1] * value.dim())) * scale
-            if experts > 1 and noise > 0 and name.endswith("weight"):
-                delta = torch.randn(stacked.shape, generator=generator, dtype=stacked.dtype)
-                delta = (delta - delta.mean(dim=0, keepdim=True)) * noise * value.float().std()
-                stacked = stacked + delta
-            out[name] = stacked
+            start = _uniform_routing(model, experts)
+            out[name] = shared_expert_weights(value.to(want.dtype), experts, start, noise, generator)
         else:
             out[name] = value
     if any(c.static_weight is not None for c in condconvs.values()):
@@ -356,28 +351,19 @@ def upcycle_state_dict(
         weight = torch.zeros_like(router.fc.weight)
         bias = torch.zeros_like(router.fc.bias)
         if router.activation == "sigmoid":
-            bias.fill_(_logit(_sigmoid_start(router.num_experts)))
+            bias.fill_(_logit(uniform_start("sigmoid", router.num_experts)))
         out[f"{name}.fc.weight"], out[f"{name}.fc.bias"] = weight, bias
     return out
-
-
-def _sigmoid_start(experts: int) -> float:
-    # With every expert at W / (E r) under routing r, the mixed kernel is W and an SGD step moves
-    # it by E r^2 times the static kernel's step: r = 1 / sqrt(E) keeps the static twin's
-    # learning rate (r = 1 / E would slow it E-fold). Sigmoid routing cannot reach 1, so a single
-    # expert starts at r = 1/2 with a doubled kernel.
-    return 1.0 / math.sqrt(experts) if experts > 1 else 0.5
 
 
 def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def _uniform_routing(conv: CondConv2d, model: nn.Module, experts: int) -> float:
-    """The routing weight every expert of ``conv`` starts with after upcycling."""
+def _uniform_routing(model: nn.Module, experts: int) -> float:
+    """The routing weight every expert starts with after upcycling (:func:`uniform_start`)."""
     routers = list(_routers(model).values())
-    activation = routers[0].activation if routers else "sigmoid"
-    return 1.0 / experts if activation == "softmax" else _sigmoid_start(experts)
+    return uniform_start(routers[0].activation if routers else "sigmoid", experts)
 
 
 def load_checkpoint_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, ignore: Optional[List[str]] = None) -> None:

@@ -537,7 +537,8 @@ def machine_name(device: torch.device) -> str:
 
 
 def _verdict(ratio: float, target: str) -> str:
-    return f"{ratio:.2f} ({'pass' if ratio <= TARGETS[target] else 'miss'})"
+    shown = round(ratio, 2)  # judged as printed, so that "1.15 (miss)" cannot appear
+    return f"{shown:.2f} ({'pass' if shown <= TARGETS[target] else 'miss'})"
 
 
 COLUMNS = [

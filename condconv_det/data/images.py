@@ -10,7 +10,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-__all__ = ["read_image"]
+__all__ = ["read_image", "check_8bit_image"]
 
 # PIL's modes of one-channel images with more than 8 bits: 32-bit integers ("I", which 16-bit
 # PNGs open as), 16-bit integers ("I;16" and its byte orders, 16-bit TIFFs) and floats ("F").
@@ -80,3 +80,17 @@ def read_image(file_name: str, image_format: str) -> np.ndarray:
             f"cannot read image {file_name!r} as {image_format} ({type(e).__name__}: {e})"
         ) from e
     return array[:, :, None] if array.ndim == 2 else array
+
+
+def check_8bit_image(file_name: str, reader: str) -> None:
+    """Refuses, naming the file, an image of more than 8 bits per channel that ``reader`` (a
+    mapper that reads with detectron2's ``read_image``, which clips them) would spoil. Reads
+    the file's header only."""
+    with PathManager.open(file_name, "rb") as f:
+        mode = Image.open(f).mode
+    if mode in _INTEGER_MODES + _FLOAT_MODES:
+        raise ValueError(
+            f"image {file_name!r} has more than 8 bits per pixel (PIL mode {mode}), which "
+            f"{reader} clips to black and white. Convert the dataset's images to 8 bits, or "
+            "train an SSD config, whose mapper scales them."
+        )

@@ -249,8 +249,19 @@ def build_mapper(cfg, is_train: bool):
 
         mapper = SSDDatasetMapper(cfg, is_train=is_train)
     else:
-        mapper = DatasetMapper(cfg, is_train=is_train)
+        mapper = _EightBitDatasetMapper(cfg, is_train=is_train)
     return NamedErrorMapper(mapper)
+
+
+class _EightBitDatasetMapper(DatasetMapper):
+    """detectron2's ``DatasetMapper``, refusing images of more than 8 bits per pixel (its
+    reader clips them) by name instead of training on black-and-white images."""
+
+    def __call__(self, dataset_dict: Dict[str, Any]) -> Dict[str, Any]:
+        from ..data.images import check_8bit_image
+
+        check_8bit_image(dataset_dict["file_name"], "detectron2's DatasetMapper (R-CNN, RetinaNet)")
+        return super().__call__(dataset_dict)
 
 
 class Trainer(DefaultTrainer):

@@ -11,6 +11,8 @@ from .routing import (
     configure_condconv,
     reset_routers,
     set_routing_temperature,
+    shared_expert_weights,
+    uniform_start,
 )
 
 __all__ = [
@@ -27,4 +29,6 @@ __all__ = [
     "configure_condconv",
     "reset_routers",
     "set_routing_temperature",
+    "shared_expert_weights",
+    "uniform_start",
 ]

@@ -313,9 +313,34 @@ def reset_routers(module: nn.Module, init: str) -> nn.Module:
 
 
 # How the experts start: "independent" (each as a plain conv of its shape; the official code's and
-# timm's) or "mixed_variance" (each scaled so that the mixed kernel at the routers' starting
-# point, sigmoid(0) = 1/2 or softmax's 1/E for every expert, has a plain kernel's variance).
-EXPERT_INITS = ("independent", "mixed_variance")
+# timm's), "mixed_variance" (each scaled so that the mixed kernel at the routers' starting
+# point, sigmoid(0) = 1/2 or softmax's 1/E for every expert, has a plain kernel's variance) or
+# "shared" (one plain kernel for all experts, as upcycling a freshly initialised static layer:
+# the network starts as its static twin and, at sigmoid routing, learns at its rate).
+EXPERT_INITS = ("independent", "mixed_variance", "shared")
+
+
+def uniform_start(activation: str, experts: int) -> float:
+    """The routing weight every expert starts with when a static kernel ``W`` is shared out as
+    ``W / (E r)`` per expert. An SGD step then moves the mixed kernel by ``E r^2`` times the
+    static kernel's step: sigmoid routing starts at ``r = 1 / sqrt(E)``, where that factor is 1
+    (a single expert at 1/2: sigmoid cannot reach 1); softmax's uniform routing is ``1 / E``."""
+    if activation == "softmax":
+        return 1.0 / experts
+    return 1.0 / math.sqrt(experts) if experts > 1 else 0.5
+
+
+def shared_expert_weights(
+    kernel: torch.Tensor, experts: int, start: float, noise: float = 0.01, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """``experts`` copies of ``kernel / (E start)`` (a weight or a bias), so that uniform routing
+    at ``start`` mixes exactly ``kernel``; weights (more than one dimension) get a zero-sum
+    perturbation of ``noise`` times the kernel's std, so that the experts can grow apart."""
+    stacked = kernel.unsqueeze(0).repeat(experts, *([1] * kernel.dim())) / (experts * start)
+    if experts > 1 and noise > 0 and kernel.dim() > 1:
+        delta = torch.randn(stacked.shape, generator=generator, dtype=stacked.dtype).to(stacked.device)
+        stacked = stacked + (delta - delta.mean(dim=0, keepdim=True)) * noise * kernel.float().std()
+    return stacked
 
 
 def configure_condconv(
@@ -343,8 +368,10 @@ def configure_condconv(
         normalize_kernel: every :class:`CondConv2d` scales each example's mixed kernel to
             unit norm per output channel (see ``CondConv2d(normalize_kernel=...)``).
         expert_init: one of :data:`EXPERT_INITS`. "mixed_variance" scales each layer's experts
-            by ``1 / (r0 sqrt(E))`` for a starting routing weight ``r0``; it does nothing with
-            ``static_kernel`` (the experts start at zero).
+            by ``1 / (r0 sqrt(E))`` for a starting routing weight ``r0``; "shared" starts every
+            expert from one plain kernel and every router at the same routing for all inputs
+            (:func:`uniform_start`), so the network starts as its static twin; neither does
+            anything with ``static_kernel`` (the experts start at zero).
         router_init: how rebuilt routers start (see :func:`reset_routers`); None: "glorot".
             Routers that are kept keep their weights.
     """
@@ -394,6 +421,21 @@ def configure_condconv(
             start = 0.5 if sigmoid else 1.0 / m.num_experts
             with torch.no_grad():
                 m.weight.mul_(1.0 / (start * math.sqrt(m.num_experts)))
+        elif expert_init == "shared" and m.static_weight is None:
+            # Expert 0 was drawn as a plain conv of its shape: every expert starts from it.
+            start = uniform_start("sigmoid" if sigmoid else "softmax", m.num_experts)
+            with torch.no_grad():
+                m.weight.copy_(shared_expert_weights(m.weight[0].clone(), m.num_experts, start))
+                if m.bias is not None:
+                    m.bias.copy_(shared_expert_weights(m.bias[0].clone(), m.num_experts, start))
+    if expert_init == "shared" and not static_kernel:
+        for m in module.modules():
+            if isinstance(m, CondConvRouter):
+                m.reset_parameters("zeros")
+                if m.activation == "sigmoid":
+                    start = uniform_start("sigmoid", m.num_experts)
+                    with torch.no_grad():
+                        m.fc.bias.fill_(math.log(start / (1.0 - start)) * m.temperature)
     return module
 
 

@@ -1,5 +1,6 @@
 """condconv_det.data.read_image: 8-bit files as detectron2 reads them, 16-bit and float files
 scaled to 0..255, EXIF orientation, clear errors; and the SSD mapper reading through it."""
+import os
 import struct
 import zlib
 
@@ -153,3 +154,25 @@ def test_ssd_mapper_reads_16bit_images_scaled(tmp_path):
     assert out16["image"].shape == (3, 64, 64)
     assert len(out16["image"].unique()) > 32  # the gradient survives, not only 0 and 255
     assert (out16["image"] == out8["image"]).all()
+
+
+def test_detectron2s_mapper_refuses_a_16bit_image_by_name(tmp_path):
+    # R-CNN and RetinaNet read through detectron2's DatasetMapper, which clips 16-bit images.
+    from detectron2.data.detection_utils import read_image as d2_read_image
+
+    from condconv_det.config import get_cfg as condconv_get_cfg
+    from condconv_det.engine.trainer import build_mapper
+
+    path = tmp_path / "gray16.png"
+    Image.fromarray(gradient16(64, 64)).save(path)
+    assert len(np.unique(d2_read_image(str(path), "RGB"))) <= 2  # what it would train on
+    cfg = condconv_get_cfg()
+    configs = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    cfg.merge_from_file(os.path.join(configs, "COCO-Detection", "retinanet_condconv_R_50_FPN_1x.yaml"))
+    mapper = build_mapper(cfg, is_train=False)
+    record = {"file_name": str(path), "image_id": 1, "height": 64, "width": 64}
+    with pytest.raises(ValueError) as info:
+        mapper(record)
+    assert str(path) in str(info.value) and "more than 8 bits" in str(info.value)
+    Image.fromarray((gradient16(64, 64) >> 8).astype(np.uint8)).save(tmp_path / "gray8.png")
+    mapper({**record, "file_name": str(tmp_path / "gray8.png")})  # 8-bit images map as before

@@ -238,3 +238,28 @@ def test_configure_condconv_turns_on_kernel_normalisation():
     model = nn.Sequential(RoutedCondConv2d(8, 8, 1, num_experts=2))
     configure_condconv(model, normalize_kernel=True)
     assert model[0].normalize_kernel and "normalize_kernel=True" in repr(model)
+
+
+@pytest.mark.parametrize("experts", [2, 8])
+def test_shared_init_starts_and_learns_as_the_static_twin(experts):
+    # Every expert from one plain kernel, routing at 1/sqrt(E) for every input: the layer
+    # computes its static twin's output, and (routing held) its SGD steps are the twin's.
+    torch.manual_seed(0)
+    layer = configure_condconv(nn.Sequential(RoutedCondConv2d(8, 8, 3, padding=1, num_experts=experts)), expert_init="shared")[0]
+    x, target = torch.randn(4, 8, 7, 7), torch.randn(4, 8, 7, 7)
+    routing = layer.router(x)
+    torch.testing.assert_close(routing, torch.full_like(routing, 1 / math.sqrt(experts)))
+    static = nn.Conv2d(8, 8, 3, padding=1)
+    with torch.no_grad():
+        static.weight.copy_((routing[0, :, None, None, None, None] * layer.weight).sum(0))
+        static.bias.copy_((routing[0, :, None] * layer.bias).sum(0))
+    assert not torch.equal(layer.weight[0], layer.weight[1])  # the experts can grow apart
+    torch.testing.assert_close(layer(x), static(x), rtol=1e-5, atol=1e-5)
+    layer.router.requires_grad_(False)
+    opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1) for m in (static, layer)]
+    for _ in range(3):
+        for m, opt in zip((static, layer), opts):
+            opt.zero_grad()
+            F.mse_loss(m(x), target).backward()
+            opt.step()
+    torch.testing.assert_close(layer(x), static(x), rtol=1e-4, atol=1e-5)
