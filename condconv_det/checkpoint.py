@@ -500,6 +500,9 @@ if DetectionCheckpointer is not None:
             try:
                 for candidate in candidates:
                     try:
+                        # Read first on its own: a failed read inside detectron2's load() leaves
+                        # state behind on detectron2 main that breaks the next load().
+                        _check_readable(candidate)
                         loaded = self.load(candidate)
                     except (UnreadableCheckpointError, FileNotFoundError) as e:
                         failures.append(str(e))
@@ -533,9 +536,7 @@ if DetectionCheckpointer is not None:
 
         def _load_file(self, filename: str) -> Dict[str, Any]:
             if os.path.isfile(filename) and os.path.getsize(filename) == 0:
-                raise UnreadableCheckpointError(
-                    f"checkpoint {filename!r} is empty (0 bytes): a save was probably killed"
-                )
+                raise _empty_checkpoint(filename)
             try:
                 loaded = super()._load_file(filename)
             except AssertionError:
@@ -666,6 +667,23 @@ if DetectionCheckpointer is not None:
         if weights and all(k.startswith("module.") for k in weights):
             return {k[len("module."):]: v for k, v in weights.items()}
         return weights
+
+    def _empty_checkpoint(filename: str) -> UnreadableCheckpointError:
+        return UnreadableCheckpointError(f"checkpoint {filename!r} is empty (0 bytes): a save was probably killed")
+
+    def _check_readable(filename: str) -> None:
+        """Raises :class:`UnreadableCheckpointError` (or FileNotFoundError) unless ``filename``
+        reads as a checkpoint; a zip checkpoint is memory-mapped, not read whole."""
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f"checkpoint {filename!r} does not exist")
+        if os.path.getsize(filename) == 0:
+            raise _empty_checkpoint(filename)
+        try:
+            loaded = torch.load(filename, map_location="cpu", weights_only=True, mmap=_starts_as_a_zip(filename))
+        except Exception as e:  # noqa: BLE001 (whatever torch.load met, the file is unusable)
+            raise UnreadableCheckpointError(_unreadable_reason(filename, e)) from e
+        if not isinstance(loaded, Mapping):
+            raise UnreadableCheckpointError(_not_a_state_dict(filename, loaded))
 
     def _starts_as_a_zip(filename: str) -> bool:
         """Whether the file begins as torch.save's zip archives do (so a failed read means a
