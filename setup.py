@@ -1,7 +1,7 @@
 """condconv_det: CondConv (Yang et al., NeurIPS 2019) for Detectron2.
 
 detectron2 itself is not on PyPI and is therefore not listed in install_requires: install it
-first (see README.md, or let `make env` build it from the pinned source distribution).
+first (see docs/install.md, or let `make env` build it from the pinned source distribution).
 """
 from setuptools import find_packages, setup
 

@@ -446,7 +446,7 @@ if DetectionCheckpointer is not None:
 
         Checkpoints and ``last_checkpoint`` are written atomically
         (:func:`condconv_det.file_io.atomic_write`): fvcore truncates the file and then writes
-        it, so a kill during a save used to leave the only checkpoint empty or cut short, under
+        it, so a kill during a save would leave the only checkpoint empty or cut short, under
         its normal name.
         """
 

@@ -75,7 +75,7 @@ def add_condconv_config(cfg: CN) -> None:
     _C.MODEL.CONDCONV.ROUTING_DROPOUT = 0.0
     # Initial router weights: "glorot" (the official code's) or "zeros" (every example starts
     # with the same routing: the model starts as its static twin). "zeros" is what trains
-    # CondConv from scratch in stacks without residuals, e.g. MobileNetV1 (README: main job).
+    # CondConv from scratch in stacks without residuals, e.g. MobileNetV1 (docs/training.md).
     _C.MODEL.CONDCONV.ROUTER_INIT = "glorot"
     # Routing statistics logged during training (condconv_det.engine.hooks.RoutingStatsHook):
     # per router, the entropy of the routing and each expert's mean weight, in metrics.json and
@@ -491,7 +491,7 @@ def model_zoo_config_path(name: str) -> str:
         raise FileNotFoundError(
             f"_BASE_ {name!r}: {path!r} is not a config of the installed detectron2 model zoo "
             "(detectron2/model_zoo/configs); check the spelling, or reinstall detectron2 with its "
-            "model-zoo configs (see README, Install)."
+            "model-zoo configs (see docs/install.md)."
         ) from e
 
 

@@ -8,7 +8,7 @@ the convolution with the mixed kernel (see condconv_det/analysis.py).
     python tools/analyze_model.py --arch efficientnet_b0 --experts 8
     # any detectron2 config (detector or backbone) at its test input size
     python tools/analyze_model.py --config-file configs/... [KEY VALUE ...]
-    # the paper's models next to the paper's figures (the README's table)
+    # the paper's models next to the paper's figures (the table of docs/models.md)
     python tools/analyze_model.py --paper-table
 """
 import argparse

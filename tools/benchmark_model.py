@@ -35,7 +35,7 @@ libraries allocate by themselves is not seen). On CUDA, ``torch.cuda.max_memory_
 over the step minus ``memory_allocated`` before it.
 
     python tools/benchmark_model.py                      # all pairs, CPU, 2 threads
-    python tools/benchmark_model.py --markdown           # the README's table
+    python tools/benchmark_model.py --markdown           # the table of docs/performance.md
     python tools/benchmark_model.py --models ssd300_MNv1 efficientnet_b0 --compile
     python tools/benchmark_model.py --quick              # tiny models, one repeat: checks it runs
     python tools/benchmark_model.py --profile ssd300_MNv1  # top ops, static vs CondConv

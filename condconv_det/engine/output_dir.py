@@ -47,7 +47,7 @@ def claim_output_dir(path: str, *, resume: bool, overwrite: bool = False, key: s
     if "://" in path:
         return None
     path = os.path.abspath(os.path.expanduser(path))
-    lock = _held.get(path)  # this process trains there already (e.g. two runs in one session)
+    lock = _held.get(path)  # this process trains there already (e.g. two runs in one process)
     if lock is None:
         os.makedirs(path, exist_ok=True)
         lock = open(os.path.join(path, LOCK_NAME), "a+")

@@ -109,7 +109,8 @@ def check_datasets(names) -> None:
                 raise FileNotFoundError(
                     f"Dataset {name!r}: {key} {path!r} does not exist. detectron2's builtin "
                     f"datasets live under $DETECTRON2_DATASETS (now {root!r}); point it to the "
-                    "folder holding coco/ (README: Using COCO), or fix the registration."
+                    "folder holding coco/ (docs/getting_started.md, Using COCO), or fix the "
+                    "registration."
                 )
 
 

@@ -17,7 +17,7 @@ from ..common.models.ssd_mobilenet import model
 # Model: SSD300-MobileNetV1 made smaller for 128x128 images with objects of 10..56 px.
 model.backbone.bottom_up.update(width_mult=0.5, out_features=["res3", "res4", "res5"], norm="BN")
 # Trained from scratch in a stack without residuals: every example starts at the same routing
-# (README: main job; 0.1 AP with the official Glorot init in this recipe).
+# (docs/training.md; 0.1 AP with the official Glorot init in this recipe).
 model.backbone.router_init = "zeros"
 # Start at stride 8 (16x16) with smaller boxes; two extra layers (p6, p7).
 model.backbone.update(in_features=["res3", "res4", "res5"], extra_channels=[256, 128], norm="BN")

@@ -60,7 +60,7 @@ def test_static_twin_learns_and_eval_only_gives_the_same_ap(shapes, tmp_path):
     cfg = train_net.setup(_args(train_net, *SMALL, "MODEL.CONDCONV.NUM_EXPERTS", 0, "OUTPUT_DIR", str(tmp_path / "u")))
     untrained = Trainer.test(cfg, Trainer.build_model(cfg))["bbox"]
     # Overfitting 16 images: the static twin reaches AP50 ~98 here; CondConv trains far slower
-    # from scratch (README: main job), so its run below only checks the checkpoint round trip.
+    # from scratch (docs/training.md), so its run below only checks the checkpoint round trip.
     assert trained["AP50"] > 50 and trained["AP50"] > untrained["AP50"] + 40, (trained, untrained)
 
 
