@@ -8,7 +8,7 @@ from typing import Any, Dict
 import yaml
 from detectron2.config import CfgNode as CN
 
-from condconv_det.layers import EXPERT_INITS, ROUTER_NORMS
+from condconv_det.layers import EXPERT_INITS, ROUTER_INITS, ROUTER_NORMS, ROUTING_ACTIVATIONS
 
 __all__ = [
     "add_condconv_config",
@@ -129,21 +129,26 @@ def add_condconv_config(cfg: CN) -> None:
 
 def check_condconv_config(cfg: CN) -> None:
     """Raises ValueError naming the key when a condconv_det config value is out of range."""
+    # The allowed values live beside the code that uses them (imported here, in the function:
+    # the modeling modules import this one).
+    from condconv_det.modeling.backbone.mobilenet import PADDING_MODES
+    from condconv_det.modeling.backbone.resnet import RESNET_STAGE_NAMES
+    from condconv_det.modeling.conv import ROUTING_SCOPES
+
     c = cfg.MODEL.CONDCONV
     _require(c.NUM_EXPERTS >= 0, "MODEL.CONDCONV.NUM_EXPERTS", c.NUM_EXPERTS, "must be >= 0")
-    stages = ("res2", "res3", "res4", "res5")
     _require(
-        all(s in stages for s in c.RESNET_STAGES),
+        all(s in RESNET_STAGE_NAMES for s in c.RESNET_STAGES),
         "MODEL.CONDCONV.RESNET_STAGES",
         c.RESNET_STAGES,
-        f"must list stages among {stages}",
+        f"must list stages among {RESNET_STAGE_NAMES}",
     )
-    _require(c.ROUTING in ("block", "layer"), "MODEL.CONDCONV.ROUTING", c.ROUTING, "must be 'block' or 'layer'")
+    _require(c.ROUTING in ROUTING_SCOPES, "MODEL.CONDCONV.ROUTING", c.ROUTING, f"must be one of {ROUTING_SCOPES}")
     _require(
-        c.ROUTING_ACTIVATION in ("sigmoid", "softmax"),
+        c.ROUTING_ACTIVATION in ROUTING_ACTIVATIONS,
         "MODEL.CONDCONV.ROUTING_ACTIVATION",
         c.ROUTING_ACTIVATION,
-        "must be 'sigmoid' or 'softmax'",
+        f"must be one of {ROUTING_ACTIVATIONS}",
     )
     _require(c.ROUTING_TEMPERATURE > 0, "MODEL.CONDCONV.ROUTING_TEMPERATURE", c.ROUTING_TEMPERATURE, "must be > 0")
     t = c.TEMPERATURE_SCHEDULE
@@ -176,10 +181,10 @@ def check_condconv_config(cfg: CN) -> None:
     _require(wd is None or wd >= 0, "SOLVER.WEIGHT_DECAY_ROUTER", wd, "must be >= 0, or None for SOLVER.WEIGHT_DECAY")
     _require(0.0 <= c.ROUTING_DROPOUT < 1.0, "MODEL.CONDCONV.ROUTING_DROPOUT", c.ROUTING_DROPOUT, "must be in [0, 1)")
     _require(
-        c.ROUTER_INIT in ("glorot", "zeros"),
+        c.ROUTER_INIT in ROUTER_INITS,
         "MODEL.CONDCONV.ROUTER_INIT",
         c.ROUTER_INIT,
-        "must be 'glorot' or 'zeros'",
+        f"must be one of {ROUTER_INITS}",
     )
     _require(
         c.ROUTING_STATS.PERIOD >= 1,
@@ -198,10 +203,10 @@ def check_condconv_config(cfg: CN) -> None:
         "must be > 0, or None for the table's",
     )
     _require(
-        m.PADDING in ("symmetric", "tf_same"),
+        m.PADDING in PADDING_MODES,
         "MODEL.MOBILENET.PADDING",
         m.PADDING,
-        "must be 'symmetric' or 'tf_same'",
+        f"must be one of {PADDING_MODES}",
     )
 
 
@@ -319,12 +324,13 @@ def check_ssd_config(cfg: CN) -> None:
         c.BBOX_REG_WEIGHTS,
         "must be 4 positive weights (wx, wy, ww, wh)",
     )
-    losses = ("smooth_l1", "giou", "diou", "ciou")
+    from condconv_det.modeling.meta_arch.ssd import BOX_REG_LOSSES
+
     _require(
-        c.BBOX_REG_LOSS_TYPE in losses,
+        c.BBOX_REG_LOSS_TYPE in BOX_REG_LOSSES,
         "MODEL.SSD.BBOX_REG_LOSS_TYPE",
         c.BBOX_REG_LOSS_TYPE,
-        f"must be one of {losses}",
+        f"must be one of {BOX_REG_LOSSES}",
     )
     _require(c.SMOOTH_L1_BETA >= 0, "MODEL.SSD.SMOOTH_L1_BETA", c.SMOOTH_L1_BETA, "must be >= 0")
     _require(

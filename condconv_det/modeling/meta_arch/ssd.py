@@ -19,7 +19,10 @@ from .default_boxes import DefaultBoxGenerator
 from .ssd_head import SSDHead
 from .ssd_matcher import SSDMatcher
 
-__all__ = ["SSD", "hard_negative_mining"]
+__all__ = ["BOX_REG_LOSSES", "SSD", "hard_negative_mining"]
+
+# Losses of the box regression (MODEL.SSD.BBOX_REG_LOSS_TYPE).
+BOX_REG_LOSSES = ("smooth_l1", "giou", "diou", "ciou")
 
 
 def hard_negative_mining(
@@ -112,8 +115,8 @@ class SSD(DenseDetector):
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
         )
-        if box_reg_loss_type not in ("smooth_l1", "giou", "diou", "ciou"):
-            raise ValueError(f"unknown box_reg_loss_type {box_reg_loss_type!r}")
+        if box_reg_loss_type not in BOX_REG_LOSSES:
+            raise ValueError(f"box_reg_loss_type must be one of {BOX_REG_LOSSES}, got {box_reg_loss_type!r}")
         self.default_box_generator = default_box_generator
         self.box2box_transform = box2box_transform
         self.matcher = matcher
