@@ -71,6 +71,10 @@ def add_condconv_config(cfg: CN) -> None:
     # "mixed_variance": experts scaled so the mixed kernel at the start has a plain kernel's
     # variance.
     _C.MODEL.CONDCONV.EXPERT_INIT = "independent"
+    # Routers held at their initial routing (gradients zeroed) until this iteration. With
+    # EXPERT_INIT "shared" the network trains as its static twin until then and is upcycled in
+    # place (docs/training.md). 0: routing learns from the start.
+    _C.MODEL.CONDCONV.ROUTING_START_ITER = 0
     # Dropout on the pooled routing input, in [0, 1).
     _C.MODEL.CONDCONV.ROUTING_DROPOUT = 0.0
     # Initial router weights: "glorot" (the official code's) or "zeros" (every example starts
@@ -169,6 +173,12 @@ def check_condconv_config(cfg: CN) -> None:
         0.0 <= c.EXPERT_DROPOUT < 1.0, "MODEL.CONDCONV.EXPERT_DROPOUT", c.EXPERT_DROPOUT, "must be in [0, 1)"
     )
     _require(c.EXPERT_INIT in EXPERT_INITS, "MODEL.CONDCONV.EXPERT_INIT", c.EXPERT_INIT, f"must be one of {EXPERT_INITS}")
+    _require(
+        0 <= c.ROUTING_START_ITER < max(cfg.SOLVER.MAX_ITER, 1),
+        "MODEL.CONDCONV.ROUTING_START_ITER",
+        c.ROUTING_START_ITER,
+        f"must be in [0, SOLVER.MAX_ITER = {cfg.SOLVER.MAX_ITER})",
+    )
     _require(
         cfg.SOLVER.ROUTER_LR_FACTOR >= 0, "SOLVER.ROUTER_LR_FACTOR", cfg.SOLVER.ROUTER_LR_FACTOR, "must be >= 0"
     )

@@ -43,7 +43,11 @@ import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundle
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
 from condconv_det.engine import argument_parser, launch  # noqa: E402
 from condconv_det.engine.output_dir import claim_output_dir  # noqa: E402
-from condconv_det.engine.hooks import RoutingStatsHook, RoutingTemperatureHook  # noqa: E402
+from condconv_det.engine.hooks import (  # noqa: E402
+    RoutingStartHook,
+    RoutingStatsHook,
+    RoutingTemperatureHook,
+)
 from condconv_det.engine.trainer import (  # noqa: E402
     check_datasets,
     check_num_classes,
@@ -141,8 +145,16 @@ def do_train(args, cfg) -> Dict[str, Any]:
         # The routers' own temperature is where the annealing ends (the YAML configs'
         # MODEL.CONDCONV.TEMPERATURE_SCHEDULE with ROUTING_TEMPERATURE).
         temperature_hook = RoutingTemperatureHook(schedule.get("start", 1.0), iters)
+    start_iter = cfg.train.get("routing_start_iter", 0)
+    if not isinstance(start_iter, int) or not 0 <= start_iter < max(cfg.train.max_iter, 1):
+        raise ValueError(
+            f"train.routing_start_iter must be an int in [0, train.max_iter = {cfg.train.max_iter}), "
+            f"got {start_iter!r}"
+        )
     trainer.register_hooks(
         [
+            # As in condconv_det.engine.Trainer: routing held until its start iteration.
+            RoutingStartHook(start_iter) if start_iter > 0 else None,
             # First, as in condconv_det.engine.Trainer: every hook sees the step's temperature.
             temperature_hook,
             hooks.IterationTimer(),

@@ -8,7 +8,7 @@ from detectron2.engine import HookBase
 from ..layers import CondConvRouter, set_routing_temperature
 from ..routing_analysis import RoutingRecorder, routing_entropy
 
-__all__ = ["RoutingStatsHook", "RoutingTemperatureHook", "routing_temperature_at"]
+__all__ = ["RoutingStartHook", "RoutingStatsHook", "RoutingTemperatureHook", "routing_temperature_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +147,47 @@ class RoutingTemperatureHook(HookBase):
         temperature = self._apply(self.trainer.iter)
         self.trainer.storage.put_scalar("routing/temperature", temperature, smoothing_hint=False)
 
+
+
+class RoutingStartHook(HookBase):
+    """Holds every CondConv router at its initial routing until iteration ``start_iter``: the
+    routers' gradients are zeroed before then, so the experts learn under fixed routing.
+
+    With ``MODEL.CONDCONV.EXPERT_INIT shared`` (one kernel for all experts, routing ``1/sqrt(E)``
+    for every input) the network trains exactly as its static twin until ``start_iter``, and is
+    upcycled in place from there: routing then learns from a trained static network, as when a
+    trained static checkpoint is upcycled. Gradients are masked rather than parameters frozen,
+    so the set of trained parameters never changes (DistributedDataParallel keeps working). The
+    state depends only on the iteration: a resumed run continues exactly.
+
+    Args:
+        start_iter: the first iteration whose routing gradients are kept (>= 0).
+    """
+
+    def __init__(self, start_iter: int):
+        if start_iter < 0:
+            raise ValueError(f"RoutingStartHook: start_iter must be >= 0, got {start_iter}")
+        self.start_iter = int(start_iter)
+        self._learning = True
+        self._handles = []
+
+    def _mask(self, grad):
+        return grad if self._learning else torch.zeros_like(grad)
+
+    def before_train(self) -> None:
+        routers = [m for m in self.trainer.model.modules() if isinstance(m, CondConvRouter)]
+        if not routers:
+            logger.warning("A routing start iteration is set but the model has no CondConv router.")
+        for router in routers:
+            for param in router.parameters():
+                if param.requires_grad:
+                    self._handles.append(param.register_hook(self._mask))
+
+    def before_step(self) -> None:
+        self._learning = self.trainer.iter >= self.start_iter
+        self.trainer.storage.put_scalar("routing/learning", float(self._learning), smoothing_hint=False)
+
+    def after_train(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import CondConvCheckpointer
 from ..layers import CondConvRouter
-from .hooks import RoutingStatsHook, RoutingTemperatureHook
+from .hooks import RoutingStartHook, RoutingStatsHook, RoutingTemperatureHook
 
 __all__ = [
     "Trainer",
@@ -306,6 +306,9 @@ class Trainer(DefaultTrainer):
             # First: every other hook (evaluation included) sees this iteration's temperature.
             end = self.cfg.MODEL.CONDCONV.ROUTING_TEMPERATURE
             hooks.insert(0, RoutingTemperatureHook(schedule.START, schedule.ITERS, end=end))
+        start = self.cfg.MODEL.CONDCONV.ROUTING_START_ITER
+        if start > 0:
+            hooks.insert(0, RoutingStartHook(start))
         stats = self.cfg.MODEL.CONDCONV.ROUTING_STATS
         if stats.ENABLED:
             # Before any hook that runs the model (its forward hooks must be gone by then) or

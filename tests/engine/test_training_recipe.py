@@ -165,3 +165,25 @@ def _cfg_model(*opts):
     cfg.merge_from_file(CONFIG)
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.MOBILENET.WIDTH_MULT", 0.25, "MODEL.CONDCONV.NUM_EXPERTS", 2, *opts])
     return cfg
+
+
+def test_routing_start_holds_the_routers_until_then_and_resume_keeps_it(shapes, tmp_path):
+    from condconv_det.engine import RoutingStartHook
+
+    opts = ["MODEL.CONDCONV.EXPERT_INIT", "shared", "MODEL.CONDCONV.ROUTING_START_ITER", 3]
+    trainer = Trainer(_cfg(tmp_path, 5, *opts))
+    assert sum(isinstance(h, RoutingStartHook) for h in trainer._hooks) == 1
+    routers = [m for m in trainer.model.modules() if isinstance(m, CondConvRouter)]
+    seen = []
+    routers[0].register_forward_pre_hook(
+        lambda m, inputs: seen.append((trainer.iter, sum(float(r.fc.weight.abs().sum()) for r in routers)))
+    )
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    # Zero-initialised weights, zero gradients: exactly zero until iteration 3 has stepped.
+    assert [w for _, w in seen[:4]] == [0.0, 0.0, 0.0, 0.0] and seen[4][1] > 0
+    with open(os.path.join(trainer.cfg.OUTPUT_DIR, "metrics.json")) as f:
+        logged = [json.loads(line) for line in f]
+    assert logged[-1]["routing/learning"] == 1.0
+    with pytest.raises(ValueError, match="ROUTING_START_ITER must be in"):
+        check_condconv_config(_cfg(tmp_path, 5, "MODEL.CONDCONV.ROUTING_START_ITER", 5))
