@@ -3,10 +3,12 @@
 Defaults equal the constructors' defaults; values are checked when a model is built
 (:func:`check_condconv_config`), with a message that names the key.
 """
-from typing import Any, Dict
+import os
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 import yaml
 from detectron2.config import CfgNode as CN
+from fvcore.common.config import BASE_KEY
 
 from condconv_det.layers import EXPERT_INITS, ROUTER_INITS, ROUTER_NORMS, ROUTING_ACTIVATIONS
 
@@ -16,8 +18,10 @@ __all__ = [
     "check_ssd_config",
     "check_ssd_input_config",
     "condconv_options",
+    "config_key_sources",
     "get_cfg",
     "CondConvCfgNode",
+    "KeySource",
     "MODEL_ZOO_PREFIX",
 ]
 
@@ -126,6 +130,17 @@ def add_condconv_config(cfg: CN) -> None:
     # SOLVER.WEIGHT_DECAY, betas SOLVER.BETAS).
     _C.SOLVER.OPTIMIZER = "SGD"
     _C.SOLVER.BETAS = (0.9, 0.999)
+
+    # A COCO-format dataset given by its files (docs/own_data.md): a split's instances JSON and
+    # the folder of its images, both or neither. The tools check and register a given split
+    # under a name derived from its files and train (TRAIN) or evaluate (TEST) on it in place of
+    # DATASETS.TRAIN / DATASETS.TEST; the class count follows the training JSON's categories
+    # unless it is set next to the paths. "": not given.
+    _C.DATASETS.COCO_JSON = CN()
+    _C.DATASETS.COCO_JSON.TRAIN = ""
+    _C.DATASETS.COCO_JSON.TRAIN_IMAGES = ""
+    _C.DATASETS.COCO_JSON.TEST = ""
+    _C.DATASETS.COCO_JSON.TEST_IMAGES = ""
 
     _add_ssd_input_config(cfg)
     _add_ssd_config(cfg)
@@ -494,6 +509,71 @@ class CondConvCfgNode(CN):
         del loaded["_BASE_"]
         _merge_dict(loaded, base_cfg)
         return base_cfg
+
+
+class KeySource(NamedTuple):
+    """Where a config key got its value (:func:`config_key_sources`)."""
+
+    rank: int  # merge order: the deepest _BASE_ file 0, ..., the config file, the command line
+    where: str  # the file, or "the command line"
+
+
+def config_key_sources(config_file: str, opts: Sequence[str] = ()) -> Dict[str, KeySource]:
+    """Where each key set by a YAML config file (its ``_BASE_`` files included) or by command
+    line overrides was set last, as ``merge_from_file`` then ``merge_from_list`` merge them.
+
+    Args:
+        config_file: the file given to ``--config-file``.
+        opts: the ``KEY VALUE`` overrides.
+
+    Returns:
+        ``{"MODEL.SSD.NUM_CLASSES": KeySource(rank, where), ...}``; keys that keep their default
+        are absent.
+    """
+    order = _merge_order(config_file)
+    sources: Dict[str, KeySource] = {}
+    for rank, (filename, loaded) in enumerate(order):
+        for key in _flat_keys(loaded):
+            sources[key] = KeySource(rank, filename)
+    for key in opts[0::2]:
+        sources[key] = KeySource(len(order), "the command line")
+    return sources
+
+
+def _merge_order(filename: str) -> List[Tuple[str, Dict[str, Any]]]:
+    """``(file, its own keys)`` of ``filename`` and its ``_BASE_`` files (one, or a list, as
+    fvcore allows), in the order fvcore merges them: bases first."""
+    with CondConvCfgNode._open_cfg(filename) as f:
+        text = f.read()
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.constructor.ConstructorError:  # unsafe tags, which merge_from_file allows
+        loaded = yaml.unsafe_load(text) or {}
+    bases = loaded.pop(BASE_KEY, None)
+    order = []
+    for base in [] if bases is None else bases if isinstance(bases, list) else [bases]:
+        order += _merge_order(_base_path(filename, base))
+    return order + [(filename, loaded)]
+
+
+def _base_path(filename: str, base: str) -> str:
+    """The file that ``_BASE_: base`` in ``filename`` names, resolved as fvcore does."""
+    if base.startswith(MODEL_ZOO_PREFIX):
+        return model_zoo_config_path(base)
+    base = os.path.expanduser(base)
+    if not base.startswith(("/", "https://", "http://")):
+        base = os.path.normpath(os.path.join(os.path.dirname(filename), base))
+    return base
+
+
+def _flat_keys(tree: Dict[str, Any], prefix: str = "") -> List[str]:
+    keys = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            keys += _flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 def model_zoo_config_path(name: str) -> str:

@@ -85,3 +85,22 @@ def test_every_config_is_plain_yaml(path):
     import yaml
 
     yaml.safe_load(path.read_text())
+
+
+def test_key_sources_follow_the_merge_order(tmp_path):
+    from condconv_det.config import KeySource, config_key_sources
+
+    (tmp_path / "a.yaml").write_text("MODEL:\n  SSD:\n    NUM_CLASSES: 3\n")
+    (tmp_path / "b.yaml").write_text("MODEL:\n  SSD:\n    NUM_CLASSES: 4\nSEED: 1\n")
+    top = tmp_path / "top.yaml"
+    top.write_text('_BASE_: ["a.yaml", "b.yaml"]\nSEED: 2\nDATASETS:\n  TEST: ()\n')
+    sources = config_key_sources(str(top), ["SEED", "3", "OUTPUT_DIR", "x"])
+    assert sources["MODEL.SSD.NUM_CLASSES"] == KeySource(1, str(tmp_path / "b.yaml"))  # last base
+    assert sources["DATASETS.TEST"] == KeySource(2, str(top))
+    assert sources["SEED"] == sources["OUTPUT_DIR"] == KeySource(3, "the command line")
+    assert "MODEL.META_ARCHITECTURE" not in sources  # a default
+    shapes = config_key_sources(str(CONFIGS / "shapes" / "ssd_condconv_MNv1.yaml"))
+    assert shapes["MODEL.SSD.NUM_CLASSES"] == KeySource(1, str(CONFIGS / "shapes" / "Base-SSD-shapes.yaml"))
+    zoo = config_key_sources(str(CONFIGS / "COCO-Detection" / "faster_rcnn_condconv_R_50_FPN_1x.yaml"))
+    assert zoo["MODEL.RPN.IN_FEATURES"].where.endswith("model_zoo/configs/Base-RCNN-FPN.yaml")
+    assert "MODEL.ROI_HEADS.NUM_CLASSES" not in zoo

@@ -8,8 +8,9 @@
 ``--input`` takes image files, directories (their image files, not recursive) and glob patterns
 (``**`` recurses). Each input image is written to ``--output`` under its own file name, at its
 own size, with the detections scoring above ``--confidence-threshold`` drawn by detectron2's
-``Visualizer`` and named with the classes of ``DATASETS.TEST[0]``. Config overrides go at the
-end as KEY VALUE pairs, like detectron2's tools.
+``Visualizer`` and named with the classes of ``DATASETS.TEST[0]``, or of the dataset given by
+``DATASETS.COCO_JSON.*`` (the training command's keys, docs/own_data.md). Config overrides go at
+the end as KEY VALUE pairs, like detectron2's tools.
 
 The image goes through the evaluation data loader's test-time transforms (SSD: the fixed
 ``INPUT.SSD.SIZE`` square; other detectors: ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``), so
@@ -50,8 +51,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
-from condconv_det.config import get_cfg  # noqa: E402
+from condconv_det.config import config_key_sources, get_cfg  # noqa: E402
 from condconv_det.data import build_ssd_augmentation, read_image  # noqa: E402
+from condconv_det.engine.coco_json_config import apply_coco_json_config  # noqa: E402
 from condconv_det.engine.trainer import check_weights, is_ssd  # noqa: E402
 from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
 
@@ -201,6 +203,11 @@ def setup_cfg(args: argparse.Namespace):
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    own_data = apply_coco_json_config(cfg, config_key_sources(args.config_file, args.opts), needs=())
+    if own_data is not None and "test" not in own_data.splits:
+        cfg.DATASETS.TEST = (own_data.splits["train"].name,)  # whose classes name the drawings
+    for change in own_data.changes if own_data else ():
+        logger.info(change)
     lower_score_thresholds(cfg, args.confidence_threshold)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(

@@ -9,6 +9,9 @@ detectron2's ``tools/lazyconfig_train_net.py``: the config defines ``model``, ``
     python tools/lazy_train_net.py --config-file CONFIG --resume        # continue the last run
     python tools/lazy_train_net.py --config-file CONFIG train.max_iter=100 \\
         dataloader.train.total_batch_size=4                             # overrides, key=value
+    python tools/lazy_train_net.py --config-file configs/shapes/ssd_condconv_MNv1.py \\
+        train.coco_json.train=train.json train.coco_json.train_images=train/ \\
+        train.coco_json.test=val.json train.coco_json.test_images=val/  # your data
 
 Differences from detectron2's tool, each needed here: checkpoints load through
 ``CondConvCheckpointer`` (static ImageNet weights are upcycled into CondConv layers), the run
@@ -42,6 +45,7 @@ from detectron2.utils import comm  # noqa: E402
 import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
 from condconv_det.engine import argument_parser, launch  # noqa: E402
+from condconv_det.engine.coco_json_config import apply_coco_json_lazy  # noqa: E402
 from condconv_det.engine.output_dir import claim_output_dir  # noqa: E402
 from condconv_det.engine.hooks import (  # noqa: E402
     RoutingStartHook,
@@ -206,6 +210,12 @@ def setup(args):
         )
     cfg = LazyConfig.load(args.config_file)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    # Datasets given by their files: checked, registered and used (docs/own_data.md).
+    if args.eval_only:
+        needs = ("test",)
+    else:
+        needs = ("train", "test") if "evaluator" in cfg.dataloader else ("train",)
+    own_data = apply_coco_json_lazy(cfg, args.opts, needs)
     fell_back = str(cfg.train.device).startswith("cuda") and not torch.cuda.is_available()
     if fell_back:
         # Announced (below, once the logger exists) rather than a crash in model.to().
@@ -224,6 +234,8 @@ def setup(args):
         logger.warning(
             "train.device is cuda but CUDA is not available: running on the CPU instead."
         )
+    for change in own_data.changes if own_data else ():
+        logger.info(change)
     return cfg
 
 

@@ -5,6 +5,9 @@
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file CONFIG --resume          # continue the last run
     python tools/train_net.py --config-file CONFIG --num-gpus 2      # CPU-only: 2 gloo processes
+    python tools/train_net.py --config-file configs/shapes/ssd_condconv_MNv1.yaml \\
+        DATASETS.COCO_JSON.TRAIN train.json DATASETS.COCO_JSON.TRAIN_IMAGES train/ \\
+        DATASETS.COCO_JSON.TEST val.json DATASETS.COCO_JSON.TEST_IMAGES val/    # your data
 
 Config overrides go at the end as KEY VALUE pairs, like detectron2's tools.
 """
@@ -24,8 +27,9 @@ from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
-from condconv_det.config import get_cfg  # noqa: E402
+from condconv_det.config import config_key_sources, get_cfg  # noqa: E402
 from condconv_det.engine import Trainer, argument_parser, launch  # noqa: E402
+from condconv_det.engine.coco_json_config import apply_coco_json_config  # noqa: E402
 from condconv_det.engine.output_dir import claim_output_dir  # noqa: E402
 from condconv_det.engine.trainer import (  # noqa: E402
     check_datasets,
@@ -44,6 +48,10 @@ def setup(args):
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    # Datasets given by their files: checked, registered and used (docs/own_data.md).
+    sources = config_key_sources(args.config_file, args.opts)
+    needs = ("test",) if args.eval_only else ("train", "test")
+    own_data = apply_coco_json_config(cfg, sources, needs)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         # Announced (below, once the logger exists) rather than a crash in build_model.
         cfg.MODEL.DEVICE = "cpu"
@@ -55,10 +63,11 @@ def setup(args):
         # Before default_setup writes config.yaml and the log into the folder.
         claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     default_setup(cfg, args)
+    logger = logging.getLogger("detectron2")
     if fell_back:
-        logging.getLogger("detectron2").warning(
-            "MODEL.DEVICE is cuda but CUDA is not available: running on the CPU instead."
-        )
+        logger.warning("MODEL.DEVICE is cuda but CUDA is not available: running on the CPU instead.")
+    for change in own_data.changes if own_data else ():
+        logger.info(change)
     return cfg
 
 

@@ -1,5 +1,6 @@
-"""Data: the bundled shapes dataset, SSD augmentations, the SSD dataset mapper and its image
-reader (also the tools')."""
+"""Data: the bundled shapes dataset, COCO-format datasets given by their files, SSD
+augmentations, the SSD dataset mapper and its image reader (also the tools')."""
+from .coco_json import CocoJsonSplit, check_same_categories, coco_json_dataset_name, register_coco_json
 from .dataset_mapper import SSDDatasetMapper, build_ssd_augmentation
 from .datasets import (  # registers shapes_, shapes_plain_, shapes_single_, digits_
     DIGITS_DATASETS,
@@ -9,6 +10,7 @@ from .datasets import (  # registers shapes_, shapes_plain_, shapes_single_, dig
     check_coco_dataset,
     default_shapes_root,
     load_coco_json_checked,
+    read_coco_json,
     register_coco_checked,
     register_digits,
     register_shapes,

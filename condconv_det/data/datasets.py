@@ -32,6 +32,7 @@ __all__ = [
     "check_coco_dataset",
     "default_shapes_root",
     "load_coco_json_checked",
+    "read_coco_json",
     "register_coco_checked",
     "register_digits",
     "register_shapes",
@@ -79,11 +80,12 @@ def check_coco_dataset(
 ) -> Dict[str, int]:
     """Checks a parsed COCO instances JSON for what would break detectron2 later.
 
-    Raises on: no images; no categories or duplicate category ids; images without id, file
-    name or positive size, or with duplicate ids; duplicate annotation ids; an annotation with
-    an unknown category id, a missing or malformed box (not 4 finite numbers), a negative width
-    or height, a box outside its image by more than 5% of the image side (plus 2 px), or COCO's
-    unsupported ``"ignore"`` flag; image files missing under ``image_root``.
+    Raises on: no images; no categories, a category without a name, or duplicate category
+    ids; images without id, file name or positive size, or with duplicate ids; duplicate
+    annotation ids; an annotation with an unknown category id, a missing or malformed box (not
+    4 finite numbers), a negative width or height, a box outside its image by more than 5% of
+    the image side (plus 2 px), or COCO's unsupported ``"ignore"`` flag; image files missing
+    under ``image_root``.
 
     Tolerated (counted in the summary): boxes of zero width or height
     (:func:`load_coco_json_checked` skips them with a warning; they could not be matched to any
@@ -112,6 +114,12 @@ def check_coco_dataset(
     categories = coco.get("categories")
     if not isinstance(categories, list) or not categories:
         raise ValueError(f"{source} has no 'categories'; a COCO instances file lists its classes.")
+    unnamed = [c for c in categories if not isinstance(c, dict) or not isinstance(c.get("name"), str)]
+    if unnamed:
+        raise ValueError(
+            f"{source}: category {unnamed[0]} has no 'name'; each category needs an 'id' and a "
+            "'name' (the class name shown in evaluation and drawings)."
+        )
     category_ids = [c.get("id") for c in categories]
     if len(set(category_ids)) != len(category_ids):
         raise ValueError(f"{source} has duplicate category ids: {sorted(category_ids)}.")
@@ -195,19 +203,36 @@ def check_coco_dataset(
     return counts
 
 
-def _check_json_file(json_file: str, image_root: str) -> Dict[str, int]:
-    # A separate function, so the parsed JSON is freed before detectron2 parses it again.
+def read_coco_json(json_file: PathLike, source: Optional[str] = None) -> Dict[str, Any]:
+    """Parses a COCO JSON file; fails naming it when it is empty, not JSON or not an object.
+
+    Args:
+        json_file: an existing file.
+        source: how to name the file in error messages; default its path.
+    """
+    json_file = os.fspath(json_file)
+    source = source or json_file
+    if os.path.getsize(json_file) == 0:
+        raise ValueError(
+            f"{source} is empty (0 bytes): the export or download stopped before writing it. "
+            "Write it again."
+        )
     try:
         with open(json_file) as f:
             coco = json.load(f)
     except ValueError as e:
         raise ValueError(
-            f"{json_file} is not valid JSON ({e}): probably cut short. Download or generate it "
+            f"{source} is not valid JSON ({e}): probably cut short. Download or generate it "
             "again."
         ) from e
     if not isinstance(coco, dict):
-        raise ValueError(f"{json_file} holds a {type(coco).__name__}, not a COCO JSON object.")
-    return check_coco_dataset(coco, image_root, source=json_file)
+        raise ValueError(f"{source} holds a {type(coco).__name__}, not a COCO JSON object.")
+    return coco
+
+
+def _check_json_file(json_file: str, image_root: str) -> Dict[str, int]:
+    # A separate function, so the parsed JSON is freed before detectron2 parses it again.
+    return check_coco_dataset(read_coco_json(json_file), image_root, source=json_file)
 
 
 def load_coco_json_checked(

@@ -64,5 +64,9 @@ train.update(
     # Routing temperature annealed linearly from start to the routers' own temperature over the
     # first iters iterations (0: off); the YAML configs' MODEL.CONDCONV.TEMPERATURE_SCHEDULE.
     routing_temperature_schedule=dict(start=1.0, iters=0),
+    # A COCO-format dataset given by its files, used in place of the datasets above and setting
+    # model.num_classes (docs/own_data.md); the YAML configs' DATASETS.COCO_JSON. Read by
+    # tools/lazy_train_net.py. "": not given.
+    coco_json=dict(train="", train_images="", test="", test_images=""),
 )
 train.checkpointer.period = 800

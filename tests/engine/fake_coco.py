@@ -14,12 +14,19 @@ from PIL import Image
 THING_CATEGORIES = [c for c in COCO_CATEGORIES if c["isthing"]]
 
 
-def make_fake_coco(root, num_train: int = 4, num_val: int = 2, size=(96, 128), seed: int = 0) -> Dict[str, str]:
-    """Writes ``root/coco`` like COCO 2017 (instances JSON, JPEG images); returns the JSON paths."""
+def make_fake_coco(
+    root, num_train: int = 4, num_val: int = 2, size=(96, 128), seed: int = 0, categories=None
+) -> Dict[str, str]:
+    """Writes ``root/coco`` like COCO 2017 (instances JSON, JPEG images); returns the JSON paths.
+
+    ``categories``: ``[{"id": ..., "name": ...}, ...]`` in place of COCO's; objects are drawn
+    from the first five."""
     rng = np.random.default_rng(seed)
     coco = pathlib.Path(root) / "coco"
     (coco / "annotations").mkdir(parents=True, exist_ok=True)
-    categories = [{"id": c["id"], "name": c["name"], "supercategory": "thing"} for c in THING_CATEGORIES]
+    if categories is None:
+        categories = [{"id": c["id"], "name": c["name"]} for c in THING_CATEGORIES]
+    categories = [dict(c, supercategory="thing") for c in categories]
     paths = {}
     for split, count in (("train2017", num_train), ("val2017", num_val)):
         (coco / split).mkdir(exist_ok=True)
@@ -32,7 +39,7 @@ def make_fake_coco(root, num_train: int = 4, num_val: int = 2, size=(96, 128), s
                 bw, bh = int(rng.integers(12, w // 2)), int(rng.integers(12, h // 2))
                 x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
                 pixels[y : y + bh, x : x + bw] = rng.integers(120, 256, 3)
-                category = THING_CATEGORIES[rng.integers(0, 5)]  # a few classes, real ids
+                category = categories[rng.integers(0, min(5, len(categories)))]  # a few classes
                 annotations.append(
                     {
                         "id": len(annotations) + 1,
