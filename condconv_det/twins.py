@@ -94,19 +94,42 @@ def _key(opts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(opts)).encode()).hexdigest()[:8]
 
 
-def twin_runs(config_file: str, opts: Sequence[str], seeds: Sequence[int], output_dir: str) -> Dict[str, List[TwinRun]]:
-    """The runs of both twins, by twin ("CondConv", "static"), one per seed."""
+def twin_runs(
+    config_file: str, opts: Sequence[str], seeds: Sequence[int], output_dir: str, from_static: int = 0
+) -> Dict[str, List[TwinRun]]:
+    """The runs of both twins, by twin ("CondConv", "static"), one per seed.
+
+    With ``from_static`` > 0, both twins start from a static model trained ``from_static``
+    iterations with the same seed (the runs under the key "base", to be trained first): the
+    static twin continues it, the CondConv twin is upcycled from it
+    (:class:`~condconv_det.checkpoint.CondConvCheckpointer`), and both then train for the
+    config's schedule: the same data, iterations and starting function for both.
+    """
     condconv_opts, static_opts = _split_opts(opts)
     runs: Dict[str, List[TwinRun]] = {}
+    bases: Dict[int, TwinRun] = {}
+    if from_static > 0:
+        base_opts = static_opts + ["SOLVER.MAX_ITER", str(from_static)]
+        folder = f"base-{_key(base_opts)}"
+        runs["base"] = [
+            TwinRun("base", config_file, base_opts, seed, os.path.join(output_dir, folder, f"seed{seed}"))
+            for seed in seeds
+        ]
+        bases = {run.seed: run for run in runs["base"]}
     for twin, twin_opts in (("CondConv", condconv_opts), ("static", static_opts)):
         base = twin.lower()
         # The static twin without overrides: only NUM_EXPERTS 0.
         extra = twin_opts if twin == "CondConv" else twin_opts[:-2]
+        if from_static > 0:
+            extra = extra + ["from_static", str(from_static)]
         folder = base if not extra else f"{base}-{_key(extra)}"
-        runs[twin] = [
-            TwinRun(twin, config_file, twin_opts, seed, os.path.join(output_dir, folder, f"seed{seed}"))
-            for seed in seeds
-        ]
+        runs[twin] = []
+        for seed in seeds:
+            seed_opts = list(twin_opts)
+            if from_static > 0:
+                weights = os.path.join(os.path.abspath(bases[seed].output_dir), "model_final.pth")
+                seed_opts += ["MODEL.WEIGHTS", weights]
+            runs[twin].append(TwinRun(twin, config_file, seed_opts, seed, os.path.join(output_dir, folder, f"seed{seed}")))
     return runs
 
 

@@ -6,6 +6,7 @@
     python tools/compare_twins.py --config-file configs/shapes/ssd_condconv_MNv1.yaml \\
         MODEL.CONDCONV.STATIC_KERNEL False                          # a variant (ablation row)
     python tools/compare_twins.py --skip-train                      # re-read finished runs
+    python tools/compare_twins.py --from-static 1600                # both from a trained static
 
 The static twin is the same config with ``MODEL.CONDCONV.NUM_EXPERTS 0``. Each model trains in
 its own ``tools/train_net.py`` process (its log, with losses and ETA, is shown as it runs and kept
@@ -34,6 +35,14 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=1, help="train seeds 0 .. N-1 of each twin")
     parser.add_argument("--skip-train", action="store_true", help="only summarize finished runs")
     parser.add_argument("--quiet", action="store_true", help="do not echo the training logs")
+    parser.add_argument(
+        "--from-static",
+        type=int,
+        default=0,
+        metavar="ITERS",
+        help="start both twins from the static model trained ITERS iterations (same seed): the "
+        "static twin continues it, the CondConv twin is upcycled from it (0: both from scratch)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both runs")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.config_file):
@@ -42,6 +51,8 @@ def parse_args(argv=None):
         parser.error(f"overrides come in KEY VALUE pairs, got {args.opts}")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.from_static < 0:
+        parser.error(f"--from-static must be >= 0 (iterations), got {args.from_static}")
     return args
 
 
@@ -89,7 +100,7 @@ def main(argv=None) -> int:
     from condconv_det.twins import final_results, format_table, twin_runs
 
     args = parse_args(argv)
-    runs = twin_runs(args.config_file, args.opts, range(args.seeds), args.output_dir)
+    runs = twin_runs(args.config_file, args.opts, range(args.seeds), args.output_dir, args.from_static)
     if not args.skip_train:
         # Training writes its config.yaml, checkpoints and logs into each run's folder.
         folders = [run.output_dir for twin_runs_ in runs.values() for run in twin_runs_]
@@ -108,15 +119,20 @@ def main(argv=None) -> int:
                 if run.is_finished():
                     print(f"\n=== reusing the finished {twin} run, seed {run.seed}: {run.output_dir}")
                 else:
-                    print(f"\n=== training the {twin} model, seed {run.seed} -> {run.output_dir}", flush=True)
+                    what = "static model both twins start from" if twin == "base" else f"{twin} model"
+                    print(f"\n=== training the {what}, seed {run.seed} -> {run.output_dir}", flush=True)
                     run.write_record()
                     times.append(run_training(args.config_file, run.output_dir, run.opts, args.quiet))
-            rows.setdefault(twin, []).append(final_results(run.output_dir))
+            if twin != "base":
+                rows.setdefault(twin, []).append(final_results(run.output_dir))
+        if twin == "base":
+            continue
         figures[twin] = model_figures(args.config_file, twin_runs_[0].opts)
         if times:
             figures[twin]["train_s"] = sum(times) / len(times)
     seeds = f", {args.seeds} seeds (mean ± standard deviation)" if args.seeds > 1 else ""
-    print(f"\nCOCO box AP on the test set of {os.path.relpath(args.config_file, ROOT)}{seeds}:")
+    start = f", both twins from the static model of {args.from_static} iterations" if args.from_static else ""
+    print(f"\nCOCO box AP on the test set of {os.path.relpath(args.config_file, ROOT)}{seeds}{start}:")
     print(format_table(rows, figures))
     return 0
 

@@ -10,7 +10,7 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "shapes"
 
 
 def _metrics(path, ap):
-    os.makedirs(path)
+    os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "metrics.json"), "w") as f:
         f.write(json.dumps({"iteration": 9, "total_loss": 1.0}) + "\n")
         f.write(json.dumps({"iteration": 9, "bbox/AP": ap - 5, "bbox/AP50": 1.0}) + "\n")  # older
@@ -94,3 +94,37 @@ def test_a_run_of_other_settings_is_not_overwritten(tmp_path):
         json.dump(record, f)
     with pytest.raises(FileExistsError, match="trained with other settings"):
         run.is_finished()
+
+
+def test_from_static_trains_one_static_base_per_seed_and_starts_both_twins_from_it(tmp_path, capsys, monkeypatch):
+    tool = load_tool("compare_twins")
+    trained = []
+
+    def fake_training(config_file, output_dir, opts, quiet):
+        trained.append((output_dir, list(opts)))
+        if "base" not in os.path.relpath(output_dir, tmp_path):
+            _metrics(output_dir, 30.0 if "condconv" in output_dir else 27.5)
+        return 1.0
+
+    monkeypatch.setattr(tool, "run_training", fake_training)
+    argv = ["--config-file", CONFIG, "--output-dir", str(tmp_path), "--seeds", "2", "--from-static", "40"]
+    assert tool.main(argv + ["SOLVER.MAX_ITER", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "both twins from the static model of 40 iterations" in out
+    assert "| box AP | 30.0 ± 0.0 | 27.5 ± 0.0 | +2.5 ± 0.0 |" in out
+    folders = [os.path.relpath(d, tmp_path).split(os.sep)[0] for d, _ in trained]
+    assert folders[0].startswith("base-") and folders[1] == folders[0]  # the bases first, one per seed
+    base_dirs = {seed: d for seed, (d, _) in enumerate(trained[:2])}
+    for output_dir, opts in trained[2:]:
+        pairs = dict(zip(opts[0::2], opts[1::2]))
+        seed = int(pairs["SEED"])
+        assert pairs["MODEL.WEIGHTS"] == os.path.join(os.path.abspath(base_dirs[seed]), "model_final.pth")
+        assert pairs["SOLVER.MAX_ITER"] == "60"
+        assert (pairs.get("MODEL.CONDCONV.NUM_EXPERTS") == "0") == ("static" in os.path.relpath(output_dir, tmp_path))
+    base_opts = dict(zip(trained[0][1][0::2], trained[0][1][1::2]))
+    assert base_opts["MODEL.CONDCONV.NUM_EXPERTS"] == "0" and base_opts["SOLVER.MAX_ITER"] == "40"
+    # From-scratch twins live elsewhere: the two comparisons never share a run.
+    from condconv_det.twins import twin_runs
+
+    scratch = twin_runs(CONFIG, ["SOLVER.MAX_ITER", "60"], [0, 1], str(tmp_path))
+    assert {r.output_dir for runs in scratch.values() for r in runs}.isdisjoint(d for d, _ in trained)
