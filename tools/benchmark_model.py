@@ -12,7 +12,11 @@ built with random weights and measured in one run on one machine:
 - one training step at a small batch (forward, backward, SGD step; random images, random ground
   truth boxes for the detectors, random labels for the classifier);
 - the peak memory of that training step;
-- multiply-adds at batch 1 (fvcore, counted as the paper does; see condconv_det/analysis.py).
+- multiply-adds at batch 1 (fvcore, counted as the paper does; see condconv_det/analysis.py);
+- with ``--compile-detector``: the whole model (a detector with pre-processing, decoding and NMS;
+  the classifier) ``torch.compile``'d against eager at batch 1, for each twin; compiled / eager
+  below 1 means compiling pays. Dynamo compiles the tensor code between detectron2's Python
+  structures and data-dependent steps (score threshold, NMS) and runs those in Python.
 
 Every ratio printed is CondConv's cost over the static twin's (time, bytes or multiply-adds), so
 1.10 means CondConv costs 10% more; for throughput that is static images/s over CondConv's. The
@@ -37,6 +41,7 @@ over the step minus ``memory_allocated`` before it.
     python tools/benchmark_model.py                      # all pairs, CPU, 2 threads
     python tools/benchmark_model.py --markdown           # the table of docs/performance.md
     python tools/benchmark_model.py --models ssd300_MNv1 efficientnet_b0 --compile
+    python tools/benchmark_model.py --models ssd300_MNv1 --compile-detector
     python tools/benchmark_model.py --quick              # tiny models, one repeat: checks it runs
     python tools/benchmark_model.py --profile ssd300_MNv1  # top ops, static vs CondConv
 """
@@ -124,6 +129,7 @@ class Bench(NamedTuple):
     infer: Callable[[int], Callable[[], object]]  # batch size -> one inference forward
     train_loss: Callable[[], torch.Tensor]  # one forward in train mode -> scalar loss
     madds: float  # multiply-adds of one image
+    whole_inputs: tuple  # model(*whole_inputs): the whole model's batch-1 inference
 
 
 def _random_images(batch: int, size: int, seed: int, device: torch.device) -> List[torch.Tensor]:
@@ -204,7 +210,7 @@ def build_detector_bench(
         with EventStorage(0):
             return sum(model(train_inputs).values())
 
-    return Bench(model, infer, train_loss, madds)
+    return Bench(model, infer, train_loss, madds, ([{"image": images[1][0]}],))
 
 
 def build_classifier_bench(spec: str, quick: bool, size: int, train_batch: int, device) -> Bench:
@@ -236,7 +242,7 @@ def build_classifier_bench(spec: str, quick: bool, size: int, train_batch: int, 
     def train_loss() -> torch.Tensor:
         return nn.functional.cross_entropy(model(train_images), labels)
 
-    return Bench(model, infer, train_loss, madds)
+    return Bench(model, infer, train_loss, madds, (images[1],))
 
 
 def build_bench(pair: Pair, which: str, args, device) -> Bench:
@@ -306,34 +312,43 @@ def measure(
     warmup: int = 1,
     budget: float = float("inf"),
 ) -> Timing:
-    """Times the ``"static"`` and ``"condconv"`` functions round-robin.
+    """Times the ``"static"`` and ``"condconv"`` functions round-robin (:func:`paired_times`)."""
+    return Timing(*paired_times(fns["static"], fns["condconv"], device, reps, warmup, budget))
+
+
+def paired_times(
+    first: Callable[[], object],
+    second: Callable[[], object],
+    device: torch.device,
+    reps: int,
+    warmup: int = 1,
+    budget: float = float("inf"),
+) -> Tuple[float, float, float]:
+    """Median seconds per call of two functions timed round-robin, and the median over rounds of
+    second / first.
 
     After ``warmup`` calls each, rounds of one timed call each run until ``reps`` rounds are
     done, or at least two are and ``budget`` seconds have passed. The order within a round
-    alternates. A slow phase of a shared machine then slows both twins of a round alike, and
-    the ratio is taken within each round before the median over rounds.
+    alternates. A slow phase of a shared machine then slows both functions of a round alike,
+    and the ratio is taken within each round before the median over rounds.
     """
-    for fn in fns.values():
+    fns = [first, second]
+    for fn in fns:
         for _ in range(warmup):
             fn()
     sync(device)
-    times: Dict[str, List[float]] = {name: [] for name in fns}
-    names = list(fns)
+    times: List[List[float]] = [[], []]
     start = time.perf_counter()
     for i in range(reps):
         if i >= min(2, reps) and time.perf_counter() - start > budget:
             break
-        for name in names if i % 2 == 0 else names[::-1]:
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
             begin = time.perf_counter()
-            fns[name]()
+            fns[k]()
             sync(device)
-            times[name].append(time.perf_counter() - begin)
-    ratios = [c / s for s, c in zip(times["static"], times["condconv"])]
-    return Timing(
-        statistics.median(times["static"]),
-        statistics.median(times["condconv"]),
-        statistics.median(ratios),
-    )
+            times[k].append(time.perf_counter() - begin)
+    ratios = [b / a for a, b in zip(*times)]
+    return statistics.median(times[0]), statistics.median(times[1]), statistics.median(ratios)
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
@@ -373,15 +388,42 @@ def grad_context(inference_mode: bool):
     return torch.inference_mode() if inference_mode else torch.no_grad()
 
 
-def compile_model(bench: Bench) -> None:
+def compile_model(bench: Bench, backend: str) -> None:
     """torch.compile's the network: the backbone of a detector (detectron2's pre- and
     post-processing work on lists and Instances, which would only break the graph), the whole
     classifier."""
     model = bench.model
     if hasattr(model, "backbone") and hasattr(model, "pixel_mean"):
-        model.backbone.forward = torch.compile(model.backbone.forward, dynamic=False)
+        model.backbone.forward = torch.compile(
+            model.backbone.forward, backend=backend, dynamic=False
+        )
     else:
-        model.forward = torch.compile(model.forward, dynamic=False)
+        model.forward = torch.compile(model.forward, backend=backend, dynamic=False)
+
+
+class CompiledTiming(NamedTuple):
+    """Seconds per batch-1 call of a whole model, eager and torch.compile'd."""
+
+    eager: float  # median seconds per call
+    compiled: float
+    ratio: float  # median over rounds of compiled / eager within the round
+
+
+def time_compiled_whole(bench: Bench, args, device: torch.device, reps: int) -> CompiledTiming:
+    """The whole model's batch-1 inference (``model(*bench.whole_inputs)``: a detector from the
+    list of dicts to its Instances) ``torch.compile``'d (a separate wrapper: the model itself
+    stays eager) against eager, round-robin. The first compiled calls compile, untimed."""
+    model = bench.model.eval()
+    compiled = torch.compile(model, backend=args.compile_backend, dynamic=False)
+
+    def call(fn: Callable) -> Callable[[], object]:
+        def run():
+            with grad_context(args.inference_mode):
+                fn(*bench.whole_inputs)
+
+        return run
+
+    return CompiledTiming(*paired_times(call(model), call(compiled), device, reps, 2, args.budget))
 
 
 class Result(NamedTuple):
@@ -393,10 +435,11 @@ class Result(NamedTuple):
     madds: Dict[str, float]  # multiply-adds of one image
     compiled_latency: Optional[Timing]
     compiled_batch8: Optional[Timing]
+    whole_compiled: Optional[Dict[str, CompiledTiming]]  # by twin, with --compile-detector
 
 
 def benchmark_pair(pair: Pair, args, device: torch.device, progress) -> Result:
-    """Builds both twins of ``pair`` and measures them; ``progress`` advances 6 steps."""
+    """Builds both twins of ``pair`` and measures them; ``progress`` advances 7 steps."""
     benches = {}
     for which in ("static", "condconv"):
         progress.set_postfix_str(f"{pair.name}: build {which}")
@@ -453,12 +496,19 @@ def benchmark_pair(pair: Pair, args, device: torch.device, progress) -> Result:
         step_bytes[which] = peak_memory(step, device)
     progress.update()
 
+    whole_compiled = None
+    if args.compile_detector:
+        # Before --compile, which compiles the networks in place.
+        progress.set_postfix_str(f"{pair.name}: torch.compile, whole model")
+        whole_compiled = {w: time_compiled_whole(b, args, device, reps) for w, b in benches.items()}
+    progress.update()
+
     compiled_latency = compiled_batch8 = None
     if args.compile:
         progress.set_postfix_str(f"{pair.name}: torch.compile")
         for bench in benches.values():
             bench.model.eval()
-            compile_model(bench)
+            compile_model(bench, args.compile_backend)
         # Two warm-up calls at each batch size: the first compiles for it.
         compiled_latency = measure(
             {w: eval_fn(b, 1) for w, b in benches.items()}, device, reps, 2, args.budget
@@ -469,7 +519,15 @@ def benchmark_pair(pair: Pair, args, device: torch.device, progress) -> Result:
     progress.update()
     madds = {w: b.madds for w, b in benches.items()}
     return Result(
-        latency, batch8, train, state, step_bytes, madds, compiled_latency, compiled_batch8
+        latency,
+        batch8,
+        train,
+        state,
+        step_bytes,
+        madds,
+        compiled_latency,
+        compiled_batch8,
+        whole_compiled,
     )
 
 
@@ -558,10 +616,13 @@ COLUMNS = [
     "step x",
 ]
 COMPILED_COLUMNS = ["compiled b1 ms S / C", "compiled b1 x", "compiled b8 x"]
+# --compile-detector: each twin's whole model compiled against itself eager (not S against C).
+WHOLE_COMPILED_COLUMNS = ["whole b1 ms S / C", "whole compiled b1 ms S / C", "compiled/eager S / C"]
 
 
 def table_row(pair: Pair, size: int, r: Result) -> List[str]:
-    """One pair's cells, in the order of ``COLUMNS`` (+ ``COMPILED_COLUMNS``)."""
+    """One pair's cells, in the order of ``COLUMNS`` (+ ``COMPILED_COLUMNS``, +
+    ``WHOLE_COMPILED_COLUMNS``)."""
 
     def both(static: float, condconv: float, fmt: str) -> str:
         return f"{fmt.format(static)} / {fmt.format(condconv)}"
@@ -589,6 +650,13 @@ def table_row(pair: Pair, size: int, r: Result) -> List[str]:
             both(r.compiled_latency.static * 1e3, r.compiled_latency.condconv * 1e3, "{:.1f}"),
             f"{r.compiled_latency.ratio:.2f}",
             f"{r.compiled_batch8.ratio:.2f}",
+        ]
+    if r.whole_compiled is not None:
+        s, c = r.whole_compiled["static"], r.whole_compiled["condconv"]
+        row += [
+            both(s.eager * 1e3, c.eager * 1e3, "{:.1f}"),
+            both(s.compiled * 1e3, c.compiled * 1e3, "{:.1f}"),
+            both(s.ratio, c.ratio, "{:.2f}"),
         ]
     return row
 
@@ -637,6 +705,18 @@ def parse_args(argv=None):
         "--compile", action="store_true", help="also time torch.compile'd inference"
     )
     parser.add_argument(
+        "--compile-detector",
+        action="store_true",
+        help="also time each twin's whole model (a detector with pre- and post-processing) "
+        "torch.compile'd against eager, at batch 1",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of --compile and --compile-detector (default inductor; "
+        "aot_eager captures the graphs without generating code)",
+    )
+    parser.add_argument(
         "--inference-mode", action="store_true", help="torch.inference_mode instead of no_grad"
     )
     parser.add_argument(
@@ -664,6 +744,9 @@ def parse_args(argv=None):
         parser.error("--threads, --reps and --train-batch must be at least 1")
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         parser.error(f"--device takes cpu or cuda, got {args.device!r}")
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if args.compile_backend not in backends:
+        parser.error(f"unknown --compile-backend {args.compile_backend!r}; choose from {backends}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(
             "--device cuda was given but torch.cuda.is_available() is False: run on the CPU"
@@ -691,19 +774,30 @@ def run(args) -> None:
         f"{'channels-last' if args.channels_last else 'contiguous (NCHW)'}, detectors "
         f"{'with' if args.with_postprocess else 'without'} postprocessing, train batch {args.train_batch}"
         + (", quick (tiny models)" if args.quick else "")
+        + (
+            f", torch.compile backend {args.compile_backend}"
+            if args.compile or args.compile_detector
+            else ""
+        )
     )
     print(
         "# ratios (x): CondConv cost / static cost; S / C: static / CondConv; targets: "
-        f"b1 x <= {TARGETS['latency']}, train x <= {TARGETS['train']}, peak x <= {TARGETS['memory']}",
+        f"b1 x <= {TARGETS['latency']}, train x <= {TARGETS['train']}, peak x <= {TARGETS['memory']}"
+        + (
+            "; compiled/eager: each twin's whole model, torch.compile'd over eager"
+            if args.compile_detector
+            else ""
+        ),
         flush=True,
     )
     rows = []
-    # Per pair: build, latency, throughput, training step, memory, compile.
-    with tqdm(total=6 * len(pairs), desc="benchmark_model", file=sys.stderr) as progress:
+    # Per pair: build, latency, throughput, training step, memory, whole-model compile, compile.
+    with tqdm(total=7 * len(pairs), desc="benchmark_model", file=sys.stderr) as progress:
         for pair in pairs:
             result = benchmark_pair(pair, args, device, progress)
             rows.append(table_row(pair, QUICK_SIZE if args.quick else pair.size, result))
     header = COLUMNS + (COMPILED_COLUMNS if args.compile else [])
+    header += WHOLE_COMPILED_COLUMNS if args.compile_detector else []
     print_table(header, rows, args.markdown)
     print(f"# total time {time.perf_counter() - start:.0f} s")
 

@@ -1,21 +1,37 @@
 #!/usr/bin/env python
-"""Export a trained condconv_det detector (SSD or RetinaNet) to TorchScript or ONNX, then check
-the exported files against the PyTorch model on the same inputs.
+"""Export a trained condconv_det detector (SSD or RetinaNet) with torch.export, to ONNX or to
+TorchScript, then check the exported files against the PyTorch model on the same inputs.
 
     python tools/export_model.py --config-file configs/shapes/ssd_condconv_MNv1.yaml \\
-        --format onnx --output output/export MODEL.WEIGHTS output/ssd_condconv/model_final.pth
+        --format torch-export --output output/export \\
+        MODEL.WEIGHTS output/ssd_condconv/model_final.pth
 
-Written to --output (``EXT`` is ``ts`` for TorchScript, ``onnx`` for ONNX):
+Formats (--format):
+
+- ``torch-export``: a ``torch.export`` ExportedProgram (``torch.export.save``, ``.pt2``; load it
+  with ``torch.export.load(path).module()``). The network only (see below for why).
+- ``onnx``: PyTorch's dynamo exporter (``torch.onnx.export(..., dynamo=True)``, opset 18), which
+  captures with torch.export: the network only. ``--onnx-exporter legacy`` takes the
+  TorchScript-based exporter (opset 17) instead, for as long as PyTorch ships it: network and
+  detector.
+- ``torchscript`` (the default): ``torch.jit.trace`` (network and detector) or, with
+  ``--export-method scripting``, ``torch.jit.script`` (network). TorchScript is deprecated
+  upstream in favour of torch.export; kept for runtimes that load it.
+
+Written to --output (``EXT`` is ``pt2``, ``onnx`` or ``ts``):
 
 - ``network.EXT``: normalisation, backbone and head. Input "images" (N, 3, H, W) float32,
   pixel values 0-255 in ``INPUT.FORMAT`` order, resized as at test time; outputs "logits"
   (N, R, C) and "deltas" (N, R, 4) for the R anchors of ``anchors.npy``. The batch N is dynamic
   (checked at every --batch-sizes); H and W are those of the export.
-- ``detector.EXT``: the whole detector with decoding and NMS, traced with detectron2's
-  ``TracingAdapter``. Input "image" (3, H, W); outputs pred_boxes (D, 4) XYXY in the input's
-  pixels, pred_classes (D,), scores (D,), image_size (2,). One image per call: the detector's
-  post-processing loops over the images in Python, which a trace unrolls for the traced batch.
-  Tracing only (``--export-method scripting`` exports the network alone).
+- ``detector.EXT`` (TorchScript trace, legacy ONNX): the whole detector with decoding and NMS,
+  traced with detectron2's ``TracingAdapter``. Input "image" (3, H, W); outputs pred_boxes
+  (D, 4) XYXY in the input's pixels, pred_classes (D,), scores (D,), image_size (2,). One image
+  per call: the detector's post-processing loops over the images in Python, which a trace
+  unrolls for the traced batch. torch.export (and so the dynamo ONNX exporter) cannot capture
+  the whole detector: detectron2's pre-processing pads to sizes computed from tensors and its
+  post-processing makes tensors of data-dependent sizes; the tool says so and writes the
+  network alone.
 - ``anchors.npy``: (R, 4) float32 anchors / default boxes, XYXY in the input's pixels.
 - ``export.json``: what the files take and give, and the measured differences to PyTorch.
 
@@ -71,12 +87,19 @@ from condconv_det.export import (  # noqa: E402
     import_tracing_adapter,
     score_activation,
 )
+from condconv_det.export.formats import (  # noqa: E402
+    EXTENSIONS,
+    FORMATS,
+    ONNX_EXPORTERS,
+    ONNX_OPSETS,
+    UNCAPTURED_DETECTOR,
+    write_onnx,
+    write_program,
+    write_torchscript,
+)
 from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
 
 logger = logging.getLogger("condconv_det.export_model")
-
-EXTENSIONS = {"torchscript": "ts", "onnx": "onnx"}
-OPSET = 17
 
 
 class ExportInputError(ValueError):
@@ -88,7 +111,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", required=True, help="the detector's YAML config")
-    parser.add_argument("--format", default="torchscript", help="torchscript (default) or onnx")
+    parser.add_argument(
+        "--format",
+        default="torchscript",
+        help="torch-export (ExportedProgram, .pt2), onnx, or torchscript (the default; "
+        "deprecated upstream in favour of torch.export)",
+    )
+    parser.add_argument(
+        "--onnx-exporter",
+        default=None,
+        help="with --format onnx: dynamo (the default; torch.onnx.export(..., dynamo=True), "
+        "network only) or legacy (the TorchScript-based exporter, network and detector)",
+    )
     parser.add_argument(
         "--export-method", default="tracing", help="tracing (default) or scripting (TorchScript)"
     )
@@ -114,24 +148,41 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> List[int]:
     """Validates the options that argparse cannot; returns the batch sizes."""
-    if args.format not in EXTENSIONS:
-        raise ExportInputError(f"unknown --format {args.format!r}: choose 'torchscript' or 'onnx'")
+    if args.format not in FORMATS:
+        choices = ", ".join(repr(f) for f in FORMATS)
+        raise ExportInputError(f"unknown --format {args.format!r}: choose one of {choices}")
     if args.export_method not in ("tracing", "scripting"):
         raise ExportInputError(
             f"unknown --export-method {args.export_method!r}: choose 'tracing' or 'scripting'"
         )
-    if args.format == "onnx" and args.export_method != "tracing":
+    if args.format != "torchscript" and args.export_method != "tracing":
         raise ExportInputError(
-            "ONNX export traces the model: use --export-method tracing with --format onnx "
-            "(scripting is for --format torchscript)"
+            f"--export-method {args.export_method} is for --format torchscript; --format "
+            f"{args.format} captures the model with its own tracer: use --export-method tracing "
+            "(the default) or leave the option out"
+        )
+    if args.onnx_exporter is not None and args.format != "onnx":
+        raise ExportInputError(
+            f"--onnx-exporter is for --format onnx, got it with --format {args.format}: "
+            "leave it out or add --format onnx"
+        )
+    if args.format == "onnx" and args.onnx_exporter is None:
+        args.onnx_exporter = "dynamo"
+    if args.format == "onnx" and args.onnx_exporter not in ONNX_EXPORTERS:
+        raise ExportInputError(
+            f"unknown --onnx-exporter {args.onnx_exporter!r}: choose 'dynamo' or 'legacy'"
         )
     if args.format == "onnx":
-        for package in ("onnx", "onnxruntime"):
+        packages = ("onnx", "onnxruntime")
+        if args.onnx_exporter == "dynamo":
+            packages += ("onnxscript",)
+        for package in packages:
             try:
                 __import__(package)
             except ImportError as e:
                 raise ExportInputError(
-                    f"--format onnx needs {package} (export and check): pip install {package}"
+                    f"--format onnx --onnx-exporter {args.onnx_exporter} needs {package} (export "
+                    f"and check): pip install {package}"
                 ) from e
     if not os.path.isfile(args.config_file):
         raise ExportInputError(f"config file {args.config_file!r} does not exist")
@@ -246,70 +297,57 @@ def image_variants(image: torch.Tensor, count: int) -> torch.Tensor:
     return torch.stack(variants[:count])
 
 
-def _quietly(fn: Callable, *args, **kwargs):
-    # Tracing warns about every Python int taken from a shape and every assert; both are fixed
-    # for a fixed input size, and the checks after export catch what would not be.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(*args, **kwargs)
-
-
-def script_error(what: str, error: Exception) -> ExportInputError:
+def capture_error(what: str, how: str, error: Exception, fix: str) -> ExportInputError:
+    """An ExportInputError: ``what`` does not ``how``, with the first lines of the capture's own
+    message (where it stopped; the dynamo ONNX exporter's summary of the error, past its
+    general advice) and the ``fix``."""
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        lines = lines[lines.index("## Exception summary") + 1 :]
     where = "\n".join("    " + line for line in lines[:8])
-    return ExportInputError(
-        f"{what} does not script (TorchScript cannot compile it):\n{where}\n"
-        "Use --export-method tracing: the traced network keeps a dynamic batch dimension."
-    )
+    return ExportInputError(f"{what} does not {how}:\n{where}\n{fix}")
 
 
 def export_network(
     network: DenseDetectorNetwork, example: torch.Tensor, args: argparse.Namespace, path: str
-) -> Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
+) -> Callable[[torch.Tensor], Tuple[torch.Tensor, ...]]:
     """Writes the network to ``path``; returns a function running the written file."""
-    if args.format == "onnx":
-        atomic_write(
-            path,
-            lambda f: _quietly(
-                torch.onnx.export,
-                network,
-                (example,),
-                f,
-                opset_version=OPSET,
-                input_names=["images"],
-                output_names=["logits", "deltas"],
-                dynamic_axes={name: {0: "batch"} for name in ("images", "logits", "deltas")},
-                dynamo=False,
-            ),
-        )
-        session = _onnx_session(path)
-        return lambda images: tuple(
-            torch.from_numpy(o) for o in session.run(None, {"images": images.numpy()})
-        )
+    what = f"the network of {args.config_file}"
+    names = (["images"], ["logits", "deltas"])
+    if args.format == "onnx" and args.onnx_exporter == "legacy":
+        return write_onnx(network, (example,), path, *names, exporter="legacy")
+    if args.format in ("torch-export", "onnx"):  # both capture with torch.export
+        try:
+            if args.format == "onnx":
+                return write_onnx(network, (example,), path, *names, exporter="dynamo")
+            return write_program(network, (example,), path)
+        except Exception as e:  # torch.export raises several error types
+            fix = "Use --format onnx --onnx-exporter legacy or --format torchscript: they trace."
+            raise capture_error(what, "go through torch.export", e, fix) from e
     if args.export_method == "scripting":
         # Imports detectron2.export's torchscript_patch, which lets detectron2's ResNet and FPN
         # script (their stages become an nn.ModuleList on the copy that is scripted).
         import_scripting_with_instances()
-        try:
-            module = _quietly(torch.jit.script, network)
-        except Exception as e:  # TorchScript's frontend raises several error types
-            raise script_error(f"the network of {args.config_file}", e) from e
-    else:
-        module = _quietly(torch.jit.trace, network, (example,), check_trace=False)
-    atomic_write(path, lambda f: torch.jit.save(module, f))
-    loaded = torch.jit.load(path)
-
-    def run(images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            return loaded(images)
-
-    return run
+    try:
+        return write_torchscript(network, (example,), path, args.export_method)
+    except Exception as e:  # TorchScript's frontend raises several error types
+        if args.export_method != "scripting":
+            raise
+        fix = "Use --export-method tracing: the traced network keeps a dynamic batch dimension."
+        raise capture_error(what, "script (TorchScript cannot compile it)", e, fix) from e
 
 
-def _onnx_session(path: str):
-    import onnxruntime
-
-    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+def detector_not_exported(args: argparse.Namespace) -> Optional[str]:
+    """Why the run writes no whole detector, or None when it writes one."""
+    if args.format == "torch-export" or args.onnx_exporter == "dynamo":
+        return (
+            f"{UNCAPTURED_DETECTOR}. Deploy network.{EXTENSIONS[args.format]} with anchors.npy "
+            "(decode, then NMS), or trace a one-image detector with --format onnx "
+            "--onnx-exporter legacy or --format torchscript"
+        )
+    if args.export_method == "scripting":
+        return "its post-processing does not script; export it with --export-method tracing"
+    return None
 
 
 def _detector_output_names(schema) -> Optional[List[str]]:
@@ -336,34 +374,16 @@ def export_detector(
         adapter(*adapter.flattened_inputs)  # sets adapter.outputs_schema
     schema = adapter.outputs_schema
     names = _detector_output_names(schema)
+    inputs = tuple(adapter.flattened_inputs)
     if args.format == "onnx":
-        atomic_write(
-            path,
-            lambda f: _quietly(
-                torch.onnx.export,
-                adapter,
-                adapter.flattened_inputs,
-                f,
-                opset_version=OPSET,
-                input_names=["image"],
-                output_names=names,
-                dynamo=False,
-            ),
+        run_file = write_onnx(
+            adapter, inputs, path, ["image"], names, "legacy", dynamic_batch=False
         )
-        session = _onnx_session(path)
-
-        def run(x: torch.Tensor) -> Instances:
-            outputs = session.run(None, {"image": x.numpy()})
-            return schema([torch.from_numpy(o) for o in outputs])[0]["instances"]
-
     else:
-        module = _quietly(torch.jit.trace, adapter, adapter.flattened_inputs, check_trace=False)
-        atomic_write(path, lambda f: torch.jit.save(module, f))
-        loaded = torch.jit.load(path)
+        run_file = write_torchscript(adapter, inputs, path, "tracing")
 
-        def run(x: torch.Tensor) -> Instances:
-            with torch.no_grad():
-                return schema(loaded(x))[0]["instances"]
+    def run(x: torch.Tensor) -> Instances:
+        return schema(list(run_file(x)))[0]["instances"]
 
     return run, names
 
@@ -407,10 +427,10 @@ def check_detector(
 
 
 def output_files(args: argparse.Namespace) -> Dict[str, str]:
-    """The files the export writes, by name: network, detector (tracing only), anchors, info."""
+    """The files the export writes, by name: network, detector (when traced), anchors, info."""
     ext = EXTENSIONS[args.format]
     files = {"network": os.path.join(args.output, f"network.{ext}")}
-    if args.export_method == "tracing":
+    if detector_not_exported(args) is None:
         files["detector"] = os.path.join(args.output, f"detector.{ext}")
     files["anchors"] = os.path.join(args.output, "anchors.npy")
     files["info"] = os.path.join(args.output, "export.json")
@@ -450,7 +470,7 @@ def export(args: argparse.Namespace) -> Dict:
     network_diffs = check_network(network, run_network, image, batch_sizes, args.atol)
 
     detector_diffs, detector_outputs = None, None
-    if args.export_method == "tracing":
+    if "detector" in paths:
         files["detector"] = paths["detector"]
         start = time.perf_counter()
         run_detector, detector_outputs = export_detector(model, image, args, files["detector"])
@@ -466,8 +486,9 @@ def export(args: argparse.Namespace) -> Dict:
         "config_file": args.config_file,
         "weights": cfg.MODEL.WEIGHTS,
         "format": args.format,
-        "export_method": args.export_method,
-        "opset": OPSET if args.format == "onnx" else None,
+        "export_method": args.export_method if args.format == "torchscript" else None,
+        "onnx_exporter": args.onnx_exporter,
+        "opset": ONNX_OPSETS[args.onnx_exporter] if args.format == "onnx" else None,
         "files": {k: {"path": v, "bytes": os.path.getsize(v)} for k, v in files.items()},
         "input": {
             "channels": cfg.INPUT.FORMAT,
@@ -496,6 +517,7 @@ def export(args: argparse.Namespace) -> Dict:
             "batch": "one image per call",
             "max_abs_diff": detector_diffs,
         },
+        "detector_not_exported": detector_not_exported(args),
         "atol": args.atol,
     }
     atomic_write(paths["info"], lambda f: json.dump(info, f, indent=2), "w")
@@ -503,7 +525,8 @@ def export(args: argparse.Namespace) -> Dict:
 
 
 def print_summary(info: Dict) -> None:
-    print(f"Exported {info['config_file']} ({info['format']}, {info['export_method']}):")
+    how = info["onnx_exporter"] or info["export_method"]
+    print(f"Exported {info['config_file']} ({info['format']}{f', {how}' if how else ''}):")
     for name, f in info["files"].items():
         print(f"  {f['path']}  {f['bytes'] / 2**20:.1f} MiB")
     net = info["network"]
@@ -511,10 +534,7 @@ def print_summary(info: Dict) -> None:
         text = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
         print(f"  network, batch {batch}: max abs diff to PyTorch {text}")
     if info["detector"] is None:
-        print(
-            "  detector: not exported (its post-processing does not script; export it with "
-            "--export-method tracing)"
-        )
+        print(f"  detector: not exported: {info['detector_not_exported']}")
     else:
         for index, d in enumerate(info["detector"]["max_abs_diff"]):
             print(

@@ -33,8 +33,9 @@ class DenseDetectorNetwork(nn.Module):
     """Images in, per-box class logits and box deltas out: a dense detector's (SSD's,
     RetinaNet's) normalisation, backbone and head, without anchors, decoding or NMS.
 
-    Nothing in it depends on the batch size, so it traces and exports (ONNX) with a dynamic
-    batch dimension; CondConv layers take their batch-independent "matmul" path when traced.
+    Nothing in it depends on the batch size, so it exports (torch.export, ONNX, TorchScript
+    trace) with a dynamic batch dimension: CondConv layers take their batch-independent
+    "matmul" path when traced or exported.
     The per-image post-processing (top-k, NMS) of the full detector loops over the images in
     Python and is left out. Box i of the outputs is box i of :func:`dense_anchors`; decode with
     the detector's ``box2box_transform``.

@@ -28,7 +28,8 @@ __all__ = ["CondConv2d", "cond_conv2d", "CONDCONV_PATHS"]
 #   grouped: per-example kernels, the batch folded into the groups of one grouped convolution.
 #   matmul:  batched matrix product with the per-example kernels; for 1x1 kernels directly on
 #            the input, for larger kernels on its unfolded patches (im2col). The batch size is
-#            never baked into the graph, so this is also the path used for tracing and export.
+#            never baked into the graph, so "auto" takes it whenever the call is recorded for
+#            other batch sizes: TorchScript tracing, ONNX export (either exporter), torch.export.
 #   experts: no kernel mix; one convolution with all E experts side by side (E x the output
 #            channels), then the E outputs mixed per example. E x the conv's multiply-adds, but
 #            it reads each expert once and writes no mixed kernel: the fastest when batch x
@@ -57,6 +58,16 @@ def _mix(routing_weights: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
     else:
         mixed = _mix_eager(routing_weights, flat)
     return mixed.reshape([batch] + list(stacked.shape[1:]))
+
+
+@torch.jit.unused
+def _records_graph() -> bool:
+    """Whether this call is recorded into a graph that is to run at other batch sizes: a
+    TorchScript trace, an ONNX export (either exporter) or ``torch.export``. Not under
+    ``torch.compile``, which guards on the shapes it saw and recompiles for others."""
+    return (
+        torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+    )
 
 
 @torch.jit.unused
@@ -212,7 +223,11 @@ def cond_conv2d(
 
     if path == "single":
         if batch != 1:
-            raise ValueError("CondConv2d path 'single' needs a batch of one, got {}".format(batch))
+            raise ValueError(
+                "CondConv2d path 'single' needs a batch of one, got {}; path 'auto' takes any "
+                "batch (it picks 'single' for a batch of one, and a batch-independent path "
+                "under tracing and export)".format(batch)
+            )
         # Views of the batch of one, not kernels[0]: the backward of indexing would zero-fill a
         # (1, O, C/g, kh, kw) gradient and copy into it (measured: ~15% of a small 1x1 layer's
         # training step); the backward of a reshape is a view.
@@ -268,6 +283,13 @@ def _normalized_cond_conv2d(
     kernels, biases = _mix_kernels(routing_weights, weight, bias)
     norms = kernels.flatten(2).square().sum(dim=2)
     kernels = kernels * torch.rsqrt(norms + 1e-12).reshape(norms.shape[0], norms.shape[1], 1, 1, 1)
+    if not torch.jit.is_scripting():
+        if _records_graph():
+            # As "auto" does: the grouped convolution would fix the batch size in the graph.
+            kh, kw = weight.shape[3], weight.shape[4]  # constants in a trace, unlike kernels'
+            cols, out_h, out_w = _patches(x, kh, kw, stride, padding, dilation, groups)
+            out = _apply_kernels(cols, kernels, biases, groups)
+            return out.reshape(x.shape[0], weight.shape[1], out_h, out_w)
     return _grouped_conv2d(x, kernels, biases, stride, padding, dilation, groups)
 
 
@@ -285,21 +307,9 @@ def _matmul_conv2d(
 
     Args and returns as :func:`cond_conv2d`.
     """
-    batch, channels, height, width = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
-    out_channels, kh, kw = weight.shape[1], weight.shape[3], weight.shape[4]
-    out_h = _conv_out_size(height, kh, stride[0], padding[0], dilation[0])
-    out_w = _conv_out_size(width, kw, stride[1], padding[1], dilation[1])
-    if kh == 1 and kw == 1:
-        if padding[0] > 0 or padding[1] > 0:
-            x = F.pad(x, [padding[1], padding[1], padding[0], padding[0]])
-        if stride[0] > 1 or stride[1] > 1:
-            x = x[:, :, :: stride[0], :: stride[1]]
-        cols = x.reshape(batch * groups, channels // groups, out_h * out_w)
-    else:
-        # (B, C*kh*kw, L) with C outermost, matching the kernel's (C/g, kh, kw) layout.
-        cols = F.unfold(x, [kh, kw], dilation=dilation, padding=padding, stride=stride)
-        cols = cols.reshape(batch * groups, channels // groups * kh * kw, out_h * out_w)
-
+    batch, out_channels = x.shape[0], weight.shape[1]
+    kh, kw = weight.shape[3], weight.shape[4]
+    cols, out_h, out_w = _patches(x, kh, kw, stride, padding, dilation, groups)
     if not torch.jit.is_scripting() and not torch.jit.is_tracing() and groups == 1:
         blocks = _matmul_blocks(routing_weights, weight)
         if blocks > 1:
@@ -310,16 +320,52 @@ def _matmul_conv2d(
         kernels, biases = _mix_kernels(routing_weights, weight, bias)
     else:
         kernels, biases = _mix_kernels_eager(routing_weights, weight, bias)
+    out = _apply_kernels(cols, kernels, biases, groups)
+    return out.reshape(batch, out_channels, out_h, out_w)
+
+
+def _patches(
+    x: torch.Tensor,
+    kh: int,
+    kw: int,
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    groups: int,
+) -> Tuple[torch.Tensor, int, int]:
+    """The input as columns for a kh x kw kernel: (B * groups, C/g * kh * kw, L), channels
+    outermost as in a kernel's (C/g, kh, kw) layout, and the output size (H', W'), L = H' * W'.
+    A 1x1 kernel takes the input itself (padded and strided), anything else its unfolded patches."""
+    batch, channels, height, width = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    out_h = _conv_out_size(height, kh, stride[0], padding[0], dilation[0])
+    out_w = _conv_out_size(width, kw, stride[1], padding[1], dilation[1])
+    if kh == 1 and kw == 1:
+        if padding[0] > 0 or padding[1] > 0:
+            x = F.pad(x, [padding[1], padding[1], padding[0], padding[0]])
+        if stride[0] > 1 or stride[1] > 1:
+            x = x[:, :, :: stride[0], :: stride[1]]
+        cols = x.reshape(batch * groups, channels // groups, out_h * out_w)
+    else:
+        cols = F.unfold(x, [kh, kw], dilation=dilation, padding=padding, stride=stride)
+        cols = cols.reshape(batch * groups, channels // groups * kh * kw, out_h * out_w)
+    return cols, out_h, out_w
+
+
+def _apply_kernels(
+    cols: torch.Tensor, kernels: torch.Tensor, biases: Optional[torch.Tensor], groups: int
+) -> torch.Tensor:
+    """Per-example kernels (B, O, C/g, kh, kw) and biases (B, O) or None applied to the columns
+    of :func:`_patches`: (B * groups, O/g, L)."""
+    batch, out_channels = kernels.shape[0], kernels.shape[1]
+    patch = kernels.shape[2] * kernels.shape[3] * kernels.shape[4]
     # Every size spelled out: with -1 an empty batch (a traced graph runs on any batch) would be
     # ambiguous.
-    kernels = kernels.reshape(batch * groups, out_channels // groups, weight.shape[2] * kh * kw)
+    kernels = kernels.reshape(batch * groups, out_channels // groups, patch)
     if biases is not None:
         # The bias rides in the product (beta * input + A @ B): no second pass over the output.
         bias_cols = biases.reshape(batch * groups, out_channels // groups, 1)
-        out = torch.baddbmm(bias_cols, kernels, cols)
-    else:
-        out = torch.bmm(kernels, cols)
-    return out.reshape(batch, out_channels, out_h, out_w)
+        return torch.baddbmm(bias_cols, kernels, cols)
+    return torch.bmm(kernels, cols)
 
 
 def _matmul_blocks(routing_weights: torch.Tensor, weight: torch.Tensor) -> int:
@@ -420,8 +466,9 @@ def _auto_path(
 ) -> str:
     """The path for these shapes; measured on 2 CPU threads, tools/benchmark_layer.py."""
     if not torch.jit.is_scripting():
-        # A traced or exported graph must not bake the batch size into the group count.
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        # A traced graph must not bake the batch size into the group count, and an exported
+        # one not make it symbolic: ONNX's Conv takes its group count as a constant.
+        if _records_graph():
             return "matmul"
     if x.shape[0] == 1:
         # One plain convolution: the mixed kernel is read once, as a static conv reads its own.

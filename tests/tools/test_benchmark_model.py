@@ -88,6 +88,24 @@ def test_quick_inference_mode_channels_last_plain_table(capsys):
     assert lines[2].split()[0] == "model" and lines[3].split()[0] == "efficientnet_b0"
 
 
+def test_quick_compiled_detector_against_eager(capsys):
+    tool = load_tool("benchmark_model")
+    # aot_eager: dynamo's capture of the whole detector, graph breaks and all, without inductor's
+    # minutes of C++ builds.
+    argv = ["--quick", "--markdown", "--threads", "1", "--models", "ssd300_MNv1"]
+    assert tool.main(argv + ["--compile-detector", "--compile-backend", "aot_eager"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "torch.compile backend aot_eager" in lines[0] and "compiled/eager" in lines[1]
+    header = _cells(lines[2])
+    assert header == tool.COLUMNS + tool.WHOLE_COMPILED_COLUMNS
+    col = dict(zip(header, _cells(lines[4])))
+    eager, compiled, ratio = (_pair(col[name]) for name in tool.WHOLE_COMPILED_COLUMNS)
+    for i in range(2):  # static, CondConv
+        assert all(math.isfinite(v[i]) and v[i] > 0 for v in (eager, compiled, ratio))
+        # The ratio is the median of per-round ratios; one round here.
+        assert ratio[i] == pytest.approx(compiled[i] / eager[i], rel=0.05, abs=0.01)
+
+
 def test_peak_memory_of_known_allocations():
     tool = load_tool("benchmark_model")
     cpu = torch.device("cpu")
@@ -146,6 +164,9 @@ def test_bad_arguments_are_named(capsys):
     with pytest.raises(SystemExit):
         tool.main(["--models", "ssd512_MNv1"])
     assert "ssd512_MNv1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main(["--compile-detector", "--compile-backend", "tensorrt9"])
+    assert "unknown --compile-backend 'tensorrt9'" in capsys.readouterr().err
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             tool.main(["--device", "cuda"])
