@@ -6,12 +6,17 @@ export VENV
 # See tools/train_net.py: spinning OpenMP threads starve other processes on small machines.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: env test test-d2main demo benchmark benchmark-model clean-env
+.PHONY: env lint test test-d2main demo benchmark benchmark-model clean-env
 
 env:
 	@bash tools/env/setup_env.sh
 
-test: env
+# Lint and format check of the whole tree (ruff.toml: line length 100, import order).
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: env lint
 	$(PY) -m pytest -q tests
 
 # The tests that touch detectron2's engine, checkpointer, data loading, configs and export, run

@@ -3,6 +3,7 @@
 detectron2 itself is not on PyPI and is therefore not listed in install_requires: install it
 first (see docs/install.md, or let `make env` build it from the pinned source distribution).
 """
+
 from setuptools import find_packages, setup
 
 setup(
@@ -34,6 +35,8 @@ setup(
             # The digits dataset (condconv_det.data, content="digits") draws scikit-learn's
             # bundled digit scans.
             "scikit-learn",
+            # make lint (run by make test): pinned, since formatting differs between releases.
+            "ruff==0.17.6",
         ],
     },
 )

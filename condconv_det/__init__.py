@@ -1,9 +1,10 @@
 """condconv_det: CondConv (Yang et al., NeurIPS 2019) for Detectron2.
 
 ``import condconv_det`` registers the backbones, the SSD detector and the bundled datasets with
-detectron2's registries and exposes ``add_condconv_config`` and ``get_cfg``. The layers in ``condconv_det.layers`` are plain
-PyTorch and import without detectron2.
+detectron2's registries and exposes ``add_condconv_config`` and ``get_cfg``. The layers in
+``condconv_det.layers`` are plain PyTorch and import without detectron2.
 """
+
 try:
     import detectron2  # noqa: F401
 except ImportError as e:  # the layers still work; the detectron2 parts explain what is missing

@@ -6,6 +6,7 @@ the routing FC, the kernel mix (``E x`` the kernel's size) and the convolution w
 kernel. Batch norms (folded into the convs at inference) and element-wise ops are not counted.
 detectron2 0.6's ``utils.analysis`` imports caffe2, so fvcore is used directly.
 """
+
 from typing import Dict, Tuple
 
 import torch
@@ -15,7 +16,13 @@ from torch import nn
 
 from condconv_det.layers import CondConv2d
 
-__all__ = ["madds_analysis", "count_parameters", "DetectorAdapter", "eval_image_size", "analyze_detector"]
+__all__ = [
+    "madds_analysis",
+    "count_parameters",
+    "DetectorAdapter",
+    "eval_image_size",
+    "analyze_detector",
+]
 
 
 def madds_analysis(model: nn.Module, inputs: Tuple) -> FlopCountAnalysis:
@@ -40,7 +47,9 @@ def count_parameters(model: nn.Module) -> Dict[str, int]:
     experts = 0
     for module in model.modules():
         if isinstance(module, CondConv2d):
-            experts += module.weight.numel() + (module.bias.numel() if module.bias is not None else 0)
+            experts += module.weight.numel() + (
+                module.bias.numel() if module.bias is not None else 0
+            )
     return {"total": total, "experts": experts}
 
 
@@ -68,7 +77,8 @@ def eval_image_size(cfg) -> Tuple[int, int]:
 
 
 def analyze_detector(cfg, size: Tuple[int, int] = None) -> Tuple[nn.Module, FlopCountAnalysis]:
-    """Builds ``cfg``'s model on the CPU and counts one image of ``size`` (default: its test size)."""
+    """Builds ``cfg``'s model on the CPU and counts one image of ``size`` (default: its test
+    size)."""
     from detectron2.modeling import build_model
 
     cfg = cfg.clone()

@@ -3,6 +3,7 @@
 Defaults equal the constructors' defaults; values are checked when a model is built
 (:func:`check_condconv_config`), with a message that names the key.
 """
+
 import os
 from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
@@ -162,17 +163,32 @@ def check_condconv_config(cfg: CN) -> None:
         c.RESNET_STAGES,
         f"must list stages among {RESNET_STAGE_NAMES}",
     )
-    _require(c.ROUTING in ROUTING_SCOPES, "MODEL.CONDCONV.ROUTING", c.ROUTING, f"must be one of {ROUTING_SCOPES}")
+    _require(
+        c.ROUTING in ROUTING_SCOPES,
+        "MODEL.CONDCONV.ROUTING",
+        c.ROUTING,
+        f"must be one of {ROUTING_SCOPES}",
+    )
     _require(
         c.ROUTING_ACTIVATION in ROUTING_ACTIVATIONS,
         "MODEL.CONDCONV.ROUTING_ACTIVATION",
         c.ROUTING_ACTIVATION,
         f"must be one of {ROUTING_ACTIVATIONS}",
     )
-    _require(c.ROUTING_TEMPERATURE > 0, "MODEL.CONDCONV.ROUTING_TEMPERATURE", c.ROUTING_TEMPERATURE, "must be > 0")
+    _require(
+        c.ROUTING_TEMPERATURE > 0,
+        "MODEL.CONDCONV.ROUTING_TEMPERATURE",
+        c.ROUTING_TEMPERATURE,
+        "must be > 0",
+    )
     t = c.TEMPERATURE_SCHEDULE
     _require(t.START > 0, "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.START", t.START, "must be > 0")
-    _require(t.ITERS >= 0, "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS", t.ITERS, "must be >= 0 (0: no annealing)")
+    _require(
+        t.ITERS >= 0,
+        "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS",
+        t.ITERS,
+        "must be >= 0 (0: no annealing)",
+    )
     _require(
         t.ITERS <= cfg.SOLVER.MAX_ITER,
         "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS",
@@ -181,13 +197,29 @@ def check_condconv_config(cfg: CN) -> None:
         "annealing would be evaluated at another temperature than it was trained with",
     )
     _require(
-        c.ROUTER_HIDDEN_RATIO >= 0, "MODEL.CONDCONV.ROUTER_HIDDEN_RATIO", c.ROUTER_HIDDEN_RATIO, "must be >= 0"
+        c.ROUTER_HIDDEN_RATIO >= 0,
+        "MODEL.CONDCONV.ROUTER_HIDDEN_RATIO",
+        c.ROUTER_HIDDEN_RATIO,
+        "must be >= 0",
     )
-    _require(c.ROUTER_NORM in ROUTER_NORMS, "MODEL.CONDCONV.ROUTER_NORM", c.ROUTER_NORM, f"must be one of {ROUTER_NORMS}")
     _require(
-        0.0 <= c.EXPERT_DROPOUT < 1.0, "MODEL.CONDCONV.EXPERT_DROPOUT", c.EXPERT_DROPOUT, "must be in [0, 1)"
+        c.ROUTER_NORM in ROUTER_NORMS,
+        "MODEL.CONDCONV.ROUTER_NORM",
+        c.ROUTER_NORM,
+        f"must be one of {ROUTER_NORMS}",
     )
-    _require(c.EXPERT_INIT in EXPERT_INITS, "MODEL.CONDCONV.EXPERT_INIT", c.EXPERT_INIT, f"must be one of {EXPERT_INITS}")
+    _require(
+        0.0 <= c.EXPERT_DROPOUT < 1.0,
+        "MODEL.CONDCONV.EXPERT_DROPOUT",
+        c.EXPERT_DROPOUT,
+        "must be in [0, 1)",
+    )
+    _require(
+        c.EXPERT_INIT in EXPERT_INITS,
+        "MODEL.CONDCONV.EXPERT_INIT",
+        c.EXPERT_INIT,
+        f"must be one of {EXPERT_INITS}",
+    )
     _require(
         0 <= c.ROUTING_START_ITER < max(cfg.SOLVER.MAX_ITER, 1),
         "MODEL.CONDCONV.ROUTING_START_ITER",
@@ -195,16 +227,37 @@ def check_condconv_config(cfg: CN) -> None:
         f"must be in [0, SOLVER.MAX_ITER = {cfg.SOLVER.MAX_ITER})",
     )
     _require(
-        cfg.SOLVER.ROUTER_LR_FACTOR >= 0, "SOLVER.ROUTER_LR_FACTOR", cfg.SOLVER.ROUTER_LR_FACTOR, "must be >= 0"
+        cfg.SOLVER.ROUTER_LR_FACTOR >= 0,
+        "SOLVER.ROUTER_LR_FACTOR",
+        cfg.SOLVER.ROUTER_LR_FACTOR,
+        "must be >= 0",
     )
-    _require(cfg.SOLVER.OPTIMIZER in OPTIMIZERS, "SOLVER.OPTIMIZER", cfg.SOLVER.OPTIMIZER, f"must be one of {OPTIMIZERS}")
+    _require(
+        cfg.SOLVER.OPTIMIZER in OPTIMIZERS,
+        "SOLVER.OPTIMIZER",
+        cfg.SOLVER.OPTIMIZER,
+        f"must be one of {OPTIMIZERS}",
+    )
     betas = cfg.SOLVER.BETAS
     _require(
-        len(betas) == 2 and all(0 <= b < 1 for b in betas), "SOLVER.BETAS", betas, "must be two values in [0, 1)"
+        len(betas) == 2 and all(0 <= b < 1 for b in betas),
+        "SOLVER.BETAS",
+        betas,
+        "must be two values in [0, 1)",
     )
     wd = cfg.SOLVER.WEIGHT_DECAY_ROUTER
-    _require(wd is None or wd >= 0, "SOLVER.WEIGHT_DECAY_ROUTER", wd, "must be >= 0, or None for SOLVER.WEIGHT_DECAY")
-    _require(0.0 <= c.ROUTING_DROPOUT < 1.0, "MODEL.CONDCONV.ROUTING_DROPOUT", c.ROUTING_DROPOUT, "must be in [0, 1)")
+    _require(
+        wd is None or wd >= 0,
+        "SOLVER.WEIGHT_DECAY_ROUTER",
+        wd,
+        "must be >= 0, or None for SOLVER.WEIGHT_DECAY",
+    )
+    _require(
+        0.0 <= c.ROUTING_DROPOUT < 1.0,
+        "MODEL.CONDCONV.ROUTING_DROPOUT",
+        c.ROUTING_DROPOUT,
+        "must be in [0, 1)",
+    )
     _require(
         c.ROUTER_INIT in ROUTER_INITS,
         "MODEL.CONDCONV.ROUTER_INIT",
@@ -219,7 +272,12 @@ def check_condconv_config(cfg: CN) -> None:
     )
     m = cfg.MODEL.MOBILENET
     _require(m.WIDTH_MULT > 0, "MODEL.MOBILENET.WIDTH_MULT", m.WIDTH_MULT, "must be > 0")
-    _require(0.0 <= m.DROP_PATH_RATE < 1.0, "MODEL.MOBILENET.DROP_PATH_RATE", m.DROP_PATH_RATE, "must be in [0, 1)")
+    _require(
+        0.0 <= m.DROP_PATH_RATE < 1.0,
+        "MODEL.MOBILENET.DROP_PATH_RATE",
+        m.DROP_PATH_RATE,
+        "must be in [0, 1)",
+    )
     _require(m.DEPTH_MULT > 0, "MODEL.MOBILENET.DEPTH_MULT", m.DEPTH_MULT, "must be > 0")
     _require(
         m.BN_EPS is None or m.BN_EPS > 0,

@@ -3,6 +3,7 @@
 Plain Python: the tools, the checkpointer and the converters all use it, with or without
 detectron2.
 """
+
 import os
 from typing import IO, Callable, Iterable, Tuple
 

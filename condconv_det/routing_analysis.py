@@ -11,6 +11,7 @@ between-class variance that ``tools/analyze_routing.py`` writes and plots. The t
 
 Only torch and numpy: no detectron2 import.
 """
+
 from dataclasses import dataclass
 from typing import Collection, Dict, List, Mapping, Sequence
 

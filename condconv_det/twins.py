@@ -10,6 +10,7 @@ Each run lives in ``<output_dir>/<twin>[-<key>]/seed<k>/`` with a ``twin_run.jso
 what it was trained with; ``<key>`` is a short hash of the overrides (none without overrides). A
 finished run with the same record is reused rather than trained again.
 """
+
 import hashlib
 import json
 import math
@@ -44,7 +45,9 @@ _RECORD = "twin_run.json"
 class TwinRun:
     """One training run of one twin: where it goes and what it is trained with."""
 
-    def __init__(self, twin: str, config_file: str, opts: Sequence[str], seed: int, output_dir: str):
+    def __init__(
+        self, twin: str, config_file: str, opts: Sequence[str], seed: int, output_dir: str
+    ):
         self.twin, self.config_file, self.seed = twin, config_file, seed
         self.opts = [str(o) for o in opts] + ["SEED", str(seed)]
         self.output_dir = output_dir
@@ -53,8 +56,12 @@ class TwinRun:
     def record(self) -> Dict:
         with open(self.config_file, "rb") as f:
             config_sha = hashlib.sha256(f.read()).hexdigest()
-        return {"twin": self.twin, "config_file": os.path.basename(self.config_file),
-                "config_sha256": config_sha, "opts": self.opts}
+        return {
+            "twin": self.twin,
+            "config_file": os.path.basename(self.config_file),
+            "config_sha256": config_sha,
+            "opts": self.opts,
+        }
 
     def is_finished(self) -> bool:
         """Whether the run is there, with this record and a final evaluation."""
@@ -86,7 +93,9 @@ def _split_opts(opts: Sequence[str]) -> Tuple[List[str], List[str]]:
     if len(opts) % 2:
         raise ValueError(f"overrides come in KEY VALUE pairs, got {list(opts)}")
     pairs = list(zip(opts[0::2], opts[1::2]))
-    static = [str(x) for k, v in pairs if not str(k).startswith(CONDCONV_ONLY_PREFIXES) for x in (k, v)]
+    static = [
+        str(x) for k, v in pairs if not str(k).startswith(CONDCONV_ONLY_PREFIXES) for x in (k, v)
+    ]
     return [str(o) for o in opts], static + ["MODEL.CONDCONV.NUM_EXPERTS", "0"]
 
 
@@ -95,7 +104,11 @@ def _key(opts: Sequence[str]) -> str:
 
 
 def twin_runs(
-    config_file: str, opts: Sequence[str], seeds: Sequence[int], output_dir: str, from_static: int = 0
+    config_file: str,
+    opts: Sequence[str],
+    seeds: Sequence[int],
+    output_dir: str,
+    from_static: int = 0,
 ) -> Dict[str, List[TwinRun]]:
     """The runs of both twins, by twin ("CondConv", "static"), one per seed.
 
@@ -112,7 +125,13 @@ def twin_runs(
         base_opts = static_opts + ["SOLVER.MAX_ITER", str(from_static)]
         folder = f"base-{_key(base_opts)}"
         runs["base"] = [
-            TwinRun("base", config_file, base_opts, seed, os.path.join(output_dir, folder, f"seed{seed}"))
+            TwinRun(
+                "base",
+                config_file,
+                base_opts,
+                seed,
+                os.path.join(output_dir, folder, f"seed{seed}"),
+            )
             for seed in seeds
         ]
         bases = {run.seed: run for run in runs["base"]}
@@ -129,7 +148,15 @@ def twin_runs(
             if from_static > 0:
                 weights = os.path.join(os.path.abspath(bases[seed].output_dir), "model_final.pth")
                 seed_opts += ["MODEL.WEIGHTS", weights]
-            runs[twin].append(TwinRun(twin, config_file, seed_opts, seed, os.path.join(output_dir, folder, f"seed{seed}")))
+            runs[twin].append(
+                TwinRun(
+                    twin,
+                    config_file,
+                    seed_opts,
+                    seed,
+                    os.path.join(output_dir, folder, f"seed{seed}"),
+                )
+            )
     return runs
 
 
@@ -162,7 +189,9 @@ def summarize(values: Sequence[float]) -> Tuple[float, float]:
     return statistics.fmean(numbers), spread
 
 
-def format_table(rows: Dict[str, List[Dict[str, float]]], figures: Dict[str, Dict[str, object]]) -> str:
+def format_table(
+    rows: Dict[str, List[Dict[str, float]]], figures: Dict[str, Dict[str, object]]
+) -> str:
     """A markdown table of both twins' evaluations, mean +- spread over seeds, and the paired
     difference (CondConv minus static, seed by seed), with parameters and multiply-adds."""
     names = list(rows)
@@ -178,7 +207,9 @@ def format_table(rows: Dict[str, List[Dict[str, float]]], figures: Dict[str, Dic
     metric_keys = [f"bbox/{m}" for m in METRICS]
     metric_keys += sorted(k for k in rows[names[0]][0] if k.startswith("bbox/AP-"))
     for key in metric_keys:
-        label = f"box {key[5:]}" if not key.startswith("bbox/AP-") else f"  AP {key[len('bbox/AP-'):]}"
+        label = (
+            f"box {key[5:]}" if not key.startswith("bbox/AP-") else f"  AP {key[len('bbox/AP-') :]}"
+        )
         per_twin = [[run.get(key, float("nan")) for run in rows[n]] for n in names]
         cells = [cell(*summarize(values)) for values in per_twin]
         delta = ""

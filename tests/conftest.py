@@ -1,4 +1,5 @@
 """Test-session setup that must happen before torch is imported."""
+
 import os
 
 # libgomp's threads spin while waiting for work; with 2 cores, spinning threads starve any other

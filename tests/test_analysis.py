@@ -1,4 +1,5 @@
 """Parameter and multiply-add counts, against hand counts and the paper's figures."""
+
 import pytest
 import torch
 
@@ -18,7 +19,9 @@ def test_condconv_layer_counted_as_routing_plus_mix_plus_conv(batch):
 
 
 # Official EfficientNet-CondConv release: params and multiply-adds at 224x224.
-@pytest.mark.parametrize("experts,params,madds", [(0, 5.3e6, 391e6), (4, 13.3e6, 402e6), (8, 24.0e6, 413e6)])
+@pytest.mark.parametrize(
+    "experts,params,madds", [(0, 5.3e6, 391e6), (4, 13.3e6, 402e6), (8, 24.0e6, 413e6)]
+)
 def test_efficientnet_b0_matches_the_official_figures(experts, params, madds):
     model = build_classifier("efficientnet_b0", num_experts=experts).eval()
     counted = madds_analysis(model, (torch.zeros(1, 3, 224, 224),)).total()

@@ -1,4 +1,5 @@
 """Pretrained weights: torchvision / detectron2 checkpoints into static and CondConv models."""
+
 import pytest
 import torch
 import torchvision
@@ -40,7 +41,9 @@ SOURCES = {
 def _convert(arch, source, target):
     sd = source.state_dict()
     if arch == "mobilenet_v2":
-        return _classifier_names(torchvision_mobilenet_v2_to_condconv(sd, target.backbone.block_names()))
+        return _classifier_names(
+            torchvision_mobilenet_v2_to_condconv(sd, target.backbone.block_names())
+        )
     return _classifier_names(torchvision_resnet_to_detectron2(sd))
 
 
@@ -116,7 +119,8 @@ def test_upcycling_into_a_static_kernel_keeps_the_kernel_and_zero_experts(bias):
     torch.manual_seed(0)
     static = torch.nn.Conv2d(8, 8, 3, padding=1, bias=bias)
     layer = configure_condconv(
-        torch.nn.Sequential(RoutedCondConv2d(8, 8, 3, padding=1, num_experts=4, bias=bias)), static_kernel=True
+        torch.nn.Sequential(RoutedCondConv2d(8, 8, 3, padding=1, num_experts=4, bias=bias)),
+        static_kernel=True,
     )
     router_before = layer[0].router.fc.weight.clone()
     sd = upcycle_state_dict({f"0.{k}": v for k, v in static.state_dict().items()}, layer)
@@ -134,7 +138,9 @@ def test_upcycling_into_a_static_kernel_keeps_the_kernel_and_zero_experts(bias):
 
 def test_checkpoint_that_does_not_fit_lists_every_difference():
     model = build_classifier("resnet18", num_experts=0)
-    sd = _classifier_names(torchvision_resnet_to_detectron2(torchvision.models.resnet18().state_dict()))
+    sd = _classifier_names(
+        torchvision_resnet_to_detectron2(torchvision.models.resnet18().state_dict())
+    )
     sd.pop("backbone.res2.0.conv1.weight")
     sd["backbone.extra.weight"] = torch.zeros(1)
     sd["fc.weight"] = torch.zeros(10, 512)
@@ -156,8 +162,11 @@ def _to_caffe2_names(d2_state_dict):
         if "running" in key or "num_batches" in key:
             continue
         if key.startswith("stem."):
-            name = {"stem.conv1.weight": "conv1_w", "stem.conv1.norm.weight": "res_conv1_bn_s",
-                    "stem.conv1.norm.bias": "res_conv1_bn_b"}[key]
+            name = {
+                "stem.conv1.weight": "conv1_w",
+                "stem.conv1.norm.weight": "res_conv1_bn_s",
+                "stem.conv1.norm.bias": "res_conv1_bn_b",
+            }[key]
         else:
             stage, block, conv, rest = key.split(".", 3)
             name = f"{stage}_{block}_{branch[conv]}_{suffix[rest]}"
@@ -168,10 +177,9 @@ def _to_caffe2_names(d2_state_dict):
 def test_msra_pkl_loads_into_a_condconv_model_through_the_checkpointer(tmp_path):
     import pickle
 
+    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
     from detectron2.layers import ShapeSpec
-
-    from detectron2.checkpoint import DetectionCheckpointer
 
     from condconv_det import add_condconv_config
     from condconv_det.checkpoint import CondConvCheckpointer
@@ -213,4 +221,6 @@ def test_mobilenet_v2_weights_for_a_mobilenet_v1_model_are_a_clear_error():
 
     v1 = MobileNet("mobilenet_v1", num_experts=0)
     with pytest.raises(CheckpointMismatchError, match="MODEL.MOBILENET.ARCH mobilenet_v2"):
-        torchvision_mobilenet_v2_to_condconv(torchvision.models.mobilenet_v2().state_dict(), v1.block_names())
+        torchvision_mobilenet_v2_to_condconv(
+            torchvision.models.mobilenet_v2().state_dict(), v1.block_names()
+        )

@@ -5,6 +5,7 @@ weight shows in the logits: random norm affines, non-zero biases, routing that d
 example. Comparisons run in float64, where a correct conversion differs by rounding at most,
 and a random network cannot amplify float32 rounding into a tolerance that would hide an error.
 """
+
 import pytest
 import timm
 import torch

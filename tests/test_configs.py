@@ -1,4 +1,5 @@
 """Every YAML under configs/ merges into a condconv_det config and builds its model on CPU."""
+
 import pathlib
 
 import pytest
@@ -50,7 +51,9 @@ def test_model_zoo_base_changes_only_the_backbone():
     ours = _load(CONFIGS / "COCO-Detection/faster_rcnn_condconv_R_50_FPN_1x.yaml")
     zoo = _load(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
     assert ours.MODEL.BACKBONE.NAME == "build_condconv_resnet_fpn_backbone"
-    assert ours.MODEL.WEIGHTS == zoo.MODEL.WEIGHTS == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+    assert (
+        ours.MODEL.WEIGHTS == zoo.MODEL.WEIGHTS == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+    )
     zoo.MODEL.BACKBONE.NAME = ours.MODEL.BACKBONE.NAME
     # The ImageNet R-50 fills the bottom-up only: FPN and heads start as initialised.
     assert ours.MODEL.WEIGHTS_MATCH == "pretrained"
@@ -63,7 +66,9 @@ def test_static_faster_rcnn_is_detectron2s(tmp_path):
 
     ours = build_model(_load(CONFIGS / "COCO-Detection/faster_rcnn_static_R_50_FPN_1x.yaml"))
     zoo_cfg = d2_get_cfg()
-    zoo_cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    zoo_cfg.merge_from_file(
+        model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")
+    )
     zoo_cfg.MODEL.DEVICE = "cpu"
     zoo = build_model(zoo_cfg)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {
@@ -78,7 +83,9 @@ def test_unknown_model_zoo_base_is_named(tmp_path):
         get_cfg().merge_from_file(str(path))
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+@pytest.mark.parametrize(
+    "path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS))
+)
 def test_every_config_is_plain_yaml(path):
     # detectron2 falls back to yaml.unsafe_load (and warns that the machine may be at risk)
     # when a config fails safe loading, e.g. on a !!python tag.
@@ -100,7 +107,11 @@ def test_key_sources_follow_the_merge_order(tmp_path):
     assert sources["SEED"] == sources["OUTPUT_DIR"] == KeySource(3, "the command line")
     assert "MODEL.META_ARCHITECTURE" not in sources  # a default
     shapes = config_key_sources(str(CONFIGS / "shapes" / "ssd_condconv_MNv1.yaml"))
-    assert shapes["MODEL.SSD.NUM_CLASSES"] == KeySource(1, str(CONFIGS / "shapes" / "Base-SSD-shapes.yaml"))
-    zoo = config_key_sources(str(CONFIGS / "COCO-Detection" / "faster_rcnn_condconv_R_50_FPN_1x.yaml"))
+    assert shapes["MODEL.SSD.NUM_CLASSES"] == KeySource(
+        1, str(CONFIGS / "shapes" / "Base-SSD-shapes.yaml")
+    )
+    zoo = config_key_sources(
+        str(CONFIGS / "COCO-Detection" / "faster_rcnn_condconv_R_50_FPN_1x.yaml")
+    )
     assert zoo["MODEL.RPN.IN_FEATURES"].where.endswith("model_zoo/configs/Base-RCNN-FPN.yaml")
     assert "MODEL.ROI_HEADS.NUM_CLASSES" not in zoo

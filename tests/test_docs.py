@@ -1,5 +1,6 @@
 """The front page and docs/: every relative link names a file that exists, and every #anchor a
 heading of the page it points to (GitHub's rules for heading ids)."""
+
 import glob
 import os
 import re
@@ -56,7 +57,8 @@ def test_relative_links_resolve(page):
 
 
 def test_every_docs_page_is_linked_from_the_front_page():
-    linked = {os.path.normpath(os.path.join(ROOT, t.partition("#")[0]))
-              for _, t in _links(PAGES[0])}
+    linked = {
+        os.path.normpath(os.path.join(ROOT, t.partition("#")[0])) for _, t in _links(PAGES[0])
+    }
     unlinked = [os.path.relpath(p, ROOT) for p in PAGES[1:] if p not in linked]
     assert not unlinked, f"README.md does not link {unlinked}"

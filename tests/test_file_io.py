@@ -1,4 +1,6 @@
-"""condconv_det.file_io.check_outputs_spare_inputs: outputs compared with inputs as files on disk."""
+"""condconv_det.file_io.check_outputs_spare_inputs: outputs compared with inputs as files on
+disk."""
+
 import os
 
 import pytest

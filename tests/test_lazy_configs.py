@@ -5,6 +5,7 @@ Equal means: the same modules (parameter names, shapes, count), the same initial
 same seed, the same outputs and losses once the weights are shared, the same data mapping, and
 the same optimizer, schedule and training settings.
 """
+
 import json
 import math
 import pathlib
@@ -365,18 +366,34 @@ def test_lazy_train_net_logs_routing_statistics_when_asked(shapes, tmp_path):
 def test_lazy_train_net_anneals_the_routing_temperature_as_train_net_does(shapes, tmp_path):
     tool = load_tool("lazy_train_net")
     out = tmp_path / "out"
-    schedule = ["train.routing_temperature_schedule.start=5.0", "train.routing_temperature_schedule.iters=3"]
+    schedule = [
+        "train.routing_temperature_schedule.start=5.0",
+        "train.routing_temperature_schedule.iters=3",
+    ]
     _main(tool, *TINY, *schedule, f"train.output_dir={out}")
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
-    assert [row["routing/temperature"] for row in rows if "routing/temperature" in row] == [5.0, 3.0, 1.0]
+    assert [row["routing/temperature"] for row in rows if "routing/temperature" in row] == [
+        5.0,
+        3.0,
+        1.0,
+    ]
     # With the options on the model: a static kernel beside the experts, routers with a norm.
     options = "model.backbone.bottom_up.condconv_options={static_kernel:true,router_norm:LN}"
     _main(tool, *TINY, options, f"train.output_dir={tmp_path / 'o'}")
-    weights = torch.load(tmp_path / "o" / "model_final.pth", map_location="cpu", weights_only=False)["model"]
-    assert any(k.endswith("static_weight") for k in weights) and any(".router.norm." in k for k in weights)
+    weights = torch.load(
+        tmp_path / "o" / "model_final.pth", map_location="cpu", weights_only=False
+    )["model"]
+    assert any(k.endswith("static_weight") for k in weights) and any(
+        ".router.norm." in k for k in weights
+    )
     for bad, message in (("iters=-1", "must be an int in"), ("length=3", "takes start and iters")):
         with pytest.raises(ValueError, match=message):
-            _main(tool, *TINY, f"train.routing_temperature_schedule.{bad}", f"train.output_dir={tmp_path / 'x'}")
+            _main(
+                tool,
+                *TINY,
+                f"train.routing_temperature_schedule.{bad}",
+                f"train.output_dir={tmp_path / 'x'}",
+            )
 
 
 def test_lazy_train_net_names_the_missing_checkpoint_and_the_wrong_config(shapes, tmp_path):

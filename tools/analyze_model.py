@@ -11,6 +11,7 @@ the convolution with the mixed kernel (see condconv_det/analysis.py).
     # the paper's models next to the paper's figures (the table of docs/models.md)
     python tools/analyze_model.py --paper-table
 """
+
 import argparse
 import sys
 import warnings
@@ -73,7 +74,8 @@ def print_paper_table() -> None:
         def rel(ours, theirs, unit):
             if theirs is None:
                 return "-"
-            return f"{theirs / unit:.1f}{'M' if unit == 1e6 else ''} ({(ours / theirs - 1) * 100:+.1f}%)"
+            suffix = "M" if unit == 1e6 else ""
+            return f"{theirs / unit:.1f}{suffix} ({(ours / theirs - 1) * 100:+.1f}%)"
 
         print(
             f"| {arch} | {experts} | {params / 1e6:.2f}M | {rel(params, paper_params, 1e6)} | "
@@ -83,12 +85,20 @@ def print_paper_table() -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--arch", help="classifier: mobilenet_v1, mobilenet_v2, efficientnet_b0, resnet18..101")
+    what.add_argument(
+        "--arch", help="classifier: mobilenet_v1, mobilenet_v2, efficientnet_b0, resnet18..101"
+    )
     what.add_argument("--config-file", help="a detectron2 config using condconv_det")
-    what.add_argument("--paper-table", action="store_true", help="the paper's models vs its figures")
-    parser.add_argument("--experts", type=int, default=None, help="CondConv experts (0: static model)")
+    what.add_argument(
+        "--paper-table", action="store_true", help="the paper's models vs its figures"
+    )
+    parser.add_argument(
+        "--experts", type=int, default=None, help="CondConv experts (0: static model)"
+    )
     parser.add_argument("--size", default=None, help="input size: S (square) or HxW")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -108,8 +118,13 @@ def main(argv=None) -> int:
     elif args.arch:
         if size is not None and size[0] != size[1]:
             parser.error("--arch takes a square --size S")
-        model, analysis = analyze_classifier(args.arch, args.experts, size[0] if size else 224)
-        print_summary(model, analysis, f"{args.arch} (experts {args.experts}) at {size[0] if size else 224}x{size[0] if size else 224}")
+        side = size[0] if size else 224
+        model, analysis = analyze_classifier(args.arch, args.experts, side)
+        print_summary(
+            model,
+            analysis,
+            f"{args.arch} (experts {args.experts}) at {side}x{side}",
+        )
     else:
         model, analysis = analyze_config(args.config_file, args.opts, size)
         print_summary(model, analysis, args.config_file)

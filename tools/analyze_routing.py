@@ -22,6 +22,7 @@ overall statistics. The paper (sec. 5) finds class-specific routing in deep laye
     python tools/analyze_routing.py --config-file configs/shapes/ssd_condconv_MNv1.yaml \\
         --output output/routing MODEL.WEIGHTS output/shapes_condconv/model_final.pth
 """
+
 import os
 
 # Before `import torch`, as in tools/train_net.py: spinning OpenMP threads starve a small machine.
@@ -45,6 +46,7 @@ from tqdm import tqdm  # noqa: E402
 import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
 from condconv_det.config import get_cfg  # noqa: E402
+from condconv_det.engine.coco_json_config import apply_coco_json_for_inference  # noqa: E402
 from condconv_det.engine.trainer import build_mapper, check_weights  # noqa: E402
 from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
 from condconv_det.routing_analysis import (  # noqa: E402
@@ -72,6 +74,8 @@ def setup_cfg(config_file: str, opts: Sequence[str]):
     cfg = get_cfg()
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    for change in apply_coco_json_for_inference(cfg, config_file, opts):  # DATASETS.COCO_JSON
+        logger.info(change)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE is cuda but CUDA is not available: running on the CPU.")
         cfg.MODEL.DEVICE = "cpu"

@@ -27,6 +27,7 @@ machine; implementations are timed round-robin so that a busy phase slows all al
     python tools/benchmark_layer.py --paths single grouped matmul experts   # time each path too
     python tools/benchmark_layer.py --loop          # + the naive per-example loop
 """
+
 import argparse
 import copy
 import math

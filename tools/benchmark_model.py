@@ -45,6 +45,7 @@ over the step minus ``memory_allocated`` before it.
     python tools/benchmark_model.py --quick              # tiny models, one repeat: checks it runs
     python tools/benchmark_model.py --profile ssd300_MNv1  # top ops, static vs CondConv
 """
+
 import argparse
 import logging
 import os
@@ -572,7 +573,8 @@ def profile_pair(pair: Pair, args, device: torch.device, top: int = 15) -> None:
             step()
             sync(device)
         print(
-            f"\n## {pair.name} {which}: training step (batch {args.train_batch}), top {top} ops by self time\n"
+            f"\n## {pair.name} {which}: training step (batch {args.train_batch}), "
+            f"top {top} ops by self time\n"
         )
         print(prof.key_averages().table(sort_by=sort_by, row_limit=top))
 
@@ -627,7 +629,7 @@ def table_row(pair: Pair, size: int, r: Result) -> List[str]:
     def both(static: float, condconv: float, fmt: str) -> str:
         return f"{fmt.format(static)} / {fmt.format(condconv)}"
 
-    mb = 1 / 2 ** 20
+    mb = 1 / 2**20
     peak = {w: r.state[w] + r.step[w] for w in ("static", "condconv")}
     row = [
         pair.name,
@@ -772,7 +774,8 @@ def run(args) -> None:
         f"# benchmark_model: {machine_name(device)}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, float32, eval under {mode}, "
         f"{'channels-last' if args.channels_last else 'contiguous (NCHW)'}, detectors "
-        f"{'with' if args.with_postprocess else 'without'} postprocessing, train batch {args.train_batch}"
+        f"{'with' if args.with_postprocess else 'without'} postprocessing, "
+        f"train batch {args.train_batch}"
         + (", quick (tiny models)" if args.quick else "")
         + (
             f", torch.compile backend {args.compile_backend}"
@@ -782,7 +785,8 @@ def run(args) -> None:
     )
     print(
         "# ratios (x): CondConv cost / static cost; S / C: static / CondConv; targets: "
-        f"b1 x <= {TARGETS['latency']}, train x <= {TARGETS['train']}, peak x <= {TARGETS['memory']}"
+        f"b1 x <= {TARGETS['latency']}, train x <= {TARGETS['train']}, "
+        f"peak x <= {TARGETS['memory']}"
         + (
             "; compiled/eager: each twin's whole model, torch.compile'd over eager"
             if args.compile_detector

@@ -17,6 +17,7 @@ reads (``MODEL.CONDCONV.*``, the routers' solver settings) are left out of the s
 the static runs are shared by every variant and trained once. Finished runs are reused. A
 --config-file inside a run's folder is refused: training writes its own config.yaml there.
 """
+
 import argparse
 import os
 import subprocess
@@ -29,7 +30,9 @@ DEFAULT_CONFIG = os.path.join(ROOT, "configs", "shapes", "ssd_condconv_MNv1.yaml
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config-file", default=DEFAULT_CONFIG, help="the CondConv config")
     parser.add_argument("--output-dir", default=os.path.join(ROOT, "output", "compare_twins"))
     parser.add_argument("--seeds", type=int, default=1, help="train seeds 0 .. N-1 of each twin")
@@ -60,7 +63,13 @@ def run_training(config_file: str, output_dir: str, opts: List[str], quiet: bool
     """Runs tools/train_net.py; returns its wall time. Fails with the log's tail on error."""
     os.makedirs(output_dir, exist_ok=True)
     # --resume: a run that was interrupted continues from its last checkpoint.
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config_file, "--resume"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "train_net.py"),
+        "--config-file",
+        config_file,
+        "--resume",
+    ]
     cmd += [*opts, "OUTPUT_DIR", output_dir]
     start = time.perf_counter()
     tail: List[str] = []
@@ -100,7 +109,9 @@ def main(argv=None) -> int:
     from condconv_det.twins import final_results, format_table, twin_runs
 
     args = parse_args(argv)
-    runs = twin_runs(args.config_file, args.opts, range(args.seeds), args.output_dir, args.from_static)
+    runs = twin_runs(
+        args.config_file, args.opts, range(args.seeds), args.output_dir, args.from_static
+    )
     if not args.skip_train:
         # Training writes its config.yaml, checkpoints and logs into each run's folder.
         folders = [run.output_dir for twin_runs_ in runs.values() for run in twin_runs_]
@@ -117,12 +128,21 @@ def main(argv=None) -> int:
         for run in twin_runs_:
             if not args.skip_train:
                 if run.is_finished():
-                    print(f"\n=== reusing the finished {twin} run, seed {run.seed}: {run.output_dir}")
+                    print(
+                        f"\n=== reusing the finished {twin} run, seed {run.seed}: {run.output_dir}"
+                    )
                 else:
-                    what = "static model both twins start from" if twin == "base" else f"{twin} model"
-                    print(f"\n=== training the {what}, seed {run.seed} -> {run.output_dir}", flush=True)
+                    what = (
+                        "static model both twins start from" if twin == "base" else f"{twin} model"
+                    )
+                    print(
+                        f"\n=== training the {what}, seed {run.seed} -> {run.output_dir}",
+                        flush=True,
+                    )
                     run.write_record()
-                    times.append(run_training(args.config_file, run.output_dir, run.opts, args.quiet))
+                    times.append(
+                        run_training(args.config_file, run.output_dir, run.opts, args.quiet)
+                    )
             if twin != "base":
                 rows.setdefault(twin, []).append(final_results(run.output_dir))
         if twin == "base":
@@ -131,8 +151,14 @@ def main(argv=None) -> int:
         if times:
             figures[twin]["train_s"] = sum(times) / len(times)
     seeds = f", {args.seeds} seeds (mean ± standard deviation)" if args.seeds > 1 else ""
-    start = f", both twins from the static model of {args.from_static} iterations" if args.from_static else ""
-    print(f"\nCOCO box AP on the test set of {os.path.relpath(args.config_file, ROOT)}{seeds}{start}:")
+    start = (
+        f", both twins from the static model of {args.from_static} iterations"
+        if args.from_static
+        else ""
+    )
+    print(
+        f"\nCOCO box AP on the test set of {os.path.relpath(args.config_file, ROOT)}{seeds}{start}:"
+    )
     print(format_table(rows, figures))
     return 0
 

@@ -26,6 +26,7 @@ Then set MODEL.WEIGHTS to the output (detectron2 loads it; the detector's heads,
 an ImageNet checkpoint, keep their initialisation). The output is written atomically, and may
 not be the input (or the config file): the tool refuses before reading anything.
 """
+
 import argparse
 import os
 import sys
@@ -54,7 +55,11 @@ def _read(path: str):
 
         return load_file(path, device="cpu")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(checkpoint, dict) and "model" in checkpoint and isinstance(checkpoint["model"], dict):
+    if (
+        isinstance(checkpoint, dict)
+        and "model" in checkpoint
+        and isinstance(checkpoint["model"], dict)
+    ):
         checkpoint = checkpoint["model"]
     if isinstance(checkpoint, dict) and "state_dict" in checkpoint:
         checkpoint = checkpoint["state_dict"]
@@ -104,7 +109,9 @@ def _check_settings(backbone, timm_model: str, variant) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--source", required=True, choices=SOURCES)
     parser.add_argument("--input", required=True, help="the pretrained checkpoint (a state dict)")
     parser.add_argument(
@@ -123,7 +130,9 @@ def main(argv=None) -> int:
         help="with --source timm-efficientnet: the timm model the checkpoint is of, e.g. "
         "efficientnet_cc_b0_4e, tf_efficientnet_cc_b1_8e (tf_: ports of TensorFlow weights)",
     )
-    parser.add_argument("--noise", type=float, default=0.01, help="expert perturbation (relative std)")
+    parser.add_argument(
+        "--noise", type=float, default=0.01, help="expert perturbation (relative std)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     try:  # before anything is read: an output over an input would destroy the only copy
@@ -178,7 +187,7 @@ def main(argv=None) -> int:
     if keep_fc:
         converted.update(fc)
     # Check the backbone part strictly: every backbone weight must come from the checkpoint.
-    part = {k[len(prefix):]: v for k, v in converted.items() if k.startswith(prefix)}
+    part = {k[len(prefix) :]: v for k, v in converted.items() if k.startswith(prefix)}
     try:
         load_checkpoint_strict(backbone, part)
         if keep_fc:
@@ -186,7 +195,9 @@ def main(argv=None) -> int:
     except CheckpointMismatchError as e:
         raise SystemExit(f"error: {e}")
     if dropped:
-        print(f"not used by the target (not built there): {len(dropped)} tensors, e.g. {dropped[:3]}")
+        print(
+            f"not used by the target (not built there): {len(dropped)} tensors, e.g. {dropped[:3]}"
+        )
     checkpoint = {"model": converted, "__author__": "condconv_det", "matching_heuristics": False}
     atomic_write(args.output, lambda f: torch.save(checkpoint, f))
     print(f"wrote {args.output}: {len(converted)} tensors for {type(model).__name__}")

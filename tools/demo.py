@@ -24,6 +24,7 @@ Images are read as the data loaders read them (:func:`condconv_det.data.read_ima
 and float files are scaled to 0..255. An image that cannot be read is logged with its file name
 and skipped; the exit status is 1 if any image failed.
 """
+
 import os
 
 # Must precede `import torch` (see tools/train_net.py): spinning libgomp threads starve other
@@ -51,9 +52,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
-from condconv_det.config import config_key_sources, get_cfg  # noqa: E402
+from condconv_det.config import get_cfg  # noqa: E402
 from condconv_det.data import build_ssd_augmentation, read_image  # noqa: E402
-from condconv_det.engine.coco_json_config import apply_coco_json_config  # noqa: E402
+from condconv_det.engine.coco_json_config import apply_coco_json_for_inference  # noqa: E402
 from condconv_det.engine.trainer import check_weights, is_ssd  # noqa: E402
 from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
 
@@ -203,10 +204,7 @@ def setup_cfg(args: argparse.Namespace):
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    own_data = apply_coco_json_config(cfg, config_key_sources(args.config_file, args.opts), needs=())
-    if own_data is not None and "test" not in own_data.splits:
-        cfg.DATASETS.TEST = (own_data.splits["train"].name,)  # whose classes name the drawings
-    for change in own_data.changes if own_data else ():
+    for change in apply_coco_json_for_inference(cfg, args.config_file, args.opts):
         logger.info(change)
     lower_score_thresholds(cfg, args.confidence_threshold)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

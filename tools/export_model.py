@@ -44,6 +44,7 @@ that does not script is refused with the line TorchScript rejects.
 
 Config overrides go at the end as KEY VALUE pairs, like detectron2's tools.
 """
+
 import os
 
 # Must precede `import torch` (see tools/train_net.py): spinning OpenMP threads starve others.
@@ -256,7 +257,7 @@ def generated_image(height: int, width: int, seed: int = 0) -> np.ndarray:
         if rng.random() < 0.5:
             mask = (np.abs(y - cy) < r) & (np.abs(x - cx) < r * rng.uniform(0.5, 1.5))
         else:
-            mask = (y - cy) ** 2 + (x - cx) ** 2 < r ** 2
+            mask = (y - cy) ** 2 + (x - cx) ** 2 < r**2
         image[mask] = colour
     image += rng.normal(0, 4, size=image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)

@@ -19,6 +19,7 @@ falls back to the CPU when ``train.device`` is CUDA and there is none, DDP works
 unknown datasets and missing checkpoints fail before anything is built, and ``main`` returns the
 final evaluation's results.
 """
+
 import os
 
 # Must precede `import torch`: libgomp's threads spin while they wait for work, which starves the
@@ -46,12 +47,12 @@ import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundle
 from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
 from condconv_det.engine import argument_parser, launch  # noqa: E402
 from condconv_det.engine.coco_json_config import apply_coco_json_lazy  # noqa: E402
-from condconv_det.engine.output_dir import claim_output_dir  # noqa: E402
 from condconv_det.engine.hooks import (  # noqa: E402
     RoutingStartHook,
     RoutingStatsHook,
     RoutingTemperatureHook,
 )
+from condconv_det.engine.output_dir import claim_output_dir  # noqa: E402
 from condconv_det.engine.trainer import (  # noqa: E402
     check_datasets,
     check_num_classes,
@@ -94,7 +95,9 @@ def do_train(args, cfg) -> Dict[str, Any]:
         the results of the last evaluation (at the end of training), or {} without an evaluator.
     """
     model = instantiate(cfg.model)
-    names = _dataset_names(cfg.dataloader.get("train", None)) + _dataset_names(cfg.dataloader.get("test", None))
+    names = _dataset_names(cfg.dataloader.get("train", None)) + _dataset_names(
+        cfg.dataloader.get("test", None)
+    )
     check_num_classes(model, names, _num_classes_key(model))
     logger.info("Model:\n{}".format(model))
     model.to(cfg.train.device)
@@ -116,7 +119,10 @@ def do_train(args, cfg) -> Dict[str, Any]:
     if not _trainer_saves_optimizer():
         checkpointables["optimizer"] = optimizer
     checkpointer = CondConvCheckpointer(
-        model, cfg.train.output_dir, match=cfg.train.get("weights_match", "strict"), **checkpointables
+        model,
+        cfg.train.output_dir,
+        match=cfg.train.get("weights_match", "strict"),
+        **checkpointables,
     )
 
     last_results: Dict[str, Any] = {}
@@ -152,7 +158,8 @@ def do_train(args, cfg) -> Dict[str, Any]:
     start_iter = cfg.train.get("routing_start_iter", 0)
     if not isinstance(start_iter, int) or not 0 <= start_iter < max(cfg.train.max_iter, 1):
         raise ValueError(
-            f"train.routing_start_iter must be an int in [0, train.max_iter = {cfg.train.max_iter}), "
+            "train.routing_start_iter must be an int in "
+            f"[0, train.max_iter = {cfg.train.max_iter}), "
             f"got {start_iter!r}"
         )
     trainer.register_hooks(

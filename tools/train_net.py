@@ -11,6 +11,7 @@
 
 Config overrides go at the end as KEY VALUE pairs, like detectron2's tools.
 """
+
 import os
 
 # Must precede `import torch`: libgomp's threads spin while they wait for work, and on a small
@@ -61,11 +62,15 @@ def setup(args):
     cfg.freeze()
     if not args.eval_only and comm.is_main_process():
         # Before default_setup writes config.yaml and the log into the folder.
-        claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=getattr(args, "overwrite", False))
+        claim_output_dir(
+            cfg.OUTPUT_DIR, resume=args.resume, overwrite=getattr(args, "overwrite", False)
+        )
     default_setup(cfg, args)
     logger = logging.getLogger("detectron2")
     if fell_back:
-        logger.warning("MODEL.DEVICE is cuda but CUDA is not available: running on the CPU instead.")
+        logger.warning(
+            "MODEL.DEVICE is cuda but CUDA is not available: running on the CPU instead."
+        )
     for change in own_data.changes if own_data else ():
         logger.info(change)
     return cfg
@@ -81,7 +86,9 @@ def main(args):
         checkpointer.match = "strict"  # every weight evaluated comes from the checkpoint
         resumable = args.resume and checkpointer.has_checkpoint()
         check_weights(
-            cfg.MODEL.WEIGHTS, required=not resumable, empty_resume_dir=cfg.OUTPUT_DIR if args.resume else None
+            cfg.MODEL.WEIGHTS,
+            required=not resumable,
+            empty_resume_dir=cfg.OUTPUT_DIR if args.resume else None,
         )
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)

@@ -2,6 +2,7 @@
 upcycled into CondConv layers (:mod:`.upcycle`), exact fitting of a state dict to a model
 (:mod:`.strict`) and detectron2's checkpointer with all of these (:mod:`.checkpointer`, which
 alone needs detectron2: the rest works with plain PyTorch)."""
+
 from .convert import (
     TimmEfficientNet,
     timm_efficientnet_to_condconv,

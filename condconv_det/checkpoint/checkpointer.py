@@ -1,6 +1,7 @@
 """``CondConvCheckpointer``: detectron2's checkpointer with upcycling, exact fitting of what it
 loads, readable errors for files it cannot read, atomic saves and a resume that falls back to
 the newest checkpoint that can be read."""
+
 import os
 import pickle
 from typing import Any, Dict, List, Mapping, Optional
@@ -41,7 +42,9 @@ class CondConvCheckpointer(DetectionCheckpointer):
     its normal name.
     """
 
-    def __init__(self, model: nn.Module, save_dir: str = "", *, match: str = "strict", **kwargs: Any):
+    def __init__(
+        self, model: nn.Module, save_dir: str = "", *, match: str = "strict", **kwargs: Any
+    ):
         """As ``DetectionCheckpointer``; ``match`` is how a checkpoint given to :meth:`load`
         must fit the model (:data:`WEIGHTS_MATCHES`, ``MODEL.WEIGHTS_MATCH``). Resuming a
         run (:meth:`resume_or_load` with ``resume=True``) always needs a checkpoint that
@@ -66,7 +69,9 @@ class CondConvCheckpointer(DetectionCheckpointer):
         try:
             return super().load(path, checkpointables=checkpointables)
         except (KeyError, ValueError, RuntimeError) as e:
-            if not self._model_loaded or isinstance(e, (CheckpointMismatchError, UnreadableCheckpointError)):
+            if not self._model_loaded or isinstance(
+                e, (CheckpointMismatchError, UnreadableCheckpointError)
+            ):
                 raise
             # The weights loaded; the trainer's or optimizer's state did not.
             raise CheckpointMismatchError(
@@ -177,7 +182,8 @@ class CondConvCheckpointer(DetectionCheckpointer):
             checkpoint["matching_heuristics"] = False
         weights = checkpoint["model"]
         static_keys = [
-            k for k in condconv
+            k
+            for k in condconv
             if k in weights and tuple(weights[k].shape) == tuple(model_sd[k].shape[1:])
         ]
         if static_keys:
@@ -227,7 +233,10 @@ class CondConvCheckpointer(DetectionCheckpointer):
             + f"\n  (MODEL.WEIGHTS_MATCH {self.match}) {hint}"
         )
 
-def _half_loaded_condconv(model: nn.Module, missing: List[str], weights: Mapping[str, Any]) -> List[str]:
+
+def _half_loaded_condconv(
+    model: nn.Module, missing: List[str], weights: Mapping[str, Any]
+) -> List[str]:
     """The missing keys of the routed groups (a router and the CondConv layers in the
     module that holds it) that the checkpoint fills only in part: experts without their
     router, or a router without its experts."""
@@ -244,6 +253,7 @@ def _half_loaded_condconv(model: nn.Module, missing: List[str], weights: Mapping
             out.update(k for k in keys if k in missing)
     return sorted(out)
 
+
 def _frozen_bn_statistics(model: nn.Module) -> set:
     from detectron2.layers import FrozenBatchNorm2d
 
@@ -254,13 +264,18 @@ def _frozen_bn_statistics(model: nn.Module) -> set:
         for stat in ("running_mean", "running_var")
     }
 
+
 def _strip_ddp_prefix(weights: Mapping[str, Any]) -> Mapping[str, Any]:
     if weights and all(k.startswith("module.") for k in weights):
-        return {k[len("module."):]: v for k, v in weights.items()}
+        return {k[len("module.") :]: v for k, v in weights.items()}
     return weights
 
+
 def _empty_checkpoint(filename: str) -> UnreadableCheckpointError:
-    return UnreadableCheckpointError(f"checkpoint {filename!r} is empty (0 bytes): a save was probably killed")
+    return UnreadableCheckpointError(
+        f"checkpoint {filename!r} is empty (0 bytes): a save was probably killed"
+    )
+
 
 def _check_readable(filename: str) -> None:
     """Raises :class:`UnreadableCheckpointError` (or FileNotFoundError) unless ``filename``
@@ -270,11 +285,14 @@ def _check_readable(filename: str) -> None:
     if os.path.getsize(filename) == 0:
         raise _empty_checkpoint(filename)
     try:
-        loaded = torch.load(filename, map_location="cpu", weights_only=True, mmap=_starts_as_a_zip(filename))
+        loaded = torch.load(
+            filename, map_location="cpu", weights_only=True, mmap=_starts_as_a_zip(filename)
+        )
     except Exception as e:  # noqa: BLE001 (whatever torch.load met, the file is unusable)
         raise UnreadableCheckpointError(_unreadable_reason(filename, e)) from e
     if not isinstance(loaded, Mapping):
         raise UnreadableCheckpointError(_not_a_state_dict(filename, loaded))
+
 
 def _starts_as_a_zip(filename: str) -> bool:
     """Whether the file begins as torch.save's zip archives do (so a failed read means a
@@ -285,18 +303,22 @@ def _starts_as_a_zip(filename: str) -> bool:
     except OSError:
         return False
 
+
 def _not_a_state_dict(filename: str, content: Any) -> str:
     return (
         f"checkpoint {filename!r} holds a {type(content).__name__}, not a state dict (a dict "
         "of tensors, or a dict with one under 'model')"
     )
 
+
 def _unreadable_reason(filename: str, error: BaseException) -> str:
     text = str(error)
     if isinstance(error, RuntimeError) and "__contains__" in text:
         # detectron2 looked for "model" in what torch.load returned: not a dict.
         try:
-            return _not_a_state_dict(filename, torch.load(filename, map_location="cpu", weights_only=True))
+            return _not_a_state_dict(
+                filename, torch.load(filename, map_location="cpu", weights_only=True)
+            )
         except Exception:  # noqa: BLE001
             pass
     if isinstance(error, pickle.UnpicklingError) and "weights_only" in text.lower():
@@ -308,5 +330,6 @@ def _unreadable_reason(filename: str, error: BaseException) -> str:
     elif isinstance(error, EOFError) or _starts_as_a_zip(filename):
         what = "is cut short or corrupt (a save was probably killed): use an earlier checkpoint"
     else:
-        what = f"is not a PyTorch checkpoint ({type(error).__name__}: {text.splitlines()[0][:200] if text else ''})"
+        first_line = text.splitlines()[0][:200] if text else ""
+        what = f"is not a PyTorch checkpoint ({type(error).__name__}: {first_line})"
     return f"checkpoint {filename!r} {what}"

@@ -2,6 +2,7 @@
 ImageNet checkpoints renamed (detectron2's names for ResNet), and timm's EfficientNet(-CondConv)
 checkpoints converted, experts and routers included, into the :class:`MobileNet` that computes
 the same function (:func:`timm_efficientnet_variant` says how to build it)."""
+
 import math
 import re
 from typing import Any, Dict, List, Mapping, NamedTuple, Tuple
@@ -19,7 +20,9 @@ __all__ = [
 ]
 
 
-def torchvision_resnet_to_detectron2(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def torchvision_resnet_to_detectron2(
+    state_dict: Mapping[str, torch.Tensor],
+) -> Dict[str, torch.Tensor]:
     """torchvision ``resnet18/34/50/101`` names -> detectron2 ResNet names (``fc.*`` kept)."""
     out = {}
     for key, value in state_dict.items():
@@ -30,7 +33,9 @@ def torchvision_resnet_to_detectron2(state_dict: Mapping[str, torch.Tensor]) -> 
         new = re.sub(r"^bn1\.", "stem.conv1.norm.", new)
         new = re.sub(r"^layer(\d)\.", lambda m: f"res{int(m.group(1)) + 1}.", new)
         new = re.sub(r"\.bn(\d)\.", r".conv\1.norm.", new)
-        new = new.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.", ".shortcut.norm.")
+        new = new.replace(".downsample.0.", ".shortcut.").replace(
+            ".downsample.1.", ".shortcut.norm."
+        )
         out[new] = value
     return out
 
@@ -44,7 +49,9 @@ def torchvision_mobilenet_v2_to_condconv(
         state_dict: torchvision's state dict.
         block_names: the target's block prefixes in order, ``MobileNet.block_names()``.
     """
-    layers_found = sorted({int(m.group(1)) for k in state_dict for m in [re.match(r"features\.(\d+)\.", k)] if m})
+    layers_found = sorted(
+        {int(m.group(1)) for k in state_dict for m in [re.match(r"features\.(\d+)\.", k)] if m}
+    )
     if layers_found != list(range(len(block_names) + 2)):
         raise CheckpointMismatchError(
             f"the torchvision MobileNetV2 checkpoint has {len(layers_found)} feature layers, the "

@@ -1,4 +1,5 @@
 """Fitting a state dict to a model: the differences, a report of them, and exact loading."""
+
 import re
 from typing import List, Mapping, Optional, Tuple
 
@@ -33,7 +34,9 @@ class UnreadableCheckpointError(ValueError):
 WEIGHTS_MATCHES = ("strict", "pretrained", "partial")
 
 
-def load_checkpoint_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, ignore: Optional[List[str]] = None) -> None:
+def load_checkpoint_strict(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, ignore: Optional[List[str]] = None
+) -> None:
     """Loads ``state_dict`` into ``model``; on any mismatch raises
     :class:`CheckpointMismatchError` listing the missing and unexpected keys and the shapes
     that differ. Keys matching a regex in ``ignore`` are skipped on both sides."""
@@ -45,8 +48,8 @@ def load_checkpoint_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     if missing or unexpected or shapes:
         raise CheckpointMismatchError(
             mismatch_report("the checkpoint", missing, unexpected, shapes)
-            + "\n  Convert it for this model with tools/convert_pretrained.py (matching --source and "
-            "the same config / arch / experts)."
+            + "\n  Convert it for this model with tools/convert_pretrained.py (matching --source "
+            "and the same config / arch / experts)."
         )
     given = {k: v for k, v in given.items() if not k.endswith("num_batches_tracked")}
     model.load_state_dict({**model.state_dict(), **given}, strict=True)
@@ -70,10 +73,16 @@ def state_dict_differences(
     return missing, unexpected, shapes
 
 
-def mismatch_report(what: str, missing: List[str], unexpected: List[str], shapes: List[str], limit: int = 20) -> str:
+def mismatch_report(
+    what: str, missing: List[str], unexpected: List[str], shapes: List[str], limit: int = 20
+) -> str:
     """``"<what> does not fit the model:"`` and the first ``limit`` keys of each kind."""
     lines = [f"{what} does not fit the model:"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+    for title, items in (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", shapes),
+    ):
         if items:
             lines.append(f"  {title} ({len(items)}):")
             lines.extend(f"    {item}" for item in items[:limit])

@@ -4,11 +4,13 @@ Every expert starts from the pretrained kernel ``W`` as ``W / (E r0)`` and every
 same routing ``r0`` for all inputs (zero weights; for sigmoid routing the bias ``logit(r0)`` with
 ``r0 = 1/sqrt(E)``, for softmax ``1/E``), so the mixed kernel is the pretrained one and the
 model's output at load time equals the static model's. At ``r0 = 1/sqrt(E)`` an SGD step also
-moves the mixed kernel as far as the static kernel's step (:func:`~condconv_det.layers.uniform_start`).
+moves the mixed kernel as far as the static kernel's step
+(:func:`~condconv_det.layers.uniform_start`).
 Identical experts would stay identical under gradient descent, so each expert also gets a small
 perturbation ``D_i`` with ``sum_i D_i = 0``: the mix is still exactly ``W``, but the routers'
 gradients differ per expert from the first step.
 """
+
 import math
 from typing import Dict, List, Mapping
 
@@ -56,7 +58,9 @@ def upcycle_state_dict(
             continue
         want = target[name]
         owner = name.rsplit(".", 1)[0] if "." in name else ""
-        if owner in condconvs and tuple(want.shape) == (condconvs[owner].num_experts,) + tuple(value.shape):
+        if owner in condconvs and tuple(want.shape) == (condconvs[owner].num_experts,) + tuple(
+            value.shape
+        ):
             conv = condconvs[owner]
             if conv.static_weight is not None:
                 # A static kernel beside the experts: it takes the pretrained kernel, the experts
@@ -67,7 +71,9 @@ def upcycle_state_dict(
                 continue
             experts = conv.num_experts
             start = _uniform_routing(model, experts)
-            out[name] = shared_expert_weights(value.to(want.dtype), experts, start, noise, generator)
+            out[name] = shared_expert_weights(
+                value.to(want.dtype), experts, start, noise, generator
+            )
         else:
             out[name] = value
     if any(c.static_weight is not None for c in condconvs.values()):

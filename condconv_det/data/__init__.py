@@ -1,6 +1,12 @@
 """Data: the bundled shapes dataset, COCO-format datasets given by their files, SSD
 augmentations, the SSD dataset mapper and its image reader (also the tools')."""
-from .coco_json import CocoJsonSplit, check_same_categories, coco_json_dataset_name, register_coco_json
+
+from .coco_json import (
+    CocoJsonSplit,
+    check_same_categories,
+    coco_json_dataset_name,
+    register_coco_json,
+)
 from .dataset_mapper import SSDDatasetMapper, build_ssd_augmentation
 from .datasets import (  # registers shapes_, shapes_plain_, shapes_single_, digits_
     DIGITS_DATASETS,

@@ -10,6 +10,7 @@ at once, for the evaluator's per-class AP and the demo's labels.
 The config keys that use this (``DATASETS.COCO_JSON.*``, ``train.coco_json``) are resolved by
 :mod:`condconv_det.engine.coco_json_config`.
 """
+
 import hashlib
 import os
 from typing import Dict, List, NamedTuple

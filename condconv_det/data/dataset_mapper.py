@@ -1,5 +1,6 @@
 """The dataset mapper for SSD: detectron2's ``DatasetMapper`` with SSD's augmentation, and
 objects dropped when a crop leaves their centre out."""
+
 import copy
 import logging
 from typing import Any, Dict, List, Union
@@ -9,7 +10,7 @@ import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
-from detectron2.structures import BoxMode, Instances
+from detectron2.structures import BoxMode
 
 from condconv_det.config import check_ssd_input_config
 

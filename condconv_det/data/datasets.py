@@ -12,6 +12,7 @@ an unknown category id surfaces as an assertion or a ``KeyError`` deep inside a 
 worker. :func:`load_coco_json_checked` (used by :func:`register_coco_checked` and the shapes
 registration) checks the file first and fails with a message that names the problem and the fix.
 """
+
 import inspect
 import json
 import logging
@@ -114,7 +115,9 @@ def check_coco_dataset(
     categories = coco.get("categories")
     if not isinstance(categories, list) or not categories:
         raise ValueError(f"{source} has no 'categories'; a COCO instances file lists its classes.")
-    unnamed = [c for c in categories if not isinstance(c, dict) or not isinstance(c.get("name"), str)]
+    unnamed = [
+        c for c in categories if not isinstance(c, dict) or not isinstance(c.get("name"), str)
+    ]
     if unnamed:
         raise ValueError(
             f"{source}: category {unnamed[0]} has no 'name'; each category needs an 'id' and a "
@@ -222,8 +225,7 @@ def read_coco_json(json_file: PathLike, source: Optional[str] = None) -> Dict[st
             coco = json.load(f)
     except ValueError as e:
         raise ValueError(
-            f"{source} is not valid JSON ({e}): probably cut short. Download or generate it "
-            "again."
+            f"{source} is not valid JSON ({e}): probably cut short. Download or generate it again."
         ) from e
     if not isinstance(coco, dict):
         raise ValueError(f"{source} holds a {type(coco).__name__}, not a COCO JSON object.")

@@ -5,6 +5,7 @@ grayscale image (PIL mode "I" or "I;16") to 0..255: everything above 255 becomes
 image turns black and white. :func:`read_image` scales such images to 8 bits first; the SSD
 mapper and the tools read images through it.
 """
+
 import numpy as np
 from detectron2.data import detection_utils as utils
 from detectron2.utils.file_io import PathManager

@@ -23,6 +23,7 @@ pixel count. Images are PNG: lossless, so annotations describe the stored pixels
 JPEG's 8 x 8 blocks and chroma subsampling would smear the 8 px objects and the object edges the
 boxes are measured on.
 """
+
 import colorsys
 import json
 import logging
@@ -74,6 +75,7 @@ def dataset_classes(content: str) -> Tuple[str, ...]:
     if content not in CONTENTS:
         raise ValueError(f"content must be one of {CONTENTS}, got {content!r}")
     return SHAPES_CLASSES if content == "shapes" else DIGITS_CLASSES
+
 
 GENERATOR_VERSION = 1
 """Bump on any change to the rendering: a dataset made by another version is regenerated."""
@@ -554,8 +556,8 @@ def generate_shapes_dataset(
     A complete dataset with the same marker is reused; one with another marker (other
     parameters, older generator) is replaced; an interrupted run leaves ``root`` as it was.
     Concurrent runs (e.g. several training processes) each write their own temporary copy and
-    the first to finish wins. The defaults take ~10 s on one CPU core and ~30 MB of disk; they are sized so that a small
-    detector trains many epochs in minutes on 2 CPU cores.
+    the first to finish wins. The defaults take ~10 s on one CPU core and ~30 MB of disk; they
+    are sized so that a small detector trains many epochs in minutes on 2 CPU cores.
 
     Args:
         root: the dataset directory, e.g. ``$DETECTRON2_DATASETS/condconv_shapes``. Must be

@@ -10,6 +10,7 @@ Images are numpy ``(H, W, C)`` arrays as in detectron2's mappers: uint8, or floa
 0-255 range. Every augmentation draws from numpy's global RNG, like detectron2's, so
 ``np.random.seed`` (which detectron2 seeds per data-loader worker) makes them reproducible.
 """
+
 from typing import Optional, Sequence, Tuple
 
 import numpy as np

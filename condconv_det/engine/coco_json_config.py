@@ -16,9 +16,10 @@ One set *with or after* the paths (in the same file, or on the command line) is 
 different dataset name is an error (two answers to "which data?"), a class count is checked
 against the data.
 """
+
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
-from ..config import KeySource
+from ..config import KeySource, config_key_sources
 from ..data.coco_json import (
     CocoJsonSplit,
     check_same_categories,
@@ -31,6 +32,7 @@ __all__ = [
     "CocoJsonDatasets",
     "Setting",
     "apply_coco_json_config",
+    "apply_coco_json_for_inference",
     "apply_coco_json_lazy",
     "resolve_coco_json",
 ]
@@ -236,6 +238,19 @@ def apply_coco_json_config(
         node = node[part]
     node[name[-1]] = result.num_classes
     return result
+
+
+def apply_coco_json_for_inference(cfg, config_file: str, opts: Sequence[str]) -> List[str]:
+    """:func:`apply_coco_json_config` for a tool that runs a trained model over a dataset (the
+    demo, the routing analysis): no split is required, and without a test split the training
+    split becomes ``DATASETS.TEST`` (its class names label the output). Returns what changed,
+    for the log."""
+    own_data = apply_coco_json_config(cfg, config_key_sources(config_file, opts), needs=())
+    if own_data is None:
+        return []
+    if "test" not in own_data.splits:
+        cfg.DATASETS.TEST = (own_data.splits["train"].name,)
+    return list(own_data.changes)
 
 
 # ---------------------------------------------------------------------------------------------

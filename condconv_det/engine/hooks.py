@@ -1,4 +1,5 @@
 """Training hooks of condconv_det."""
+
 import logging
 from typing import Optional
 
@@ -8,7 +9,12 @@ from detectron2.engine import HookBase
 from ..layers import CondConvRouter, set_routing_temperature
 from ..routing_analysis import RoutingRecorder, routing_entropy
 
-__all__ = ["RoutingStartHook", "RoutingStatsHook", "RoutingTemperatureHook", "routing_temperature_at"]
+__all__ = [
+    "RoutingStartHook",
+    "RoutingStatsHook",
+    "RoutingTemperatureHook",
+    "routing_temperature_at",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +120,9 @@ class RoutingTemperatureHook(HookBase):
 
     def __init__(self, start: float, iters: int, end: Optional[float] = None):
         if not start > 0 or (end is not None and not end > 0):
-            raise ValueError(f"RoutingTemperatureHook: temperatures must be > 0, got {start}, {end}")
+            raise ValueError(
+                f"RoutingTemperatureHook: temperatures must be > 0, got {start}, {end}"
+            )
         if iters < 0:
             raise ValueError(f"RoutingTemperatureHook: iters must be >= 0, got {iters}")
         self.start, self.iters = float(start), int(iters)
@@ -146,7 +154,6 @@ class RoutingTemperatureHook(HookBase):
     def before_step(self) -> None:
         temperature = self._apply(self.trainer.iter)
         self.trainer.storage.put_scalar("routing/temperature", temperature, smoothing_hint=False)
-
 
 
 class RoutingStartHook(HookBase):
@@ -185,7 +192,9 @@ class RoutingStartHook(HookBase):
 
     def before_step(self) -> None:
         self._learning = self.trainer.iter >= self.start_iter
-        self.trainer.storage.put_scalar("routing/learning", float(self._learning), smoothing_hint=False)
+        self.trainer.storage.put_scalar(
+            "routing/learning", float(self._learning), smoothing_hint=False
+        )
 
     def after_train(self) -> None:
         for handle in self._handles:

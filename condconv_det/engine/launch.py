@@ -4,6 +4,7 @@ detectron2 0.6's ``launch`` asserts CUDA in every worker and always uses NCCL; u
 back to gloo. This wrapper hands CUDA jobs to detectron2 and runs CPU jobs itself with gloo, so
 ``--num-gpus N`` means "N processes" on a machine without GPUs with either detectron2.
 """
+
 import logging
 import socket
 from datetime import timedelta
@@ -31,6 +32,7 @@ def argument_parser(epilog: str = None):
     )
     return parser
 
+
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 
 
@@ -50,7 +52,9 @@ def launch(
     """
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1 or torch.cuda.is_available():
-        d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout)
+        d2_launch(
+            main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout
+        )
         return
     if dist_url is None or dist_url == "auto":
         if num_machines != 1:
@@ -62,7 +66,15 @@ def launch(
     mp.spawn(
         _cpu_worker,
         nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, tuple(args), timeout),
+        args=(
+            main_func,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+            dist_url,
+            tuple(args),
+            timeout,
+        ),
         daemon=False,
     )
 
@@ -73,7 +85,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _cpu_worker(local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout):
+def _cpu_worker(
+    local_rank, main_func, world_size, per_machine, machine_rank, dist_url, args, timeout
+):
     rank = machine_rank * per_machine + local_rank
     dist.init_process_group(
         backend="gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout

@@ -5,11 +5,17 @@
 refuses a folder that holds another run's checkpoints unless the run resumes them or the user
 asks for the overwrite.
 """
+
 import fcntl
 import os
 from typing import IO, Optional
 
-__all__ = ["OutputDirInUseError", "OutputDirNotEmptyError", "claim_output_dir", "release_output_dir"]
+__all__ = [
+    "OutputDirInUseError",
+    "OutputDirNotEmptyError",
+    "claim_output_dir",
+    "release_output_dir",
+]
 
 LOCK_NAME = ".train.lock"
 
@@ -26,7 +32,9 @@ class OutputDirNotEmptyError(FileExistsError):
 _held = {}
 
 
-def claim_output_dir(path: str, *, resume: bool, overwrite: bool = False, key: str = "OUTPUT_DIR") -> Optional[IO]:
+def claim_output_dir(
+    path: str, *, resume: bool, overwrite: bool = False, key: str = "OUTPUT_DIR"
+) -> Optional[IO]:
     """Locks ``path`` for this process's training and checks that it may write there.
 
     Args:

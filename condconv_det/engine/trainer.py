@@ -16,6 +16,7 @@ Differences from ``DefaultTrainer``, each needed by condconv_det's users:
   (:class:`~condconv_det.engine.hooks.RoutingTemperatureHook`);
 - the routers' parameters get ``SOLVER.ROUTER_LR_FACTOR`` and ``SOLVER.WEIGHT_DECAY_ROUTER``.
 """
+
 import logging
 import os
 import weakref
@@ -85,7 +86,8 @@ def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
 
 
 def check_datasets(names) -> None:
-    """Fails early, naming the dataset and the fix, when a dataset is unknown or its files are missing.
+    """Fails early, naming the dataset and the fix, when a dataset is unknown or its files are
+    missing.
 
     detectron2 would otherwise fail at the first data loader iteration, in a worker process,
     with a bare file-not-found error.
@@ -115,7 +117,11 @@ def check_datasets(names) -> None:
 
 
 def check_weights(
-    path: str, required: bool, key: str = "MODEL.WEIGHTS", sep: str = " ", empty_resume_dir: Optional[str] = None
+    path: str,
+    required: bool,
+    key: str = "MODEL.WEIGHTS",
+    sep: str = " ",
+    empty_resume_dir: Optional[str] = None,
 ) -> None:
     """Fails early when the weights (``MODEL.WEIGHTS``) name a local file that does not exist.
 
@@ -195,7 +201,8 @@ def check_images_per_batch_norm(cfg, model: torch.nn.Module) -> None:
     batch_norms = [
         name
         for name, m in model.named_modules()
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (is_ssd(cfg) or ".router" in f".{name}")
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        and (is_ssd(cfg) or ".router" in f".{name}")
     ]
     if batch_norms:
         raise ValueError(
@@ -364,7 +371,9 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_checkpointer(cls, model, cfg, **checkpointables) -> CondConvCheckpointer:
         """The checkpointer of ``model``, saving to ``cfg.OUTPUT_DIR``."""
-        return CondConvCheckpointer(model, cfg.OUTPUT_DIR, match=cfg.MODEL.WEIGHTS_MATCH, **checkpointables)
+        return CondConvCheckpointer(
+            model, cfg.OUTPUT_DIR, match=cfg.MODEL.WEIGHTS_MATCH, **checkpointables
+        )
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -378,7 +387,9 @@ class Trainer(DefaultTrainer):
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+            if cfg.MODEL.KEYPOINT_ON
+            else 0,
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
         return build_detection_train_loader(
@@ -392,7 +403,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
-        return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, is_train=False))
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=build_mapper(cfg, is_train=False)
+        )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str = None):

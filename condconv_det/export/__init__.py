@@ -12,6 +12,7 @@
   also on detectron2 0.6, whose ``detectron2.export`` fails to import without caffe2.
 - :func:`check_close` and :func:`compare_detections`: exported model vs PyTorch.
 """
+
 from .compare import ExportCheckError, check_close, compare_detections
 from .detectron2_export import import_scripting_with_instances, import_tracing_adapter
 from .network import DenseDetectorNetwork, dense_anchors, score_activation

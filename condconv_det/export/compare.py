@@ -1,4 +1,5 @@
 """Checks of an exported model against the PyTorch model it came from."""
+
 from typing import Dict
 
 import torch

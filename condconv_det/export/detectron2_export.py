@@ -8,6 +8,7 @@ runs the package's ``__init__`` first) fails. The two modules needed here, ``fla
 bare ``detectron2.export`` package that has their directory as its path and nothing else.
 Upstream main guards the caffe2 import itself, and there the ordinary import is used.
 """
+
 import importlib
 import os
 import sys

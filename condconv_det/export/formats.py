@@ -14,6 +14,7 @@ the file atomically and returns a function that runs the written file on tensors
 tuple of tensors. With ``dynamic_batch`` dim 0 of every input and output is dynamic, named
 "batch"; every other size is the example's.
 """
+
 import logging
 import warnings
 from typing import Callable, Dict, Optional, Sequence, Tuple

@@ -1,4 +1,5 @@
 """The network of a dense detector without post-processing, for a batch-dynamic export."""
+
 from typing import List, Tuple
 
 import torch

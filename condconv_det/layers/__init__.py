@@ -1,4 +1,5 @@
 """CondConv layers: pure PyTorch, importable without detectron2."""
+
 from .condconv import CONDCONV_PATHS, CondConv2d, cond_conv2d
 from .routing import (
     EXPERT_INITS,

@@ -1,5 +1,6 @@
 """Checks of the layers' constructor arguments. Each error names the layer, the argument, the
 value given and what the argument takes."""
+
 import numbers
 import operator
 from typing import Any, List, Optional, Tuple

@@ -11,6 +11,7 @@ convolution is linear this equals a mixture of ``E`` convolutions, at the cost o
 
 This module is pure PyTorch: it imports nothing from detectron2.
 """
+
 import contextlib
 import math
 from typing import List, Optional, Tuple, Union
@@ -65,9 +66,7 @@ def _records_graph() -> bool:
     """Whether this call is recorded into a graph that is to run at other batch sizes: a
     TorchScript trace, an ONNX export (either exporter) or ``torch.export``. Not under
     ``torch.compile``, which guards on the shapes it saw and recompiles for others."""
-    return (
-        torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
-    )
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
 @torch.jit.unused
@@ -725,7 +724,14 @@ class CondConv2d(nn.Module):
         # An empty batch has no kernel to normalise; cond_conv2d takes it.
         if self.normalize_kernel and x.shape[0] > 0:
             return _normalized_cond_conv2d(
-                x, routing_weights, weight, bias, self.stride, self.padding, self.dilation, self.groups
+                x,
+                routing_weights,
+                weight,
+                bias,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups,
             )
         return cond_conv2d(
             x,

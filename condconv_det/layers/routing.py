@@ -1,4 +1,5 @@
 """Routing functions for CondConv and the self-routing drop-in for ``nn.Conv2d``."""
+
 import math
 from typing import Optional, Tuple, Union
 
@@ -108,7 +109,9 @@ class CondConvRouter(nn.Module):
         if norm not in ROUTER_NORMS:
             raise ValueError(f"CondConvRouter: norm must be one of {ROUTER_NORMS}, got {norm!r}")
         if not 0.0 <= expert_dropout < 1.0:
-            raise ValueError(f"CondConvRouter: expert_dropout must be in [0, 1), got {expert_dropout}")
+            raise ValueError(
+                f"CondConvRouter: expert_dropout must be in [0, 1), got {expert_dropout}"
+            )
         self.in_channels = in_channels
         self.num_experts = num_experts
         self.activation = activation
@@ -188,7 +191,9 @@ class CondConvRouter(nn.Module):
             r = r * torch.bernoulli(torch.full_like(r, keep)) / keep
         return r
 
-    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def _linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         if torch.jit.is_scripting():
             return F.linear(x, weight, bias)
         return _linear_without_autocast(x, weight, bias)
@@ -331,14 +336,20 @@ def uniform_start(activation: str, experts: int) -> float:
 
 
 def shared_expert_weights(
-    kernel: torch.Tensor, experts: int, start: float, noise: float = 0.01, generator: Optional[torch.Generator] = None
+    kernel: torch.Tensor,
+    experts: int,
+    start: float,
+    noise: float = 0.01,
+    generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
     """``experts`` copies of ``kernel / (E start)`` (a weight or a bias), so that uniform routing
     at ``start`` mixes exactly ``kernel``; weights (more than one dimension) get a zero-sum
     perturbation of ``noise`` times the kernel's std, so that the experts can grow apart."""
     stacked = kernel.unsqueeze(0).repeat(experts, *([1] * kernel.dim())) / (experts * start)
     if experts > 1 and noise > 0 and kernel.dim() > 1:
-        delta = torch.randn(stacked.shape, generator=generator, dtype=stacked.dtype).to(stacked.device)
+        delta = torch.randn(stacked.shape, generator=generator, dtype=stacked.dtype).to(
+            stacked.device
+        )
         stacked = stacked + (delta - delta.mean(dim=0, keepdim=True)) * noise * kernel.float().std()
     return stacked
 
@@ -386,7 +397,10 @@ def configure_condconv(
             activations.add(child.activation)
             child.expert_dropout = float(expert_dropout)
             child.detach_input = bool(router_detach_input)
-            if child.hidden_ratio == float(router_hidden_ratio) and _norm_name(child.norm) == router_norm:
+            if (
+                child.hidden_ratio == float(router_hidden_ratio)
+                and _norm_name(child.norm) == router_norm
+            ):
                 continue
             rebuilt = CondConvRouter(
                 child.in_channels,

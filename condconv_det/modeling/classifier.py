@@ -3,6 +3,7 @@
 Used to check the architectures against the paper's ImageNet figures (parameters and
 multiply-adds) and to hold ImageNet weights converted from other implementations.
 """
+
 from typing import Optional
 
 import torch
@@ -26,10 +27,14 @@ class ImageNetClassifier(nn.Module):
         dropout: dropout probability before the linear layer.
     """
 
-    def __init__(self, backbone: Backbone, in_feature: str, num_classes: int = 1000, dropout: float = 0.2):
+    def __init__(
+        self, backbone: Backbone, in_feature: str, num_classes: int = 1000, dropout: float = 0.2
+    ):
         super().__init__()
         if in_feature not in backbone.output_shape():
-            raise ValueError(f"the backbone has no output {in_feature!r}: {sorted(backbone.output_shape())}")
+            raise ValueError(
+                f"the backbone has no output {in_feature!r}: {sorted(backbone.output_shape())}"
+            )
         self.backbone = backbone
         self.in_feature = in_feature
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -44,7 +49,12 @@ class ImageNetClassifier(nn.Module):
 
 
 def build_classifier(
-    arch: str, *, num_experts: Optional[int] = None, num_classes: int = 1000, width_mult: float = 1.0, **kwargs
+    arch: str,
+    *,
+    num_experts: Optional[int] = None,
+    num_classes: int = 1000,
+    width_mult: float = 1.0,
+    **kwargs,
 ) -> ImageNetClassifier:
     """A classifier for one of the paper's architectures.
 
@@ -56,7 +66,7 @@ def build_classifier(
         kwargs: passed to :class:`MobileNet` or :func:`make_condconv_resnet_stages`.
     """
     if arch.startswith("resnet"):
-        depth = int(arch[len("resnet"):])
+        depth = int(arch[len("resnet") :])
         stages = make_condconv_resnet_stages(
             depth,
             num_experts=8 if num_experts is None else num_experts,
@@ -66,8 +76,12 @@ def build_classifier(
         )
         backbone = ResNet(BasicStem(3, 64, norm="BN"), stages, out_features=["res5"])
         return ImageNetClassifier(backbone, "res5", num_classes, dropout=0.0)
-    backbone = MobileNet(arch, num_experts=num_experts, width_mult=width_mult, **kwargs, out_features=[
-        "head" if MobileNet.has_head(arch) else "res5"
-    ])
+    backbone = MobileNet(
+        arch,
+        num_experts=num_experts,
+        width_mult=width_mult,
+        **kwargs,
+        out_features=["head" if MobileNet.has_head(arch) else "res5"],
+    )
     dropout = {"efficientnet_b0": 0.2, "efficientnet_b1": 0.2, "mobilenet_v2": 0.2}.get(arch, 0.0)
     return ImageNetClassifier(backbone, backbone._out_features[0], num_classes, dropout=dropout)

@@ -1,5 +1,6 @@
 """CondConv with detectron2's conv conventions: an attached norm and activation, and routing that
 comes either from the caller (one router per block) or from the layer's own router."""
+
 from typing import Callable, Optional
 
 import torch

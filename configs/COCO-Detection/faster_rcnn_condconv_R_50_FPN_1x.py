@@ -4,6 +4,7 @@
 The model is detectron2's Mask R-CNN lazy config without its mask branch; the MSRA ImageNet
 weights are upcycled into the CondConv blocks on load (condconv_det.checkpoint).
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
 from detectron2.modeling.backbone import BasicStem, ResNet
@@ -42,5 +43,7 @@ lr_multiplier = get_config("common/coco_schedule.py").lr_multiplier_1x
 train = get_config("common/train.py").train
 train.update(
     weights_match="pretrained",
-    init_checkpoint="detectron2://ImageNetPretrained/MSRA/R-50.pkl", max_iter=90000, eval_period=0
+    init_checkpoint="detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+    max_iter=90000,
+    eval_period=0,
 )

@@ -1,5 +1,6 @@
 """CondConv-MobileNetV2-FPN RetinaNet, 8 experts in the last three stages (the table's placement),
 detectron2's 1x schedule: the LazyConfig twin of retinanet_condconv_MNv2_FPN_1x.yaml."""
+
 from detectron2.config import LazyCall as L
 
 from condconv_det.modeling.backbone import MobileNet

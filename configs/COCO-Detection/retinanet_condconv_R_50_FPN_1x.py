@@ -1,6 +1,7 @@
 """CondConv-ResNet-50-FPN RetinaNet, 8 experts in res5, detectron2's 1x schedule: the LazyConfig
 twin of retinanet_condconv_R_50_FPN_1x.yaml. ImageNet weights: convert torchvision's with
 tools/convert_pretrained.py and set train.init_checkpoint (see the YAML's base)."""
+
 from detectron2.model_zoo import get_config
 
 from ..common.data.coco_boxes import dataloader

@@ -1,6 +1,7 @@
 """SSD300 with CondConv-MobileNetV1, 8 experts from layer 7 on: the CondConv paper's SSD
 experiment (22.4 mAP), the LazyConfig twin of ssd300_condconv_MNv1.yaml. About 100 epochs of COCO
 train2017 at a batch of 64, SGD with cosine decay."""
+
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
 from detectron2.solver import WarmupParamScheduler

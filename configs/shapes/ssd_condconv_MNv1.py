@@ -4,6 +4,7 @@ dataset: the LazyConfig twin of ssd_condconv_MNv1.yaml (the main job's CondConv 
 
     python tools/lazy_train_net.py --config-file configs/shapes/ssd_condconv_MNv1.py
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
 from detectron2.layers import ShapeSpec

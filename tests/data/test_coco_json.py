@@ -1,5 +1,6 @@
 """COCO-format splits given by their files: checked completely when registered, named by their
 files, class names in the metadata at once; splits with other categories refused."""
+
 import os
 
 import pytest

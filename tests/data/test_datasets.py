@@ -1,5 +1,6 @@
 """Dataset registration: shapes_train / shapes_val load (and generate) through detectron2's catalog
 and evaluate to AP 100 on their own ground truth; bad COCO input fails early and clearly."""
+
 import importlib
 import json
 import logging

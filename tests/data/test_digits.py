@@ -1,6 +1,7 @@
 """The digits content of the bundled dataset generator: handwritten digits (scikit-learn's
 bundled scans) as the objects, ten classes, validation digits never seen in training, exact
 boxes; registered as digits_train / digits_val."""
+
 import json
 import os
 
@@ -10,8 +11,12 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from condconv_det.data import DIGITS_CLASSES, DIGITS_DATASETS, register_digits  # noqa: E402
-from condconv_det.data import shapes  # noqa: E402
+from condconv_det.data import (  # noqa: E402
+    DIGITS_CLASSES,
+    DIGITS_DATASETS,
+    register_digits,
+    shapes,  # noqa: E402
+)
 from condconv_det.data.shapes import generate_shapes_dataset  # noqa: E402
 
 
@@ -67,11 +72,13 @@ def test_registered_with_ten_classes(tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     try:
-        assert register_digits(tmp_path / "digits", num_train=3, num_val=2, progress=False) == DIGITS_DATASETS
+        assert (
+            register_digits(tmp_path / "digits", num_train=3, num_val=2, progress=False)
+            == DIGITS_DATASETS
+        )
         records = DatasetCatalog.get("digits_val")
         assert len(records) == 2
         assert MetadataCatalog.get("digits_train").thing_classes == list(DIGITS_CLASSES)
         assert os.path.isfile(MetadataCatalog.get("digits_val").json_file)
     finally:
         register_digits()
-

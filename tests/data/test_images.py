@@ -1,5 +1,6 @@
 """condconv_det.data.read_image: 8-bit files as detectron2 reads them, 16-bit and float files
 scaled to 0..255, EXIF orientation, clear errors; and the SSD mapper reading through it."""
+
 import os
 import struct
 import zlib
@@ -168,7 +169,9 @@ def test_detectron2s_mapper_refuses_a_16bit_image_by_name(tmp_path):
     assert len(np.unique(d2_read_image(str(path), "RGB"))) <= 2  # what it would train on
     cfg = condconv_get_cfg()
     configs = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
-    cfg.merge_from_file(os.path.join(configs, "COCO-Detection", "retinanet_condconv_R_50_FPN_1x.yaml"))
+    cfg.merge_from_file(
+        os.path.join(configs, "COCO-Detection", "retinanet_condconv_R_50_FPN_1x.yaml")
+    )
     mapper = build_mapper(cfg, is_train=False)
     record = {"file_name": str(path), "image_id": 1, "height": 64, "width": 64}
     with pytest.raises(ValueError) as info:

@@ -1,5 +1,6 @@
 """The bundled shapes dataset: deterministic, exact annotations, classes told apart by shape only,
 regenerated when its parameters change, never left half written."""
+
 import json
 import os
 
@@ -258,7 +259,9 @@ def test_rejects_bad_parameters(tmp_path, bad):
 
 
 def test_plain_background_is_one_grey_under_the_noise(tmp_path):
-    paths = generate_shapes_dataset(tmp_path / "plain", num_train=2, num_val=1, background="plain", progress=False)
+    paths = generate_shapes_dataset(
+        tmp_path / "plain", num_train=2, num_val=1, background="plain", progress=False
+    )
     with open(paths["train_json"]) as f:
         coco = json.load(f)
     for image in coco["images"]:
@@ -270,7 +273,9 @@ def test_plain_background_is_one_grey_under_the_noise(tmp_path):
         background = pixels[~objects]
         assert abs(background.mean() - 128) < 2 and background.std() < 10
     with pytest.raises(ValueError, match="background must be one of"):
-        generate_shapes_dataset(tmp_path / "x", num_train=1, num_val=1, background="stripes", progress=False)
+        generate_shapes_dataset(
+            tmp_path / "x", num_train=1, num_val=1, background="stripes", progress=False
+        )
 
 
 def test_single_object_shapes_are_registered(tmp_path):
@@ -279,7 +284,10 @@ def test_single_object_shapes_are_registered(tmp_path):
     from condconv_det.data import SHAPES_SINGLE_DATASETS, register_shapes_single
 
     try:
-        assert register_shapes_single(tmp_path / "single", num_train=2, num_val=5, progress=False) == SHAPES_SINGLE_DATASETS
+        assert (
+            register_shapes_single(tmp_path / "single", num_train=2, num_val=5, progress=False)
+            == SHAPES_SINGLE_DATASETS
+        )
         records = DatasetCatalog.get("shapes_single_val")
         assert len(records) == 5 and all(len(r["annotations"]) == 1 for r in records)
     finally:

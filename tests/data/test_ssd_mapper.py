@@ -1,4 +1,5 @@
 """SSDDatasetMapper end to end on tiny on-disk records, and the INPUT.SSD config keys."""
+
 import inspect
 import pickle
 

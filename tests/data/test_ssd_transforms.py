@@ -1,4 +1,5 @@
 """SSD's augmentations keep boxes consistent with the image, on hand-made images and boxes."""
+
 import colorsys
 
 import numpy as np

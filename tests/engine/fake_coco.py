@@ -3,6 +3,7 @@
 The JSON holds COCO's 80 categories with their real, non-contiguous ids, so detectron2's builtin
 ``coco_2017_*`` registrations (and their id mapping) are exercised as with the real dataset.
 """
+
 import json
 import pathlib
 from typing import Dict
@@ -55,6 +56,8 @@ def make_fake_coco(
             Image.fromarray(pixels).save(coco / split / name, quality=95)
             images.append({"id": image_id, "file_name": name, "height": h, "width": w})
         path = coco / "annotations" / f"instances_{split}.json"
-        path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        path.write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
         paths[split] = str(path)
     return paths

@@ -1,5 +1,6 @@
 """Fault injection for checkpoints: a process killed while it saves leaves the previous
 checkpoint and last_checkpoint whole, and --resume continues from them."""
+
 import os
 import signal
 import subprocess
@@ -55,7 +56,9 @@ CHILD = textwrap.dedent(
 @pytest.mark.parametrize("stage", ["model", "tag"])
 def test_a_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path, stage):
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-c", CHILD, str(out), stage], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(out), stage], capture_output=True, text=True
+    )
     assert result.returncode == -signal.SIGKILL, result.stderr
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
     model = torch.nn.Linear(64, 64)
@@ -74,5 +77,7 @@ def test_saves_replace_the_file_whole(tmp_path):
         torch.nn.init.constant_(model.weight, value)
         checkpointer.save("model_final", iteration=int(value))
     loaded = torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=False)
-    assert loaded["iteration"] == 2 and torch.equal(loaded["model"]["weight"], torch.full((4, 4), 2.0))
+    assert loaded["iteration"] == 2 and torch.equal(
+        loaded["model"]["weight"], torch.full((4, 4), 2.0)
+    )
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]

@@ -1,6 +1,7 @@
 """Loading checkpoints: files that cannot be read, checkpoints that do not fit the model, and
 resuming from the newest checkpoint that can be read. Every failure names the file and leaves
 the model as it was."""
+
 import argparse
 import os
 
@@ -84,7 +85,10 @@ def test_a_checkpoint_with_arbitrary_objects_is_refused_without_advising_unsafe_
 @pytest.mark.parametrize(
     "other,expected",
     [
-        (lambda: torch.nn.Sequential(torch.nn.Linear(4, 4)), "missing keys"),  # another architecture
+        (
+            lambda: torch.nn.Sequential(torch.nn.Linear(4, 4)),
+            "missing keys",
+        ),  # another architecture
         (lambda: Routed(experts=8), "shape mismatches"),  # other experts
         (lambda: Routed(classes=5), "head.weight: checkpoint (5, 8, 1, 1) vs model (3, 8, 1, 1)"),
     ],
@@ -130,7 +134,9 @@ def test_partial_loads_what_fits_and_refuses_a_foreign_checkpoint(tmp_path):
     model = Routed(classes=3)
     head = model.head.weight.clone()
     CondConvCheckpointer(model, match="partial").load(_save(source, tmp_path / "five.pth"))
-    assert torch.equal(model.conv.weight, source.conv.weight) and torch.equal(model.head.weight, head)
+    assert torch.equal(model.conv.weight, source.conv.weight) and torch.equal(
+        model.head.weight, head
+    )
     foreign = _save(torch.nn.Sequential(torch.nn.Linear(4, 4)), tmp_path / "foreign.pth")
     with pytest.raises(CheckpointMismatchError, match="Not one tensor of it fits"):
         CondConvCheckpointer(Routed(), match="partial").load(foreign)
@@ -157,7 +163,9 @@ def test_resume_falls_back_to_the_newest_checkpoint_that_can_be_read(tmp_path, c
     loaded = CondConvCheckpointer(resumed, str(tmp_path)).resume_or_load("", resume=True)
     assert loaded["iteration"] == 199
     assert torch.equal(resumed.head.weight, torch.full_like(resumed.head.weight, 2.0))
-    assert "model_final.pth" in caplog.text and "newest checkpoint that could be read" in caplog.text
+    assert (
+        "model_final.pth" in caplog.text and "newest checkpoint that could be read" in caplog.text
+    )
 
 
 def test_resume_with_no_readable_checkpoint_lists_every_file(tmp_path):
@@ -172,7 +180,9 @@ def test_resume_with_no_readable_checkpoint_lists_every_file(tmp_path):
 def test_resume_into_a_changed_model_is_not_a_fallback(tmp_path):
     CondConvCheckpointer(Routed(), str(tmp_path)).save("model_final", iteration=9)
     with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
-        CondConvCheckpointer(Routed(experts=8), str(tmp_path), match="partial").resume_or_load("", resume=True)
+        CondConvCheckpointer(Routed(experts=8), str(tmp_path), match="partial").resume_or_load(
+            "", resume=True
+        )
 
 
 def test_training_state_that_does_not_fit_names_the_checkpoint(tmp_path):
@@ -182,9 +192,14 @@ def test_training_state_that_does_not_fit_names_the_checkpoint(tmp_path):
     one_group.step()
     CondConvCheckpointer(model, str(tmp_path), optimizer=one_group).save("model_final", iteration=3)
     two_groups = torch.optim.SGD(
-        [{"params": model.router.parameters()}, {"params": list(model.conv.parameters()) + list(model.head.parameters())}],
+        [
+            {"params": model.router.parameters()},
+            {"params": list(model.conv.parameters()) + list(model.head.parameters())},
+        ],
         lr=0.1,
     )
     with pytest.raises(CheckpointMismatchError) as info:
-        CondConvCheckpointer(model, str(tmp_path), optimizer=two_groups).resume_or_load("", resume=True)
+        CondConvCheckpointer(model, str(tmp_path), optimizer=two_groups).resume_or_load(
+            "", resume=True
+        )
     assert "model_final.pth" in str(info.value) and "training state" in str(info.value)

@@ -1,5 +1,6 @@
 """DATASETS.COCO_JSON (YAML) and train.coco_json (LazyConfig): the splits replace the config's
 datasets, the class count follows the data unless set with the paths, conflicts are errors."""
+
 import pathlib
 
 import pytest
@@ -49,7 +50,8 @@ def write_yaml(path, text: str) -> str:
 
 def paths_yaml(data, *splits) -> str:
     lines = "".join(
-        f"    {split.upper()}: {data[split]}\n    {split.upper()}_IMAGES: {data[split + '_images']}\n"
+        f"    {split.upper()}: {data[split]}\n"
+        f"    {split.upper()}_IMAGES: {data[split + '_images']}\n"
         for split in splits
     )
     return f"DATASETS:\n  COCO_JSON:\n{lines}"
@@ -117,7 +119,7 @@ def test_a_class_count_given_with_the_paths_is_checked(data, tmp_path):
         apply(own, [])
     base = write_yaml(tmp_path / "base.yaml", "MODEL:\n  SSD:\n    NUM_CLASSES: 4\n")
     own = tmp_path / "own2.yaml"
-    own.write_text(f'_BASE_: "base.yaml"\n' + paths_yaml(data, "train", "test"))
+    own.write_text('_BASE_: "base.yaml"\n' + paths_yaml(data, "train", "test"))
     assert apply(str(own), [])[0].MODEL.SSD.NUM_CLASSES == 2
     assert apply(base, cli(data, "train", "test"))[0].MODEL.SSD.NUM_CLASSES == 2
 

@@ -1,4 +1,5 @@
 """Two CPU processes (gloo) train a CondConv detector with DDP and end with identical weights."""
+
 import os
 import pathlib
 

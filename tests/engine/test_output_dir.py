@@ -1,4 +1,5 @@
 """One training per output folder, and no earlier run overwritten without being asked."""
+
 import os
 import signal
 import subprocess
@@ -29,7 +30,9 @@ HOLDER = textwrap.dedent(
 
 
 def _holder(path):
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "claimed"
     return proc
 
@@ -98,6 +101,9 @@ def test_train_net_refuses_to_start_over_a_finished_run(tmp_path):
         timeout=300,
     )
     assert result.returncode != 0
-    assert "holds the checkpoints of an earlier run" in result.stderr and "--overwrite" in result.stderr
+    assert (
+        "holds the checkpoints of an earlier run" in result.stderr
+        and "--overwrite" in result.stderr
+    )
     assert (out / "config.yaml").read_text() == "the earlier run's config\n"  # untouched
     assert time.time() - start < 120  # refused before any work

@@ -1,5 +1,6 @@
 """Routing statistics during training (MODEL.CONDCONV.ROUTING_STATS): scalars in metrics.json on
 the logged iterations only, equal to the routers' outputs; nothing attached when off."""
+
 import json
 import math
 import os
@@ -23,20 +24,33 @@ EXPERTS = 2
 def _cfg(tmp_path, max_iter, *opts):
     cfg = get_cfg()
     cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu",
-        "MODEL.MOBILENET.WIDTH_MULT", 0.25,
-        "MODEL.CONDCONV.NUM_EXPERTS", EXPERTS,
-        "MODEL.CONDCONV.ROUTER_INIT", "glorot",
-        "DATASETS.TEST", (),  # no evaluation at the end
-        "DATALOADER.NUM_WORKERS", 0,
-        "SOLVER.IMS_PER_BATCH", 2,
-        "SOLVER.WARMUP_ITERS", 1,
-        "SOLVER.MAX_ITER", max_iter,
-        "SOLVER.CHECKPOINT_PERIOD", 1000,
-        "OUTPUT_DIR", str(tmp_path / "out"),
-        *opts,
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.MOBILENET.WIDTH_MULT",
+            0.25,
+            "MODEL.CONDCONV.NUM_EXPERTS",
+            EXPERTS,
+            "MODEL.CONDCONV.ROUTER_INIT",
+            "glorot",
+            "DATASETS.TEST",
+            (),  # no evaluation at the end
+            "DATALOADER.NUM_WORKERS",
+            0,
+            "SOLVER.IMS_PER_BATCH",
+            2,
+            "SOLVER.WARMUP_ITERS",
+            1,
+            "SOLVER.MAX_ITER",
+            max_iter,
+            "SOLVER.CHECKPOINT_PERIOD",
+            1000,
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            *opts,
+        ]
+    )
     return cfg
 
 
@@ -46,6 +60,7 @@ def _train_with_spy(cfg):
     calls = {}
     for name, m in trainer.model.named_modules():
         if isinstance(m, CondConvRouter):
+
             def spy(module, inputs, output, name=name[: -len(".router")]):
                 calls.setdefault(name, []).append(
                     (trainer.iter, len(module._forward_hooks), output.detach().numpy().copy())
@@ -62,8 +77,10 @@ def test_stats_are_logged_on_logged_iterations_only(shapes, tmp_path):
     cfg = _cfg(
         tmp_path,
         5,
-        "MODEL.CONDCONV.ROUTING_STATS.ENABLED", True,
-        "MODEL.CONDCONV.ROUTING_STATS.PERIOD", 3,
+        "MODEL.CONDCONV.ROUTING_STATS.ENABLED",
+        True,
+        "MODEL.CONDCONV.ROUTING_STATS.PERIOD",
+        3,
     )
     trainer, calls = _train_with_spy(cfg)
     kinds = [type(h) for h in trainer._hooks]

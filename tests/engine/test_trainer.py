@@ -1,4 +1,6 @@
-"""The Trainer of tools/train_net.py: optimizer and LR schedule survive --resume, data errors name files."""
+"""The Trainer of tools/train_net.py: optimizer and LR schedule survive --resume, data errors
+name files."""
+
 import os
 
 import pytest
@@ -33,31 +35,55 @@ def tiny_cfg(tmp_path, tag="t", max_iter=4, generate=True, **overrides):
     names = _register(str(tmp_path / "data"), tag, generate)
     cfg = get_cfg()
     cfg.merge_from_file(
-        os.path.join(os.path.dirname(__file__), "../../configs/COCO-Detection/retinanet_condconv_MNv2_FPN_1x.yaml")
+        os.path.join(
+            os.path.dirname(__file__),
+            "../../configs/COCO-Detection/retinanet_condconv_MNv2_FPN_1x.yaml",
+        )
     )
     cfg.merge_from_list(
         [
-            "DATASETS.TRAIN", (names["train2017"],),
-            "DATASETS.TEST", (names["val2017"],),
-            "MODEL.DEVICE", "cpu",
-            "MODEL.WEIGHTS", "",
-            "MODEL.CONDCONV.NUM_EXPERTS", 2,
-            "MODEL.MOBILENET.WIDTH_MULT", 0.25,
-            "MODEL.MOBILENET.NORM", "BN",
-            "MODEL.RETINANET.NUM_CLASSES", 80,
-            "INPUT.MIN_SIZE_TRAIN", (64,),
-            "INPUT.MAX_SIZE_TRAIN", 96,
-            "INPUT.MIN_SIZE_TEST", 64,
-            "INPUT.MAX_SIZE_TEST", 96,
-            "DATALOADER.NUM_WORKERS", 0,
-            "SOLVER.IMS_PER_BATCH", 2,
-            "SOLVER.BASE_LR", 0.01,
-            "SOLVER.MAX_ITER", max_iter,
-            "SOLVER.STEPS", (2,),
-            "SOLVER.WARMUP_ITERS", 1,
-            "SOLVER.CHECKPOINT_PERIOD", 2,
-            "TEST.EVAL_PERIOD", 0,
-            "OUTPUT_DIR", str(tmp_path / "out"),
+            "DATASETS.TRAIN",
+            (names["train2017"],),
+            "DATASETS.TEST",
+            (names["val2017"],),
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.CONDCONV.NUM_EXPERTS",
+            2,
+            "MODEL.MOBILENET.WIDTH_MULT",
+            0.25,
+            "MODEL.MOBILENET.NORM",
+            "BN",
+            "MODEL.RETINANET.NUM_CLASSES",
+            80,
+            "INPUT.MIN_SIZE_TRAIN",
+            (64,),
+            "INPUT.MAX_SIZE_TRAIN",
+            96,
+            "INPUT.MIN_SIZE_TEST",
+            64,
+            "INPUT.MAX_SIZE_TEST",
+            96,
+            "DATALOADER.NUM_WORKERS",
+            0,
+            "SOLVER.IMS_PER_BATCH",
+            2,
+            "SOLVER.BASE_LR",
+            0.01,
+            "SOLVER.MAX_ITER",
+            max_iter,
+            "SOLVER.STEPS",
+            (2,),
+            "SOLVER.WARMUP_ITERS",
+            1,
+            "SOLVER.CHECKPOINT_PERIOD",
+            2,
+            "TEST.EVAL_PERIOD",
+            0,
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
         ]
     )
     for key, value in overrides.items():
@@ -89,8 +115,12 @@ def test_resume_restores_optimizer_and_schedule(tmp_path):
     restored = second.optimizer.state_dict()
     assert restored["state"].keys() == optimizer_state["state"].keys()
     for key, value in optimizer_state["state"].items():
-        torch.testing.assert_close(restored["state"][key]["momentum_buffer"], value["momentum_buffer"])
-    assert [g["lr"] for g in restored["param_groups"]] == [g["lr"] for g in optimizer_state["param_groups"]]
+        torch.testing.assert_close(
+            restored["state"][key]["momentum_buffer"], value["momentum_buffer"]
+        )
+    assert [g["lr"] for g in restored["param_groups"]] == [
+        g["lr"] for g in optimizer_state["param_groups"]
+    ]
     assert second.scheduler.state_dict()["last_epoch"] == saved_sched["last_epoch"] == 4
     # The LR has passed the step at iteration 2: it is BASE_LR * GAMMA after resuming.
     assert restored["param_groups"][0]["lr"] == pytest.approx(0.01 * cfg.SOLVER.GAMMA)
@@ -142,8 +172,12 @@ def test_one_image_per_batch_through_batch_norm_is_refused_by_name():
     from condconv_det.engine.trainer import check_images_per_batch_norm
 
     cfg = get_cfg()
-    cfg.merge_from_file(os.path.join(os.path.dirname(__file__), "../../configs/shapes/ssd_condconv_MNv1.yaml"))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.MOBILENET.WIDTH_MULT", 0.25, "SOLVER.IMS_PER_BATCH", 1])
+    cfg.merge_from_file(
+        os.path.join(os.path.dirname(__file__), "../../configs/shapes/ssd_condconv_MNv1.yaml")
+    )
+    cfg.merge_from_list(
+        ["MODEL.DEVICE", "cpu", "MODEL.MOBILENET.WIDTH_MULT", 0.25, "SOLVER.IMS_PER_BATCH", 1]
+    )
     model = build_model(cfg)
     # What it guards against: BatchNorm in training on SSD's 1x1 maps with one image.
     model.train()

@@ -1,6 +1,7 @@
 """The training side of CondConv's options: the routing-temperature schedule (a function of the
 iteration, logged, continued exactly by --resume), the routers' optimizer groups, AdamW, and the
 config checks that name the key."""
+
 import json
 import os
 import re
@@ -20,24 +21,42 @@ CONFIG = os.path.join(
 def _cfg(tmp_path, max_iter, *opts):
     cfg = get_cfg()
     cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list([
-        "MODEL.DEVICE", "cpu",
-        "MODEL.MOBILENET.WIDTH_MULT", 0.25,
-        "MODEL.CONDCONV.NUM_EXPERTS", 2,
-        "DATASETS.TEST", (),
-        "DATALOADER.NUM_WORKERS", 0,
-        "SOLVER.IMS_PER_BATCH", 2,
-        "SOLVER.WARMUP_ITERS", 1,
-        "SOLVER.MAX_ITER", max_iter,
-        "SOLVER.CHECKPOINT_PERIOD", 3,
-        "OUTPUT_DIR", str(tmp_path / "out"),
-        *opts,
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.MOBILENET.WIDTH_MULT",
+            0.25,
+            "MODEL.CONDCONV.NUM_EXPERTS",
+            2,
+            "DATASETS.TEST",
+            (),
+            "DATALOADER.NUM_WORKERS",
+            0,
+            "SOLVER.IMS_PER_BATCH",
+            2,
+            "SOLVER.WARMUP_ITERS",
+            1,
+            "SOLVER.MAX_ITER",
+            max_iter,
+            "SOLVER.CHECKPOINT_PERIOD",
+            3,
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            *opts,
+        ]
+    )
     return cfg
 
 
 def test_temperature_is_linear_then_constant():
-    assert [routing_temperature_at(i, 30.0, 1.0, 30) for i in (0, 1, 29, 30, 100)] == [30.0, 29.0, 1.0, 1.0, 1.0]
+    assert [routing_temperature_at(i, 30.0, 1.0, 30) for i in (0, 1, 29, 30, 100)] == [
+        30.0,
+        29.0,
+        1.0,
+        1.0,
+        1.0,
+    ]
     assert routing_temperature_at(0, 30.0, 2.0, 0) == 2.0
     assert routing_temperature_at(5, 10.0, 1.0, 1) == 1.0
     with pytest.raises(ValueError, match="must be > 0"):
@@ -57,12 +76,18 @@ def _train(cfg, resume=False):
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
-def test_schedule_anneals_every_router_logs_it_and_resume_continues_it(shapes, tmp_path, activation):
+def test_schedule_anneals_every_router_logs_it_and_resume_continues_it(
+    shapes, tmp_path, activation
+):
     opts = [
-        "MODEL.CONDCONV.ROUTING_ACTIVATION", activation,
-        "MODEL.CONDCONV.ROUTING_TEMPERATURE", 2.0,
-        "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.START", 8.0,
-        "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS", 4,
+        "MODEL.CONDCONV.ROUTING_ACTIVATION",
+        activation,
+        "MODEL.CONDCONV.ROUTING_TEMPERATURE",
+        2.0,
+        "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.START",
+        8.0,
+        "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS",
+        4,
     ]
     expected = {0: 8.0, 1: 6.0, 2: 4.0, 3: 2.0, 4: 2.0}
     trainer, seen = _train(_cfg(tmp_path, 5, *opts))
@@ -95,9 +120,21 @@ def test_no_schedule_hook_by_default(shapes, tmp_path):
 @pytest.mark.parametrize(
     "key,value,message",
     [
-        ("MODEL.CONDCONV.ROUTING_TEMPERATURE", 0.0, "MODEL.CONDCONV.ROUTING_TEMPERATURE must be > 0"),
-        ("MODEL.CONDCONV.TEMPERATURE_SCHEDULE.START", -1.0, "TEMPERATURE_SCHEDULE.START must be > 0"),
-        ("MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS", -5, "TEMPERATURE_SCHEDULE.ITERS must be >= 0"),
+        (
+            "MODEL.CONDCONV.ROUTING_TEMPERATURE",
+            0.0,
+            "MODEL.CONDCONV.ROUTING_TEMPERATURE must be > 0",
+        ),
+        (
+            "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.START",
+            -1.0,
+            "TEMPERATURE_SCHEDULE.START must be > 0",
+        ),
+        (
+            "MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS",
+            -5,
+            "TEMPERATURE_SCHEDULE.ITERS must be >= 0",
+        ),
         ("MODEL.CONDCONV.TEMPERATURE_SCHEDULE.ITERS", 10**9, "must be <= SOLVER.MAX_ITER"),
         ("MODEL.CONDCONV.ROUTER_HIDDEN_RATIO", -0.25, "ROUTER_HIDDEN_RATIO must be >= 0"),
         ("MODEL.CONDCONV.ROUTER_NORM", "GN", "ROUTER_NORM must be one of"),
@@ -119,7 +156,9 @@ def test_bad_values_fail_at_build_time_naming_the_key(key, value, message):
 
 
 def _groups(optimizer):
-    return {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    return {
+        id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]
+    }
 
 
 def test_router_parameters_get_their_own_learning_rate_and_decay():
@@ -130,7 +169,9 @@ def test_router_parameters_get_their_own_learning_rate_and_decay():
     groups = _groups(optimizer)
     default = _groups(Trainer.build_optimizer(_cfg_model(), model))
     assert len(groups) == len(default) == sum(1 for p in model.parameters() if p.requires_grad)
-    router_params = {id(p) for m in model.modules() if isinstance(m, CondConvRouter) for p in m.parameters()}
+    router_params = {
+        id(p) for m in model.modules() if isinstance(m, CondConvRouter) for p in m.parameters()
+    }
     assert router_params
     for name, p in model.named_parameters():
         lr, decay = groups[id(p)]
@@ -141,16 +182,25 @@ def test_router_parameters_get_their_own_learning_rate_and_decay():
 
 
 def test_adamw_uses_the_same_groups():
-    cfg = _cfg_model("SOLVER.OPTIMIZER", "ADAMW", "SOLVER.BASE_LR", 0.002, "SOLVER.BETAS", (0.8, 0.99))
+    cfg = _cfg_model(
+        "SOLVER.OPTIMIZER", "ADAMW", "SOLVER.BASE_LR", 0.002, "SOLVER.BETAS", (0.8, 0.99)
+    )
     model = Trainer.build_model(cfg)
     optimizer = Trainer.build_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.AdamW)
     assert all(g["betas"] == (0.8, 0.99) for g in optimizer.param_groups)
-    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    norms = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for p in m.parameters()
+    }
     for p in model.parameters():
         lr, decay = _groups(optimizer)[id(p)]
         assert lr == 0.002
-        assert decay == (cfg.SOLVER.WEIGHT_DECAY_NORM if id(p) in norms else cfg.SOLVER.WEIGHT_DECAY)
+        assert decay == (
+            cfg.SOLVER.WEIGHT_DECAY_NORM if id(p) in norms else cfg.SOLVER.WEIGHT_DECAY
+        )
 
 
 def test_static_kernel_model_starts_as_a_plain_conv_network():
@@ -163,7 +213,17 @@ def test_static_kernel_model_starts_as_a_plain_conv_network():
 def _cfg_model(*opts):
     cfg = get_cfg()
     cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.MOBILENET.WIDTH_MULT", 0.25, "MODEL.CONDCONV.NUM_EXPERTS", 2, *opts])
+    cfg.merge_from_list(
+        [
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.MOBILENET.WIDTH_MULT",
+            0.25,
+            "MODEL.CONDCONV.NUM_EXPERTS",
+            2,
+            *opts,
+        ]
+    )
     return cfg
 
 
@@ -176,7 +236,9 @@ def test_routing_start_holds_the_routers_until_then_and_resume_keeps_it(shapes, 
     routers = [m for m in trainer.model.modules() if isinstance(m, CondConvRouter)]
     seen = []
     routers[0].register_forward_pre_hook(
-        lambda m, inputs: seen.append((trainer.iter, sum(float(r.fc.weight.abs().sum()) for r in routers)))
+        lambda m, inputs: seen.append(
+            (trainer.iter, sum(float(r.fc.weight.abs().sum()) for r in routers))
+        )
     )
     trainer.resume_or_load(resume=False)
     trainer.train()

@@ -1,4 +1,5 @@
 """Plain references for CondConv: what the layer must compute, written the slow, obvious way."""
+
 from typing import Optional
 
 import torch

@@ -3,6 +3,7 @@
 The kernel mix runs in float32 (the weights' dtype) and the mixed kernel is cast for the
 convolution; see ``condconv_det.layers.condconv._mix_kernels_eager``.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F

@@ -5,6 +5,7 @@ parts that must understand the layer: every path, the autocast-free mix, the bac
 second or two. One layer case goes through inductor, which generates and builds C++ with the
 system compiler; it is skipped, with the reason, only where inductor cannot build at all.
 """
+
 import functools
 import shutil
 

@@ -1,5 +1,6 @@
 """CondConv2d behaviour: reduction to nn.Conv2d, expert selection, batch independence, init,
 and errors for bad input."""
+
 import math
 
 import pytest
@@ -41,7 +42,12 @@ def test_one_expert_with_routing_one_equals_conv2d(kwargs, path):
 def test_constructor_order_matches_conv2d():
     # Positional arguments in nn.Conv2d's order; num_experts follows them.
     cond = CondConv2d(4, 6, 3, 2, 1, 1, 2, False, "zeros", 5)
-    assert (cond.in_channels, cond.out_channels, cond.kernel_size, cond.stride) == (4, 6, (3, 3), (2, 2))
+    assert (cond.in_channels, cond.out_channels, cond.kernel_size, cond.stride) == (
+        4,
+        6,
+        (3, 3),
+        (2, 2),
+    )
     assert (cond.padding, cond.dilation, cond.groups, cond.bias) == ((1, 1), (1, 1), 2, None)
     assert cond.num_experts == 5
     assert cond.weight.shape == (5, 6, 2, 3, 3)
@@ -162,7 +168,10 @@ def test_router_dropout_only_in_training():
         (lambda: CondConvRouter(4, 2, hidden_ratio=-0.5), "hidden_ratio must be >= 0"),
         (lambda: CondConvRouter(4, 2, norm="GN"), "norm must be one of"),
         (lambda: CondConvRouter(4, 2, expert_dropout=1.0), "expert_dropout must be in [0, 1)"),
-        (lambda: CondConvRouter(4, 2, activation="softmax", temperature=0), "temperature must be > 0"),
+        (
+            lambda: CondConvRouter(4, 2, activation="softmax", temperature=0),
+            "temperature must be > 0",
+        ),
         (lambda: CondConvRouter(4, 2, dropout=1.0), "dropout must be in [0, 1)"),
     ],
 )
@@ -175,7 +184,9 @@ def test_bad_construction_is_a_clear_error(build, message):
 def test_bad_forward_input_is_a_clear_error():
     cond = CondConv2d(4, 6, 3, num_experts=4)
     x = torch.randn(2, 4, 8, 8)
-    with pytest.raises(ValueError, match=r"routing_weights of shape \(B, num_experts\) = \(2, 4\), got \[2, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"routing_weights of shape \(B, num_experts\) = \(2, 4\), got \[2, 3\]"
+    ):
         cond(x, torch.rand(2, 3))
     with pytest.raises(ValueError, match=r"routing_weights .* got \[3, 4\]"):
         cond(x, torch.rand(3, 4))

@@ -1,4 +1,5 @@
 """Every CondConv2d path equals a per-example loop over F.conv2d, in values and gradients."""
+
 import itertools
 
 import pytest
@@ -53,7 +54,13 @@ def test_paths_match_per_example_loop(kernel, stride, dilation, groups_key, bias
         layer.path = path
         out = layer(x, routing)
         ref = condconv_reference(
-            x, routing, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation,
+            x,
+            routing,
+            layer.weight,
+            layer.bias,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
             layer.groups,
         )
         where = f"batch={batch} experts={experts}"
@@ -81,7 +88,14 @@ def test_gradcheck(path, kernel, groups_key):
 
     def fn(x, routing, weight, bias):
         return cond_conv2d(
-            x, routing, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups,
+            x,
+            routing,
+            weight,
+            bias,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
             path,
         )
 
@@ -138,8 +152,14 @@ def test_split_batch1_mix_matches_reference(monkeypatch, kernel, groups):
     # Only one of the two inputs needing a gradient, and gradcheck through the custom backward.
     (grad_w,) = torch.autograd.grad(layer(x.detach(), routing.detach()).sum(), [layer.weight])
     ref = condconv_reference(
-        x.detach(), routing.detach(), layer.weight, None, layer.stride, layer.padding,
-        layer.dilation, groups,
+        x.detach(),
+        routing.detach(),
+        layer.weight,
+        None,
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        groups,
     )
     torch.testing.assert_close(grad_w, torch.autograd.grad(ref.sum(), [layer.weight])[0])
     weight = layer.weight.detach().clone().requires_grad_(True)

@@ -1,6 +1,7 @@
 """CondConv under torch.export (ExportedProgram, saved and loaded back), the dynamo ONNX exporter
 (onnxruntime), TorchScript (script and trace) and the legacy ONNX exporter (opset 17), each with
 a dynamic batch, compared with eager at batch sizes the export never saw."""
+
 import io
 import warnings
 
@@ -98,7 +99,7 @@ def test_torch_export_matches_eager_with_dynamic_batch(name, path):
 
 @pytest.mark.parametrize("name", ["routed3x3", "block"])
 def test_exported_program_converts_to_onnx_with_dynamic_batch(name, tmp_path):
-    """"auto" records the batch-independent path under torch.export, so the saved program also
+    """ "auto" records the batch-independent path under torch.export, so the saved program also
     lowers to ONNX (whose Conv needs a constant group count: no batch folded into groups)."""
     pytest.importorskip("onnxscript")
     model = _models()[name].eval()

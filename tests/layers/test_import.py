@@ -1,4 +1,5 @@
 """The layer package is plain PyTorch: it imports and runs with detectron2 unavailable."""
+
 import subprocess
 import sys
 import textwrap

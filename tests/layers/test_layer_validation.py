@@ -1,5 +1,6 @@
 """The layers' edge cases as nn.Conv2d has them (an empty batch, its argument forms) and clear
 errors for arguments and inputs that nn.Conv2d would refuse or that would give a wrong result."""
+
 import warnings
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Router initialisation: the official Glorot init, or zeros (every example routed alike)."""
+
 import pytest
 import torch
 
@@ -21,8 +22,12 @@ def test_zero_init_still_learns_to_route():
 
 
 def test_reset_routers_reaches_every_router():
-    model = torch.nn.Sequential(RoutedCondConv2d(8, 8, 3, num_experts=4), RoutedCondConv2d(8, 8, 1, num_experts=2))
+    model = torch.nn.Sequential(
+        RoutedCondConv2d(8, 8, 3, num_experts=4), RoutedCondConv2d(8, 8, 1, num_experts=2)
+    )
     assert reset_routers(model, "zeros") is model
-    assert all(m.fc.weight.abs().sum() == 0 for m in model.modules() if isinstance(m, CondConvRouter))
+    assert all(
+        m.fc.weight.abs().sum() == 0 for m in model.modules() if isinstance(m, CondConvRouter)
+    )
     with pytest.raises(ValueError, match="init must be one of"):
         reset_routers(model, "normal")

@@ -2,6 +2,7 @@
 hidden layer and norm, expert dropout, the routing temperature for both activations, the
 expert init scaled to a plain kernel's variance, and configure_condconv applying them to a
 built model."""
+
 import math
 
 import pytest
@@ -27,7 +28,9 @@ PATHS = [p for p in CONDCONV_PATHS]
 @pytest.mark.parametrize("groups,bias", [(1, True), (1, False), (4, True)])
 def test_static_kernel_starts_as_a_plain_conv_and_adds_the_routed_residual(path, groups, bias):
     torch.manual_seed(0)
-    layer = CondConv2d(8, 12, 3, padding=1, groups=groups, bias=bias, num_experts=3, static_kernel=True, path=path)
+    layer = CondConv2d(
+        8, 12, 3, padding=1, groups=groups, bias=bias, num_experts=3, static_kernel=True, path=path
+    )
     batch = 1 if path == "single" else 3
     x, r = torch.randn(batch, 8, 6, 6), torch.rand(batch, 3)
     plain = F.conv2d(x, layer.static_weight, layer.static_bias, 1, 1, 1, groups)
@@ -41,7 +44,9 @@ def test_static_kernel_starts_as_a_plain_conv_and_adds_the_routed_residual(path,
     ones = torch.ones(batch, 1)
     weight = torch.cat([layer.static_weight[None], layer.weight])
     biases = torch.cat([layer.static_bias[None], layer.bias]) if bias else None
-    expected = condconv_reference(x, torch.cat([ones, r], 1), weight, biases, (1, 1), (1, 1), (1, 1), groups)
+    expected = condconv_reference(
+        x, torch.cat([ones, r], 1), weight, biases, (1, 1), (1, 1), (1, 1), groups
+    )
     torch.testing.assert_close(layer(x, r), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -150,7 +155,9 @@ def test_expert_dropout_only_in_training_and_unbiased():
 @pytest.mark.parametrize("activation,start", [("sigmoid", 0.5), ("softmax", 0.25)])
 def test_mixed_variance_init_gives_the_mixed_kernel_a_plain_kernels_variance(activation, start):
     torch.manual_seed(0)
-    model = nn.Sequential(RoutedCondConv2d(64, 64, 3, num_experts=4, bias=False, routing_activation=activation))
+    model = nn.Sequential(
+        RoutedCondConv2d(64, 64, 3, num_experts=4, bias=False, routing_activation=activation)
+    )
     conv = model[0]
     plain_std = conv.weight[0].std().item()
     configure_condconv(model, expert_init="mixed_variance")
@@ -162,13 +169,19 @@ def test_mixed_variance_init_gives_the_mixed_kernel_a_plain_kernels_variance(act
 def test_configure_condconv_rebuilds_routers_and_adds_static_kernels():
     torch.manual_seed(0)
     model = nn.Sequential(
-        RoutedCondConv2d(8, 8, 3, padding=1, num_experts=4, routing_activation="softmax", routing_temperature=2.0),
+        RoutedCondConv2d(
+            8, 8, 3, padding=1, num_experts=4, routing_activation="softmax", routing_temperature=2.0
+        ),
         nn.ReLU(),
         RoutedCondConv2d(8, 8, 1, num_experts=4),
     )
     expert0 = [model[0].expert_conv(0), model[2].expert_conv(0)]
     out = configure_condconv(
-        model, static_kernel=True, router_hidden_ratio=0.5, router_norm="BN", expert_dropout=0.1,
+        model,
+        static_kernel=True,
+        router_hidden_ratio=0.5,
+        router_norm="BN",
+        expert_dropout=0.1,
         router_init="zeros",
     )
     assert out is model
@@ -180,7 +193,9 @@ def test_configure_condconv_rebuilds_routers_and_adds_static_kernels():
     torch.testing.assert_close(model.eval()(x), expert0[1](expert0[0](x).relu()))
     # Applying the same options again changes nothing.
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    configure_condconv(model, static_kernel=True, router_hidden_ratio=0.5, router_norm="BN", expert_dropout=0.1)
+    configure_condconv(
+        model, static_kernel=True, router_hidden_ratio=0.5, router_norm="BN", expert_dropout=0.1
+    )
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="expert_init must be one of"):
         configure_condconv(model, expert_init="orthogonal")
@@ -217,7 +232,9 @@ def test_detached_router_input_sends_no_gradient_into_the_features():
 @pytest.mark.parametrize("groups,bias,batch", [(1, True, 3), (4, False, 2), (1, False, 1)])
 def test_normalized_kernel_is_the_unit_norm_mixed_kernel_per_example(groups, bias, batch):
     torch.manual_seed(0)
-    layer = CondConv2d(8, 12, 3, padding=1, groups=groups, bias=bias, num_experts=3, normalize_kernel=True)
+    layer = CondConv2d(
+        8, 12, 3, padding=1, groups=groups, bias=bias, num_experts=3, normalize_kernel=True
+    )
     x, r = torch.randn(batch, 8, 6, 6), torch.rand(batch, 3)
     outputs = []
     for b in range(batch):
@@ -245,7 +262,10 @@ def test_shared_init_starts_and_learns_as_the_static_twin(experts):
     # Every expert from one plain kernel, routing at 1/sqrt(E) for every input: the layer
     # computes its static twin's output, and (routing held) its SGD steps are the twin's.
     torch.manual_seed(0)
-    layer = configure_condconv(nn.Sequential(RoutedCondConv2d(8, 8, 3, padding=1, num_experts=experts)), expert_init="shared")[0]
+    layer = configure_condconv(
+        nn.Sequential(RoutedCondConv2d(8, 8, 3, padding=1, num_experts=experts)),
+        expert_init="shared",
+    )[0]
     x, target = torch.randn(4, 8, 7, 7), torch.randn(4, 8, 7, 7)
     routing = layer.router(x)
     torch.testing.assert_close(routing, torch.full_like(routing, 1 / math.sqrt(experts)))
@@ -256,7 +276,10 @@ def test_shared_init_starts_and_learns_as_the_static_twin(experts):
     assert not torch.equal(layer.weight[0], layer.weight[1])  # the experts can grow apart
     torch.testing.assert_close(layer(x), static(x), rtol=1e-5, atol=1e-5)
     layer.router.requires_grad_(False)
-    opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1) for m in (static, layer)]
+    opts = [
+        torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+        for m in (static, layer)
+    ]
     for _ in range(3):
         for m, opt in zip((static, layer), opts):
             opt.zero_grad()

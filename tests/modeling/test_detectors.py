@@ -1,4 +1,5 @@
 """Every registered CondConv backbone trains in a detectron2 detector on CPU, by config only."""
+
 import pytest
 import torch
 from detectron2 import model_zoo
@@ -55,21 +56,28 @@ CASES = {
     "retinanet/resnet_fpn": (RETINANET, "build_condconv_retinanet_resnet_fpn_backbone", {}),
     "retinanet/mobilenet_fpn": (RETINANET, "build_condconv_retinanet_mobilenet_fpn_backbone", {}),
     "retinanet/efficientnet_fpn": (
-        RETINANET, "build_condconv_retinanet_mobilenet_fpn_backbone", {"MODEL.MOBILENET.ARCH": "efficientnet_b0"}
+        RETINANET,
+        "build_condconv_retinanet_mobilenet_fpn_backbone",
+        {"MODEL.MOBILENET.ARCH": "efficientnet_b0"},
     ),
     "faster_rcnn/resnet_fpn": (FASTER_RCNN, "build_condconv_resnet_fpn_backbone", {}),
     "faster_rcnn/mobilenet_v1_fpn": (
         FASTER_RCNN,
         "build_condconv_mobilenet_fpn_backbone",
-        {"MODEL.MOBILENET.ARCH": "mobilenet_v1", "MODEL.MOBILENET.OUT_FEATURES": ["res2", "res3", "res4", "res5"]},
+        {
+            "MODEL.MOBILENET.ARCH": "mobilenet_v1",
+            "MODEL.MOBILENET.OUT_FEATURES": ["res2", "res3", "res4", "res5"],
+        },
     ),
     # The plain backbones, on a single feature map.
     "faster_rcnn/resnet_res4": (
         FASTER_RCNN,
         "build_condconv_resnet_backbone",
         {
-            "MODEL.RESNETS.OUT_FEATURES": ["res4"], "MODEL.CONDCONV.RESNET_STAGES": ["res4"],
-            "MODEL.RPN.IN_FEATURES": ["res4"], "MODEL.ROI_HEADS.IN_FEATURES": ["res4"],
+            "MODEL.RESNETS.OUT_FEATURES": ["res4"],
+            "MODEL.CONDCONV.RESNET_STAGES": ["res4"],
+            "MODEL.RPN.IN_FEATURES": ["res4"],
+            "MODEL.ROI_HEADS.IN_FEATURES": ["res4"],
             "MODEL.ANCHOR_GENERATOR.SIZES": [[32, 64]],
         },
     ),
@@ -77,8 +85,10 @@ CASES = {
         FASTER_RCNN,
         "build_condconv_mobilenet_backbone",
         {
-            "MODEL.MOBILENET.OUT_FEATURES": ["res5"], "MODEL.RPN.IN_FEATURES": ["res5"],
-            "MODEL.ROI_HEADS.IN_FEATURES": ["res5"], "MODEL.ANCHOR_GENERATOR.SIZES": [[32, 64]],
+            "MODEL.MOBILENET.OUT_FEATURES": ["res5"],
+            "MODEL.RPN.IN_FEATURES": ["res5"],
+            "MODEL.ROI_HEADS.IN_FEATURES": ["res5"],
+            "MODEL.ANCHOR_GENERATOR.SIZES": [[32, 64]],
         },
     ),
 }
@@ -91,7 +101,9 @@ def test_detector_trains_and_predicts(case):
     model = build_model(_cfg(base, backbone, **overrides))
     routers = [p for n, p in model.named_parameters() if "router" in n]
     assert routers, "the model has no CondConv"
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9
+    )
     start = [p.detach().clone() for p in routers]
     model.train()
     with EventStorage(0):  # detectron2's detectors log training statistics to it

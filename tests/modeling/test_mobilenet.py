@@ -1,4 +1,5 @@
 """MobileNet-family backbones: shapes from the tables, placement of CondConv, freezing."""
+
 import pytest
 import torch
 from detectron2.layers import FrozenBatchNorm2d
@@ -20,7 +21,9 @@ def _condconvs(model):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_output_shape_equals_real_outputs(arch):
     torch.manual_seed(0)
-    model = MobileNet(arch, out_features=_features(arch), width_mult=0.5 if "tiny" not in arch else 1.0).eval()
+    model = MobileNet(
+        arch, out_features=_features(arch), width_mult=0.5 if "tiny" not in arch else 1.0
+    ).eval()
     x = torch.randn(2, 3, 96, 64)
     with torch.no_grad():
         outputs = model(x)
@@ -73,7 +76,9 @@ def test_layer_routing_gives_each_conv_a_router():
         assert block.router is None
     out = model(torch.randn(2, 3, 64, 64))["res5"]
     out.mean().backward()
-    assert all(p.grad is not None for n, p in model.named_parameters() if "router" in n and "res5" in n)
+    assert all(
+        p.grad is not None for n, p in model.named_parameters() if "router" in n and "res5" in n
+    )
 
 
 def test_unused_stages_are_not_built():
@@ -81,7 +86,9 @@ def test_unused_stages_are_not_built():
     short = MobileNet("mobilenet_v2", out_features=["res3"])
     assert short.stage_names == ["stem", "res2", "res3"]
     assert not hasattr(short, "res4") and short.head is None
-    assert sum(p.numel() for p in short.parameters()) < sum(p.numel() for p in full.parameters()) / 10
+    assert (
+        sum(p.numel() for p in short.parameters()) < sum(p.numel() for p in full.parameters()) / 10
+    )
 
 
 def test_freeze_at_two_freezes_stem_and_res2():
@@ -165,7 +172,11 @@ def test_router_init_key_reaches_the_backbone_routers(init):
     add_condconv_config(cfg)
     cfg.MODEL.MOBILENET.WIDTH_MULT = 0.25
     cfg.MODEL.CONDCONV.ROUTER_INIT = init
-    routers = [m for m in build_condconv_mobilenet_backbone(cfg, ShapeSpec(channels=3)).modules() if isinstance(m, CondConvRouter)]
+    routers = [
+        m
+        for m in build_condconv_mobilenet_backbone(cfg, ShapeSpec(channels=3)).modules()
+        if isinstance(m, CondConvRouter)
+    ]
     assert routers and all((r.fc.weight.abs().sum() == 0) == (init == "zeros") for r in routers)
     cfg.MODEL.CONDCONV.ROUTER_INIT = "normal"
     with pytest.raises(ValueError, match="MODEL.CONDCONV.ROUTER_INIT"):

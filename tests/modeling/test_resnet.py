@@ -1,4 +1,5 @@
 """CondConv-ResNet: detectron2's ResNet with CondConv blocks where asked, plain elsewhere."""
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -47,7 +48,10 @@ def test_zero_experts_is_detectron2_resnet(depth):
         torch.testing.assert_close(out, theirs(x)[name])
 
 
-@pytest.mark.parametrize("depth,block,plain", [(18, CondConvBasicBlock, BasicBlock), (50, CondConvBottleneckBlock, BottleneckBlock)])
+@pytest.mark.parametrize(
+    "depth,block,plain",
+    [(18, CondConvBasicBlock, BasicBlock), (50, CondConvBottleneckBlock, BottleneckBlock)],
+)
 def test_condconv_only_in_chosen_stages(depth, block, plain):
     model = build_condconv_resnet_backbone(_cfg(depth, experts=4, stages=("res3", "res5")), INPUT)
     for name, stage in zip(model.stage_names, model.stages):

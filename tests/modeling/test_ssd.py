@@ -1,5 +1,6 @@
 """SSD: matching, box encoding, hard-negative mining and default boxes against hand-computed
 values; the SSD backbones' declared shapes; train and eval steps of tiny detectors on CPU."""
+
 import inspect
 import math
 
@@ -443,7 +444,11 @@ def test_head_routers_follow_router_init(init):
     zero = [bool(r.fc.weight.abs().sum() == 0) for r in routers]
     assert all(zero) if init == "zeros" else not any(zero)
     shapes = [ShapeSpec(channels=8, stride=8)]
-    head = SSDHead(input_shape=shapes, num_classes=2, num_anchors=[4], num_experts=2, router_init="zeros")
-    assert all(m.fc.weight.abs().sum() == 0 for m in head.modules() if isinstance(m, CondConvRouter))
+    head = SSDHead(
+        input_shape=shapes, num_classes=2, num_anchors=[4], num_experts=2, router_init="zeros"
+    )
+    assert all(
+        m.fc.weight.abs().sum() == 0 for m in head.modules() if isinstance(m, CondConvRouter)
+    )
     with pytest.raises(ValueError, match="router_init must be None or one of"):
         SSDHead(input_shape=shapes, num_classes=2, num_anchors=[4], router_init="normal")

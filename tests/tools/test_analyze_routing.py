@@ -1,5 +1,6 @@
 """tools/analyze_routing.py: its CSVs match an independent recomputation from router hooks,
 class counts are exact, unused experts are flagged, the plots are PNGs, bad input is named."""
+
 import csv
 import math
 import os
@@ -23,10 +24,14 @@ CONFIG = os.path.join(
 )
 EXPERTS = 4
 TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.MOBILENET.WIDTH_MULT", "0.25",
-    "MODEL.CONDCONV.NUM_EXPERTS", str(EXPERTS),
-    "MODEL.CONDCONV.ROUTER_INIT", "glorot",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.MOBILENET.WIDTH_MULT",
+    "0.25",
+    "MODEL.CONDCONV.NUM_EXPERTS",
+    str(EXPERTS),
+    "MODEL.CONDCONV.ROUTER_INIT",
+    "glorot",
 ]
 NUM_IMAGES = 5  # of the 6 validation images: --max-images takes the first ones
 FORCED = ("backbone.bottom_up.res4.3", 1)  # (layer, expert) whose router bias is set to -20
@@ -113,10 +118,21 @@ def _read(path):
 def analysis(weights, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("routing"))
     tool = load_tool("analyze_routing")
-    tool.main([
-        "--config-file", CONFIG, "--dataset", "shapes_val", "--max-images", str(NUM_IMAGES),
-        "--output", out, *TINY, "MODEL.WEIGHTS", weights,
-    ])
+    tool.main(
+        [
+            "--config-file",
+            CONFIG,
+            "--dataset",
+            "shapes_val",
+            "--max-images",
+            str(NUM_IMAGES),
+            "--output",
+            out,
+            *TINY,
+            "MODEL.WEIGHTS",
+            weights,
+        ]
+    )
     return out
 
 

@@ -1,4 +1,5 @@
 """tools/benchmark_layer.py runs and prints one complete row per case (no timing asserted)."""
+
 import pytest
 
 from tests.tools import load_tool
@@ -24,7 +25,6 @@ def test_quick_markdown_table_with_timm_peer_and_summary(capsys):
     for cells in rows:
         assert len(cells) == len(header)
         static, cond, x_static, timm, xt, floor, x_floor = map(float, cells[4:])
-        batch = int(cells[1])
         assert static > 0 and cond > 0 and timm > 0 and floor >= static
         assert abs(x_static - cond / static) <= 0.01 * x_static + 0.01
         assert abs(xt - cond / timm) <= 0.01 * xt + 0.01

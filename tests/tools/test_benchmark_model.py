@@ -1,5 +1,6 @@
 """tools/benchmark_model.py: the table's rows and columns on tiny models (no timing asserted),
 peak memory on known allocations, the model-state count and the paired timing ratio."""
+
 import math
 import time
 
@@ -11,7 +12,7 @@ from condconv_det.layers import CondConv2d
 
 from . import load_tool
 
-MiB = 2 ** 20
+MiB = 2**20
 
 
 def _cells(row: str):

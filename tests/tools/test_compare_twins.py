@@ -1,4 +1,5 @@
 """tools/compare_twins.py: reads each twin's final COCO evaluation and prints them side by side."""
+
 import json
 import os
 
@@ -6,7 +7,9 @@ import pytest
 
 from . import load_tool
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "shapes", "ssd_condconv_MNv1.yaml")
+CONFIG = os.path.join(
+    os.path.dirname(__file__), "..", "..", "configs", "shapes", "ssd_condconv_MNv1.yaml"
+)
 
 
 def _metrics(path, ap):
@@ -14,7 +17,9 @@ def _metrics(path, ap):
     with open(os.path.join(path, "metrics.json"), "w") as f:
         f.write(json.dumps({"iteration": 9, "total_loss": 1.0}) + "\n")
         f.write(json.dumps({"iteration": 9, "bbox/AP": ap - 5, "bbox/AP50": 1.0}) + "\n")  # older
-        last = {f"bbox/{m}": ap + i for i, m in enumerate(["AP", "AP50", "AP75", "APs", "APm", "APl"])}
+        last = {
+            f"bbox/{m}": ap + i for i, m in enumerate(["AP", "AP50", "AP75", "APs", "APm", "APl"])
+        }
         last["bbox/APl"] = float("nan")  # COCO's value for a size class without objects
         f.write(json.dumps({"iteration": 19, "bbox/AP-circle": ap / 2, **last}) + "\n")
 
@@ -28,7 +33,10 @@ def test_side_by_side_table_from_finished_runs(tmp_path, capsys):
     assert "| box AP | 30.0 | 27.5 | +2.5 |" in out
     assert "| box AP50 | 31.0 | 28.5 | +2.5 |" in out
     assert "| box APl | - | - |  |" in out
-    assert "|   AP circle | 15.0 | 13.8 | +1.2 |" in out or "|   AP circle | 15.0 | 13.8 | +1.3 |" in out
+    assert (
+        "|   AP circle | 15.0 | 13.8 | +1.2 |" in out
+        or "|   AP circle | 15.0 | 13.8 | +1.3 |" in out
+    )
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("|")}
     condconv_params, static_params = (float(v) for v in rows["parameters (M)"].split("|")[2:4])
     condconv_madds, static_madds = (float(v) for v in rows["multiply-adds (M)"].split("|")[2:4])
@@ -66,13 +74,32 @@ def test_seeds_give_mean_spread_and_paired_difference(tmp_path, capsys):
     assert static_opts[-4:] == ["MODEL.CONDCONV.NUM_EXPERTS", "0", "SEED", "0"]
     assert "SOLVER.MAX_ITER" in static_opts
     # ... so its runs are the same for another CondConv variant with the same solver.
-    other = twin_runs(CONFIG, ["MODEL.CONDCONV.EXPERT_DROPOUT", "0.1", "SOLVER.MAX_ITER", "10"], range(3), str(tmp_path))
+    other = twin_runs(
+        CONFIG,
+        ["MODEL.CONDCONV.EXPERT_DROPOUT", "0.1", "SOLVER.MAX_ITER", "10"],
+        range(3),
+        str(tmp_path),
+    )
     assert [r.output_dir for r in other["static"]] == [r.output_dir for r in runs["static"]]
     assert other["CondConv"][0].output_dir != runs["CondConv"][0].output_dir
     for seed, (cc, st) in enumerate([(30.0, 27.0), (32.0, 28.0), (31.0, 29.0)]):
         for run, ap in ((runs["CondConv"][seed], cc), (runs["static"][seed], st)):
             _metrics(run.output_dir, ap)
-    assert tool.main(["--config-file", CONFIG, "--output-dir", str(tmp_path), "--seeds", "3", "--skip-train", *opts]) == 0
+    assert (
+        tool.main(
+            [
+                "--config-file",
+                CONFIG,
+                "--output-dir",
+                str(tmp_path),
+                "--seeds",
+                "3",
+                "--skip-train",
+                *opts,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "3 seeds (mean ± standard deviation)" in out
     # CondConv 31.0 +- 1.0, static 28.0 +- 1.0; differences 3, 4, 2: +3.0 +- 1.0.
@@ -96,7 +123,9 @@ def test_a_run_of_other_settings_is_not_overwritten(tmp_path):
         run.is_finished()
 
 
-def test_from_static_trains_one_static_base_per_seed_and_starts_both_twins_from_it(tmp_path, capsys, monkeypatch):
+def test_from_static_trains_one_static_base_per_seed_and_starts_both_twins_from_it(
+    tmp_path, capsys, monkeypatch
+):
     tool = load_tool("compare_twins")
     trained = []
 
@@ -107,24 +136,41 @@ def test_from_static_trains_one_static_base_per_seed_and_starts_both_twins_from_
         return 1.0
 
     monkeypatch.setattr(tool, "run_training", fake_training)
-    argv = ["--config-file", CONFIG, "--output-dir", str(tmp_path), "--seeds", "2", "--from-static", "40"]
+    argv = [
+        "--config-file",
+        CONFIG,
+        "--output-dir",
+        str(tmp_path),
+        "--seeds",
+        "2",
+        "--from-static",
+        "40",
+    ]
     assert tool.main(argv + ["SOLVER.MAX_ITER", "60"]) == 0
     out = capsys.readouterr().out
     assert "both twins from the static model of 40 iterations" in out
     assert "| box AP | 30.0 ± 0.0 | 27.5 ± 0.0 | +2.5 ± 0.0 |" in out
     folders = [os.path.relpath(d, tmp_path).split(os.sep)[0] for d, _ in trained]
-    assert folders[0].startswith("base-") and folders[1] == folders[0]  # the bases first, one per seed
+    assert (
+        folders[0].startswith("base-") and folders[1] == folders[0]
+    )  # the bases first, one per seed
     base_dirs = {seed: d for seed, (d, _) in enumerate(trained[:2])}
     for output_dir, opts in trained[2:]:
         pairs = dict(zip(opts[0::2], opts[1::2]))
         seed = int(pairs["SEED"])
-        assert pairs["MODEL.WEIGHTS"] == os.path.join(os.path.abspath(base_dirs[seed]), "model_final.pth")
+        assert pairs["MODEL.WEIGHTS"] == os.path.join(
+            os.path.abspath(base_dirs[seed]), "model_final.pth"
+        )
         assert pairs["SOLVER.MAX_ITER"] == "60"
-        assert (pairs.get("MODEL.CONDCONV.NUM_EXPERTS") == "0") == ("static" in os.path.relpath(output_dir, tmp_path))
+        assert (pairs.get("MODEL.CONDCONV.NUM_EXPERTS") == "0") == (
+            "static" in os.path.relpath(output_dir, tmp_path)
+        )
     base_opts = dict(zip(trained[0][1][0::2], trained[0][1][1::2]))
     assert base_opts["MODEL.CONDCONV.NUM_EXPERTS"] == "0" and base_opts["SOLVER.MAX_ITER"] == "40"
     # From-scratch twins live elsewhere: the two comparisons never share a run.
     from condconv_det.twins import twin_runs
 
     scratch = twin_runs(CONFIG, ["SOLVER.MAX_ITER", "60"], [0, 1], str(tmp_path))
-    assert {r.output_dir for runs in scratch.values() for r in runs}.isdisjoint(d for d, _ in trained)
+    assert {r.output_dir for runs in scratch.values() for r in runs}.isdisjoint(
+        d for d, _ in trained
+    )

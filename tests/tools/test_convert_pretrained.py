@@ -1,4 +1,5 @@
 """tools/convert_pretrained.py: torchvision / timm weights -> MODEL.WEIGHTS of a CondConv model."""
+
 import pytest
 import timm
 import torch
@@ -15,10 +16,18 @@ from condconv_det.modeling.classifier import build_classifier
 from tests.tools import load_tool
 
 OPTS = [
-    "MODEL.BACKBONE.NAME", "build_condconv_retinanet_resnet_fpn_backbone",
-    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-    "MODEL.RESNETS.STRIDE_IN_1X1", "False", "MODEL.RESNETS.NORM", "BN",
-    "MODEL.CONDCONV.NUM_EXPERTS", "4",
+    "MODEL.BACKBONE.NAME",
+    "build_condconv_retinanet_resnet_fpn_backbone",
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+    "MODEL.RESNETS.STRIDE_IN_1X1",
+    "False",
+    "MODEL.RESNETS.NORM",
+    "BN",
+    "MODEL.CONDCONV.NUM_EXPERTS",
+    "4",
 ]
 
 
@@ -39,8 +48,22 @@ def test_torchvision_resnet_into_condconv_retinanet(tmp_path, capsys):
     config = model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml")
     tool = load_tool("convert_pretrained")
     out = str(tmp_path / "r18_cc4.pth")
-    assert tool.main(["--source", "torchvision-resnet", "--input", str(tmp_path / "r18.pth"),
-                      "--output", out, "--config-file", config] + OPTS) == 0
+    assert (
+        tool.main(
+            [
+                "--source",
+                "torchvision-resnet",
+                "--input",
+                str(tmp_path / "r18.pth"),
+                "--output",
+                out,
+                "--config-file",
+                config,
+            ]
+            + OPTS
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
 
     # Loaded through detectron2's checkpointer (what MODEL.WEIGHTS does), the CondConv bottom-up
@@ -59,12 +82,32 @@ def test_torchvision_resnet_into_condconv_retinanet(tmp_path, capsys):
 def test_bad_inputs_are_clear_errors(tmp_path):
     tool = load_tool("convert_pretrained")
     with pytest.raises(SystemExit, match="is not a file"):
-        tool.main(["--source", "torchvision-resnet", "--input", str(tmp_path / "nope.pth"),
-                   "--output", str(tmp_path / "o.pth"), "--arch", "resnet18"])
+        tool.main(
+            [
+                "--source",
+                "torchvision-resnet",
+                "--input",
+                str(tmp_path / "nope.pth"),
+                "--output",
+                str(tmp_path / "o.pth"),
+                "--arch",
+                "resnet18",
+            ]
+        )
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     with pytest.raises(SystemExit, match="shape mismatches"):
-        tool.main(["--source", "torchvision-resnet", "--input", str(tmp_path / "r18.pth"),
-                   "--output", str(tmp_path / "o.pth"), "--arch", "resnet50"])
+        tool.main(
+            [
+                "--source",
+                "torchvision-resnet",
+                "--input",
+                str(tmp_path / "r18.pth"),
+                "--output",
+                str(tmp_path / "o.pth"),
+                "--arch",
+                "resnet50",
+            ]
+        )
 
 
 def _timm_source(name, images, tmp_path, **kwargs):
@@ -81,8 +124,21 @@ def test_timm_efficientnet_cc_into_its_classifier(tmp_path, capsys):
     source, path = _timm_source("tf_efficientnet_cc_b0_4e", images, tmp_path)
     out = str(tmp_path / "cc4.pth")
     tool = load_tool("convert_pretrained")
-    assert tool.main(["--source", "timm-efficientnet", "--input", path, "--timm-model",
-                      "tf_efficientnet_cc_b0_4e", "--output", out]) == 0
+    assert (
+        tool.main(
+            [
+                "--source",
+                "timm-efficientnet",
+                "--input",
+                path,
+                "--timm-model",
+                "tf_efficientnet_cc_b0_4e",
+                "--output",
+                out,
+            ]
+        )
+        == 0
+    )
     assert "note:" not in capsys.readouterr().out  # the classifier is built to match
 
     model = build_classifier("efficientnet_b0", num_experts=4, bn_eps=1e-3, padding="tf_same")
@@ -99,11 +155,21 @@ def test_timm_efficientnet_cc_into_a_detector_backbone(tmp_path, capsys):
     images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     source, path = _timm_source("efficientnet_cc_b0_4e", images, tmp_path, bn_eps=1e-3)
     opts = [
-        "MODEL.BACKBONE.NAME", "build_condconv_mobilenet_backbone",
-        "MODEL.MOBILENET.ARCH", "efficientnet_b0", "MODEL.CONDCONV.NUM_EXPERTS", "4",
+        "MODEL.BACKBONE.NAME",
+        "build_condconv_mobilenet_backbone",
+        "MODEL.MOBILENET.ARCH",
+        "efficientnet_b0",
+        "MODEL.CONDCONV.NUM_EXPERTS",
+        "4",
         # A backbone that stops at res4: timm's res5 blocks and head conv are left out.
-        "MODEL.MOBILENET.OUT_FEATURES", "['res4']", "MODEL.RPN.IN_FEATURES", "['res4']",
-        "MODEL.ROI_HEADS.IN_FEATURES", "['res4']", "MODEL.ANCHOR_GENERATOR.SIZES", "[[32, 64]]",
+        "MODEL.MOBILENET.OUT_FEATURES",
+        "['res4']",
+        "MODEL.RPN.IN_FEATURES",
+        "['res4']",
+        "MODEL.ROI_HEADS.IN_FEATURES",
+        "['res4']",
+        "MODEL.ANCHOR_GENERATOR.SIZES",
+        "[[32, 64]]",
     ]
     config = model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")
     out = str(tmp_path / "cc4_detector.pth")

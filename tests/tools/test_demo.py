@@ -1,4 +1,5 @@
 """tools/demo.py: one drawn image per input at its size, evaluation's predictions, bad inputs."""
+
 import logging
 import os
 

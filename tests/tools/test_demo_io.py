@@ -1,5 +1,6 @@
 """tools/demo.py and its files: outputs that would replace inputs are refused before any work,
 drawn images are written whole or not at all, 16-bit inputs are drawn with their gradient."""
+
 import os
 
 import numpy as np

@@ -1,6 +1,7 @@
 """tools/export_model.py: a tiny shapes SSD-CondConv (random weights) through torch.export, to
 ONNX (dynamo and legacy exporters) and to TorchScript, checked against the PyTorch detector at
 several batch sizes, and the tool's errors."""
+
 import contextlib
 import io
 import json
@@ -380,7 +381,7 @@ def test_network_that_does_not_script_is_refused_with_the_reason(detector, tmp_p
     args = tool.parse_args(["--config-file", CONFIG, "--export-method", "scripting"])
     with pytest.raises(tool.ExportInputError, match="does not script") as error:
         tool.export_network(Unscriptable(), torch.zeros(1), args, str(tmp_path / "n.ts"))
-    assert ".py\", line" in str(error.value) and "--export-method tracing" in str(error.value)
+    assert '.py", line' in str(error.value) and "--export-method tracing" in str(error.value)
 
 
 @pytest.mark.parametrize("fmt", ["torch-export", "onnx"])

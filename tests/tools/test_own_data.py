@@ -2,6 +2,7 @@
 tools/train_net.py (paths on the command line, or in a YAML file), tools/lazy_train_net.py
 (train.coco_json) and tools/demo.py train, evaluate and draw with the data's classes; bad files
 and settings fail before anything trains, naming the setting."""
+
 import os
 import subprocess
 import sys
@@ -103,6 +104,22 @@ def test_train_net_with_paths_on_the_command_line(data, tmp_path):
     )
     assert {f"AP-{name}" for name in CLASSES} <= set(results["bbox"])
 
+    # The routing analysis reads the same config (in a fresh process, where only the config can
+    # register the data): the data's images, by the data's classes.
+    routing = tmp_path / "routing"
+    weights = os.path.join(out, "model_final.pth")
+    tool = os.path.join(ROOT, "tools", "analyze_routing.py")
+    argv = ["--config-file", os.path.join(out, "config.yaml"), "--output", str(routing)]
+    proc = subprocess.run(
+        [sys.executable, tool, *argv, "MODEL.WEIGHTS", weights],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (routing / "routing.csv").read_text().splitlines()[1:]
+    assert {line.split(",")[2] for line in rows} == set(CLASSES)
+
 
 def test_train_net_with_paths_in_a_yaml_config(data, tmp_path):
     config = tmp_path / "own.yaml"
@@ -171,8 +188,12 @@ def _break(data, tmp_path, case):
         content = {
             "empty json": "",
             "invalid json": '{"images": [',
-            "json without images": '{"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}',
-            "json without categories": '{"images": [{"id": 1, "file_name": "a.jpg", "height": 9, "width": 9}]}',
+            "json without images": (
+                '{"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}'
+            ),
+            "json without categories": (
+                '{"images": [{"id": 1, "file_name": "a.jpg", "height": 9, "width": 9}]}'
+            ),
         }[case]
         broken["train"] = str(tmp_path / "broken.json")
         (tmp_path / "broken.json").write_text(content)
@@ -203,7 +224,8 @@ ERRORS = [
     ),
     (
         "mismatched splits",
-        r"only in DATASETS.COCO_JSON.TRAIN .*\{7: 'plum'\}; only in DATASETS.COCO_JSON.TEST .*\{7: 'pear'\}",
+        r"only in DATASETS.COCO_JSON.TRAIN .*\{7: 'plum'\}; "
+        r"only in DATASETS.COCO_JSON.TEST .*\{7: 'pear'\}",
     ),
 ]
 

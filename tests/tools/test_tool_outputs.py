@@ -1,6 +1,7 @@
 """The tools that write files refuse outputs that would replace their inputs, before any work,
 and write single files atomically: convert_pretrained, export_model, analyze_routing,
 compare_twins (the demo's own: test_demo_io.py)."""
+
 import os
 
 import pytest

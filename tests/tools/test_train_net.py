@@ -1,4 +1,5 @@
 """tools/train_net.py end to end on CPU: COCO configs on a fake COCO, train -> eval-only, errors."""
+
 import os
 import re
 import subprocess
@@ -10,23 +11,40 @@ from ..engine.fake_coco import make_fake_coco
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.WEIGHTS", "",
-    "MODEL.CONDCONV.NUM_EXPERTS", "2",
-    "MODEL.MOBILENET.WIDTH_MULT", "0.25",
-    "MODEL.RESNETS.DEPTH", "18",
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-    "INPUT.SSD.SIZE", "96",
-    "INPUT.MIN_SIZE_TRAIN", "(96,)",
-    "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "96",
-    "INPUT.MAX_SIZE_TEST", "128",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.MAX_ITER", "2",
-    "SOLVER.WARMUP_ITERS", "1",
-    "SOLVER.STEPS", "(1,)",
-    "TEST.EVAL_PERIOD", "0",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.WEIGHTS",
+    "",
+    "MODEL.CONDCONV.NUM_EXPERTS",
+    "2",
+    "MODEL.MOBILENET.WIDTH_MULT",
+    "0.25",
+    "MODEL.RESNETS.DEPTH",
+    "18",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    "64",
+    "INPUT.SSD.SIZE",
+    "96",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(96,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "128",
+    "INPUT.MIN_SIZE_TEST",
+    "96",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.MAX_ITER",
+    "2",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "SOLVER.STEPS",
+    "(1,)",
+    "TEST.EVAL_PERIOD",
+    "0",
 ]
 
 
@@ -65,7 +83,11 @@ COCO_CONFIGS = [
 def test_coco_config_trains_and_evaluates_on_fake_coco(config, fake_coco, tmp_path):
     out = str(tmp_path / "out")
     proc = train_net(
-        "--config-file", os.path.join(ROOT, "configs", config), *TINY, "OUTPUT_DIR", out,
+        "--config-file",
+        os.path.join(ROOT, "configs", config),
+        *TINY,
+        "OUTPUT_DIR",
+        out,
         env={"DETECTRON2_DATASETS": fake_coco},
     )
     assert "Starting training from iteration 0" in proc.stdout
@@ -76,9 +98,13 @@ def test_coco_config_trains_and_evaluates_on_fake_coco(config, fake_coco, tmp_pa
 
 def test_missing_coco_names_the_path_and_the_fix(tmp_path):
     proc = train_net(
-        "--config-file", os.path.join(ROOT, "configs", COCO_CONFIGS[0]), *TINY,
-        "OUTPUT_DIR", str(tmp_path / "out"),
-        env={"DETECTRON2_DATASETS": str(tmp_path / "nowhere")}, check=False,
+        "--config-file",
+        os.path.join(ROOT, "configs", COCO_CONFIGS[0]),
+        *TINY,
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        env={"DETECTRON2_DATASETS": str(tmp_path / "nowhere")},
+        check=False,
     )
     assert proc.returncode != 0
     assert "instances_train2017.json" in proc.stdout and "DETECTRON2_DATASETS" in proc.stdout
@@ -91,16 +117,29 @@ def test_missing_config_file_is_named(tmp_path):
 
 def test_eval_only_without_weights_says_what_to_add(fake_coco, tmp_path):
     proc = train_net(
-        "--config-file", os.path.join(ROOT, "configs", COCO_CONFIGS[0]), "--eval-only", *TINY,
-        "OUTPUT_DIR", str(tmp_path / "out"), env={"DETECTRON2_DATASETS": fake_coco}, check=False,
+        "--config-file",
+        os.path.join(ROOT, "configs", COCO_CONFIGS[0]),
+        "--eval-only",
+        *TINY,
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        env={"DETECTRON2_DATASETS": fake_coco},
+        check=False,
     )
     assert proc.returncode != 0 and "--eval-only needs the weights" in proc.stdout
 
 
 def test_eval_only_resume_in_a_folder_without_checkpoints_is_an_error(fake_coco, tmp_path):
     proc = train_net(
-        "--config-file", os.path.join(ROOT, "configs", COCO_CONFIGS[0]), "--eval-only", "--resume", *TINY,
-        "OUTPUT_DIR", str(tmp_path / "empty"), env={"DETECTRON2_DATASETS": fake_coco}, check=False,
+        "--config-file",
+        os.path.join(ROOT, "configs", COCO_CONFIGS[0]),
+        "--eval-only",
+        "--resume",
+        *TINY,
+        "OUTPUT_DIR",
+        str(tmp_path / "empty"),
+        env={"DETECTRON2_DATASETS": fake_coco},
+        check=False,
     )
     assert proc.returncode != 0 and "holds no checkpoint" in proc.stdout
     assert "copypaste" not in proc.stdout  # no AP of random weights
@@ -112,9 +151,16 @@ def test_eval_only_with_a_foreign_checkpoint_names_it_and_evaluates_nothing(fake
     foreign = tmp_path / "classifier.pth"
     torch.save({"model": {"fc.weight": torch.zeros(10, 4), "fc.bias": torch.zeros(10)}}, foreign)
     proc = train_net(
-        "--config-file", os.path.join(ROOT, "configs", COCO_CONFIGS[0]), "--eval-only", *TINY,
-        "MODEL.WEIGHTS", str(foreign), "OUTPUT_DIR", str(tmp_path / "out"),
-        env={"DETECTRON2_DATASETS": fake_coco}, check=False,
+        "--config-file",
+        os.path.join(ROOT, "configs", COCO_CONFIGS[0]),
+        "--eval-only",
+        *TINY,
+        "MODEL.WEIGHTS",
+        str(foreign),
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+        env={"DETECTRON2_DATASETS": fake_coco},
+        check=False,
     )
     assert proc.returncode != 0 and "copypaste" not in proc.stdout
     assert str(foreign) in proc.stdout and "does not fit the model" in proc.stdout

@@ -1,4 +1,5 @@
 """Backbones, registered in detectron2's BACKBONE_REGISTRY on import."""
+
 from .fpn import (
     build_condconv_mobilenet_fpn_backbone,
     build_condconv_resnet_fpn_backbone,

@@ -5,6 +5,7 @@ P6, for R-CNN) and ``build_condconv_retinanet_..._fpn_backbone`` (P3-P7 from
 ``LastLevelP6P7``, for RetinaNet). Each reads ``MODEL.FPN.*`` as detectron2's do, so swapping
 ``MODEL.BACKBONE.NAME`` in a model-zoo config is all it takes.
 """
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
@@ -48,7 +49,9 @@ def _retinanet_fpn(cfg, bottom_up: Backbone) -> FPN:
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     # P6 from the last bottom-up feature (C5), as detectron2's RetinaNet backbone does; the
     # feature is named explicitly since LastLevelP6P7 defaults to "res5".
-    top_block = LastLevelP6P7(bottom_up.output_shape()[last].channels, out_channels, in_feature=last)
+    top_block = LastLevelP6P7(
+        bottom_up.output_shape()[last].channels, out_channels, in_feature=last
+    )
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,

@@ -12,6 +12,7 @@ EfficientNet's compound scaling is the constructor's ``width_mult`` and ``depth_
 ``bn_eps`` and ``padding="tf_same"`` reproduce ports of TensorFlow checkpoints exactly (timm's
 ``tf_efficientnet_cc_*``, see :func:`condconv_det.checkpoint.timm_efficientnet_to_condconv`).
 """
+
 import math
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -43,7 +44,9 @@ __all__ = [
 class StageSpec(NamedTuple):
     """One row of an architecture table: ``repeats`` blocks of one kind."""
 
-    block: str  # "ds": depthwise-separable (MobileNetV1); "ir": inverted residual (V2, EfficientNet)
+    block: (
+        str  # "ds": depthwise-separable (MobileNetV1); "ir": inverted residual (V2, EfficientNet)
+    )
     kernel: int  # depthwise kernel size
     stride: int  # stride of the first block
     expand: int  # expansion ratio of "ir" blocks (1: no expansion conv)
@@ -122,7 +125,12 @@ ARCHS: Dict[str, MobileNetArch] = {
     # Tiny tables for tests: every block kind, CondConv and static stages, all five strides.
     "tiny_v1": MobileNetArch(
         stem_channels=8,
-        stages=(S("ds", 3, 2, 1, 8, 1, 0.0, 0), S("ds", 3, 2, 1, 16, 1, 0.0, 2), S("ds", 3, 2, 1, 16, 2, 0.0, 2), S("ds", 3, 2, 1, 24, 1, 0.0, 2)),
+        stages=(
+            S("ds", 3, 2, 1, 8, 1, 0.0, 0),
+            S("ds", 3, 2, 1, 16, 1, 0.0, 2),
+            S("ds", 3, 2, 1, 16, 2, 0.0, 2),
+            S("ds", 3, 2, 1, 24, 1, 0.0, 2),
+        ),
         head_channels=0,
         activation="relu",
         bn_eps=1e-5,
@@ -130,7 +138,13 @@ ARCHS: Dict[str, MobileNetArch] = {
     ),
     "tiny_v2": MobileNetArch(
         stem_channels=8,
-        stages=(S("ir", 3, 1, 1, 8, 1, 0.0, 0), S("ir", 3, 2, 2, 8, 2, 0.0, 0), S("ir", 3, 2, 2, 16, 1, 0.0, 0), S("ir", 3, 2, 2, 16, 2, 0.0, 3), S("ir", 3, 2, 2, 24, 2, 0.0, 3)),
+        stages=(
+            S("ir", 3, 1, 1, 8, 1, 0.0, 0),
+            S("ir", 3, 2, 2, 8, 2, 0.0, 0),
+            S("ir", 3, 2, 2, 16, 1, 0.0, 0),
+            S("ir", 3, 2, 2, 16, 2, 0.0, 3),
+            S("ir", 3, 2, 2, 24, 2, 0.0, 3),
+        ),
         head_channels=32,
         activation="relu6",
         bn_eps=1e-5,
@@ -138,7 +152,13 @@ ARCHS: Dict[str, MobileNetArch] = {
     ),
     "tiny_effnet": MobileNetArch(
         stem_channels=8,
-        stages=(S("ir", 3, 1, 1, 8, 1, 0.25, 0), S("ir", 5, 2, 2, 8, 1, 0.25, 0), S("ir", 3, 2, 2, 16, 1, 0.25, 2), S("ir", 5, 2, 2, 16, 2, 0.25, 2), S("ir", 3, 2, 2, 24, 1, 0.25, 2)),
+        stages=(
+            S("ir", 3, 1, 1, 8, 1, 0.25, 0),
+            S("ir", 5, 2, 2, 8, 1, 0.25, 0),
+            S("ir", 3, 2, 2, 16, 1, 0.25, 2),
+            S("ir", 5, 2, 2, 16, 2, 0.25, 2),
+            S("ir", 3, 2, 2, 24, 1, 0.25, 2),
+        ),
         head_channels=32,
         activation="swish",
         bn_eps=1e-3,
@@ -327,11 +347,21 @@ class _MobileBlock(CNNBlockBase):
             )
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             return conv
-        router = CondConvRouter(in_channels, self.num_experts, **self._router_kwargs) if self._layer_routing else None
+        router = (
+            CondConvRouter(in_channels, self.num_experts, **self._router_kwargs)
+            if self._layer_routing
+            else None
+        )
         condconv_class = _TFSameCondConv2dNorm if run_time_pad else CondConv2dNorm
         conv = condconv_class(
-            in_channels, out_channels, kernel, num_experts=self.num_experts, norm=norm,
-            activation=activation, router=router, **common,
+            in_channels,
+            out_channels,
+            kernel,
+            num_experts=self.num_experts,
+            norm=norm,
+            activation=activation,
+            router=router,
+            **common,
         )
         for expert in range(self.num_experts):
             nn.init.kaiming_normal_(conv.weight[expert], mode="fan_out", nonlinearity="relu")
@@ -341,10 +371,21 @@ class _MobileBlock(CNNBlockBase):
 class DepthwiseSeparableBlock(_MobileBlock):
     """MobileNetV1 block: depthwise kxk conv + norm + act, then pointwise 1x1 conv + norm + act."""
 
-    def __init__(self, in_channels, out_channels, *, stride=1, kernel=3, activation="relu", **kwargs):
+    def __init__(
+        self, in_channels, out_channels, *, stride=1, kernel=3, activation="relu", **kwargs
+    ):
         super().__init__(in_channels, out_channels, stride, **kwargs)
-        self.depthwise = self._conv(in_channels, in_channels, kernel, stride=stride, groups=in_channels, activation=_activation(activation))
-        self.pointwise = self._conv(in_channels, out_channels, 1, activation=_activation(activation))
+        self.depthwise = self._conv(
+            in_channels,
+            in_channels,
+            kernel,
+            stride=stride,
+            groups=in_channels,
+            activation=_activation(activation),
+        )
+        self.pointwise = self._conv(
+            in_channels, out_channels, 1, activation=_activation(activation)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = self.router(x) if self.router is not None else None
@@ -356,15 +397,27 @@ class InvertedResidualBlock(_MobileBlock):
     optional squeeze-excitation, linear 1x1 projection, identity shortcut when shapes allow."""
 
     def __init__(
-        self, in_channels, out_channels, *, stride=1, kernel=3, expand=6, se=0.0,
-        activation="relu6", residual=True, drop_path=0.0, **kwargs,
+        self,
+        in_channels,
+        out_channels,
+        *,
+        stride=1,
+        kernel=3,
+        expand=6,
+        se=0.0,
+        activation="relu6",
+        residual=True,
+        drop_path=0.0,
+        **kwargs,
     ):
         super().__init__(in_channels, out_channels, stride, **kwargs)
         hidden = in_channels * expand
         self.expand = None
         if expand != 1:
             self.expand = self._conv(in_channels, hidden, 1, activation=_activation(activation))
-        self.depthwise = self._conv(hidden, hidden, kernel, stride=stride, groups=hidden, activation=_activation(activation))
+        self.depthwise = self._conv(
+            hidden, hidden, kernel, stride=stride, groups=hidden, activation=_activation(activation)
+        )
         self.se = None
         if se > 0:
             self.se = SqueezeExcitation(hidden, max(1, int(in_channels * se)), activation)
@@ -448,7 +501,9 @@ class MobileNet(Backbone):
         if condconv_stages is not None:
             bad = [i for i in condconv_stages if not 0 <= i < len(rows)]
             if bad:
-                raise ValueError(f"condconv_stages {list(bad)} out of range: the table has {len(rows)} rows")
+                raise ValueError(
+                    f"condconv_stages {list(bad)} out of range: the table has {len(rows)} rows"
+                )
         if num_experts is not None and num_experts < 0:
             raise ValueError(f"num_experts must be >= 0, got {num_experts}")
         if not depth_mult > 0:
@@ -465,7 +520,9 @@ class MobileNet(Backbone):
         valid = list(FEATURE_STRIDES) + (["head"] if arch.head_channels else [])
         unknown = [f for f in out_features if f not in valid]
         if not out_features or unknown:
-            raise ValueError(f"out_features must be a non-empty subset of {valid}, got {list(out_features)}")
+            raise ValueError(
+                f"out_features must be a non-empty subset of {valid}, got {list(out_features)}"
+            )
 
         def experts_of(index: int, row: StageSpec) -> int:
             on = row.experts > 0 if condconv_stages is None else index in condconv_stages
@@ -473,7 +530,9 @@ class MobileNet(Backbone):
                 return 0
             return row.experts if num_experts is None else num_experts
 
-        router_kwargs = dict(activation=routing_activation, temperature=routing_temperature, dropout=routing_dropout)
+        router_kwargs = dict(
+            activation=routing_activation, temperature=routing_temperature, dropout=routing_dropout
+        )
         levels = list(FEATURE_STRIDES)  # stem, res2..res5
         wanted = max(levels.index(f) if f in levels else len(levels) - 1 for f in out_features)
         build_head = "head" in out_features
@@ -482,8 +541,14 @@ class MobileNet(Backbone):
         stem_norm = _norm(norm, stem_channels, bn_eps)
         tf_same = padding == "tf_same"
         stem = (_TFSameConv2d if tf_same else Conv2d)(
-            in_channels, stem_channels, 3, stride=2, padding=0 if tf_same else 1, bias=False,
-            norm=stem_norm, activation=_activation(arch.activation),
+            in_channels,
+            stem_channels,
+            3,
+            stride=2,
+            padding=0 if tf_same else 1,
+            bias=False,
+            norm=stem_norm,
+            activation=_activation(arch.activation),
         )
         nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
         level_blocks: List[List[nn.Module]] = [[stem]] + [[] for _ in levels[1:]]
@@ -510,16 +575,27 @@ class MobileNet(Backbone):
                 if level > wanted:
                     continue  # beyond the last requested level: not built
                 common = dict(
-                    stride=block_stride, kernel=row.kernel, activation=arch.activation,
-                    num_experts=experts_of(index, row), norm=norm, bn_eps=bn_eps,
-                    routing=routing, router_kwargs=router_kwargs, padding=padding,
+                    stride=block_stride,
+                    kernel=row.kernel,
+                    activation=arch.activation,
+                    num_experts=experts_of(index, row),
+                    norm=norm,
+                    bn_eps=bn_eps,
+                    routing=routing,
+                    router_kwargs=router_kwargs,
+                    padding=padding,
                 )
                 if row.block == "ds":
                     block = DepthwiseSeparableBlock(channels, out_channels, **common)
                 else:
                     block = InvertedResidualBlock(
-                        channels, out_channels, expand=row.expand, se=row.se, residual=arch.residual,
-                        drop_path=drop_path_rate * block_index / max(1, total_blocks - 1), **common,
+                        channels,
+                        out_channels,
+                        expand=row.expand,
+                        se=row.se,
+                        residual=arch.residual,
+                        drop_path=drop_path_rate * block_index / max(1, total_blocks - 1),
+                        **common,
                     )
                     block_index += 1
                 level_blocks[level].append(block)
@@ -532,7 +608,9 @@ class MobileNet(Backbone):
         for level, name in enumerate(levels[: wanted + 1]):
             blocks = level_blocks[level]
             if not blocks:
-                raise ValueError(f"the architecture has no block at stride {FEATURE_STRIDES[name]} ({name})")
+                raise ValueError(
+                    f"the architecture has no block at stride {FEATURE_STRIDES[name]} ({name})"
+                )
             self.add_module(name, nn.Sequential(*blocks))
             self.stage_names.append(name)
             channels = blocks[-1].out_channels
@@ -542,7 +620,14 @@ class MobileNet(Backbone):
         if build_head:
             head_channels = make_divisible(arch.head_channels * max(1.0, width_mult))
             head_norm = _norm(norm, head_channels, bn_eps)
-            self.head = Conv2d(channels, head_channels, 1, bias=False, norm=head_norm, activation=_activation(arch.activation))
+            self.head = Conv2d(
+                channels,
+                head_channels,
+                1,
+                bias=False,
+                norm=head_norm,
+                activation=_activation(arch.activation),
+            )
             nn.init.kaiming_normal_(self.head.weight, mode="fan_out", nonlinearity="relu")
             self._out_feature_channels["head"] = head_channels
             self._out_feature_strides["head"] = 32
@@ -615,7 +700,9 @@ class MobileNet(Backbone):
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
-            name: ShapeSpec(channels=self._out_feature_channels[name], stride=self._out_feature_strides[name])
+            name: ShapeSpec(
+                channels=self._out_feature_channels[name], stride=self._out_feature_strides[name]
+            )
             for name in self._out_features
         }
 
@@ -635,7 +722,10 @@ def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
         )
     valid = list(FEATURE_STRIDES) + (["head"] if ARCHS[m.ARCH].head_channels else [])
     if not m.OUT_FEATURES or any(f not in valid for f in m.OUT_FEATURES):
-        raise ValueError(f"MODEL.MOBILENET.OUT_FEATURES must be a non-empty subset of {valid}, got {list(m.OUT_FEATURES)}")
+        raise ValueError(
+            f"MODEL.MOBILENET.OUT_FEATURES must be a non-empty subset of {valid}, "
+            f"got {list(m.OUT_FEATURES)}"
+        )
     return MobileNet(
         m.ARCH,
         in_channels=input_shape.channels,

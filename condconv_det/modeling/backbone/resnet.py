@@ -5,6 +5,7 @@ The stem, the stages and the ResNet class are detectron2's own (``BasicStem``, `
 ``BottleneckBlock`` / ``BasicBlock``, so a model with zero experts is detectron2's ResNet,
 parameter names included, and standard checkpoints load into it.
 """
+
 from typing import List, Optional, Sequence
 
 import fvcore.nn.weight_init as weight_init
@@ -29,12 +30,19 @@ __all__ = [
 RESNET_STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
 
-def _projection_shortcut(in_channels: int, out_channels: int, stride: int, norm) -> Optional[Conv2d]:
+def _projection_shortcut(
+    in_channels: int, out_channels: int, stride: int, norm
+) -> Optional[Conv2d]:
     """detectron2's static 1x1 projection shortcut, or None where the identity fits."""
     if in_channels == out_channels:
         return None
     shortcut = Conv2d(
-        in_channels, out_channels, kernel_size=1, stride=stride, bias=False, norm=get_norm(norm, out_channels)
+        in_channels,
+        out_channels,
+        kernel_size=1,
+        stride=stride,
+        bias=False,
+        norm=get_norm(norm, out_channels),
     )
     weight_init.c2_msra_fill(shortcut)
     return shortcut
@@ -43,7 +51,15 @@ def _projection_shortcut(in_channels: int, out_channels: int, stride: int, norm)
 class _CondConvBlockMixin:
     """Routing shared by the CondConv residual blocks."""
 
-    def _init_routing(self, in_channels, num_experts, routing, routing_activation, routing_temperature, routing_dropout):
+    def _init_routing(
+        self,
+        in_channels,
+        num_experts,
+        routing,
+        routing_activation,
+        routing_temperature,
+        routing_dropout,
+    ):
         if routing not in ROUTING_SCOPES:
             raise ValueError(f"routing must be one of {ROUTING_SCOPES}, got {routing!r}")
         self._router_kwargs = dict(
@@ -53,10 +69,23 @@ class _CondConvBlockMixin:
         self.routing = routing
         # One router for the whole block, fed by the block's input.
         self.router = (
-            CondConvRouter(in_channels, num_experts, **self._router_kwargs) if routing == "block" else None
+            CondConvRouter(in_channels, num_experts, **self._router_kwargs)
+            if routing == "block"
+            else None
         )
 
-    def _conv(self, in_channels, out_channels, *, kernel_size, norm, stride=1, padding=0, dilation=1, groups=1):
+    def _conv(
+        self,
+        in_channels,
+        out_channels,
+        *,
+        kernel_size,
+        norm,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+    ):
         router = None
         if self.routing == "layer":
             router = CondConvRouter(in_channels, self.num_experts, **self._router_kwargs)
@@ -111,13 +140,28 @@ class CondConvBottleneckBlock(_CondConvBlockMixin, CNNBlockBase):
         routing_dropout: float = 0.0,
     ):
         super().__init__(in_channels, out_channels, stride)
-        self._init_routing(in_channels, num_experts, routing, routing_activation, routing_temperature, routing_dropout)
+        self._init_routing(
+            in_channels,
+            num_experts,
+            routing,
+            routing_activation,
+            routing_temperature,
+            routing_dropout,
+        )
         self.shortcut = _projection_shortcut(in_channels, out_channels, stride, norm)
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = self._conv(in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, norm=norm)
+        self.conv1 = self._conv(
+            in_channels, bottleneck_channels, kernel_size=1, stride=stride_1x1, norm=norm
+        )
         self.conv2 = self._conv(
-            bottleneck_channels, bottleneck_channels, kernel_size=3, stride=stride_3x3,
-            padding=dilation, dilation=dilation, groups=num_groups, norm=norm,
+            bottleneck_channels,
+            bottleneck_channels,
+            kernel_size=3,
+            stride=stride_3x3,
+            padding=dilation,
+            dilation=dilation,
+            groups=num_groups,
+            norm=norm,
         )
         self.conv3 = self._conv(bottleneck_channels, out_channels, kernel_size=1, norm=norm)
 
@@ -150,9 +194,18 @@ class CondConvBasicBlock(_CondConvBlockMixin, CNNBlockBase):
         routing_dropout: float = 0.0,
     ):
         super().__init__(in_channels, out_channels, stride)
-        self._init_routing(in_channels, num_experts, routing, routing_activation, routing_temperature, routing_dropout)
+        self._init_routing(
+            in_channels,
+            num_experts,
+            routing,
+            routing_activation,
+            routing_temperature,
+            routing_dropout,
+        )
         self.shortcut = _projection_shortcut(in_channels, out_channels, stride, norm)
-        self.conv1 = self._conv(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, norm=norm)
+        self.conv1 = self._conv(
+            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, norm=norm
+        )
         self.conv2 = self._conv(out_channels, out_channels, kernel_size=3, padding=1, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +216,13 @@ class CondConvBasicBlock(_CondConvBlockMixin, CNNBlockBase):
         return F.relu_(out + shortcut)
 
 
-_BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+_BLOCKS_PER_STAGE = {
+    18: [2, 2, 2, 2],
+    34: [3, 4, 6, 3],
+    50: [3, 4, 6, 3],
+    101: [3, 4, 23, 3],
+    152: [3, 8, 36, 3],
+}
 
 
 def make_condconv_resnet_stages(
@@ -210,7 +269,9 @@ def make_condconv_resnet_stages(
         raise ValueError(f"ResNet depth must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}")
     unknown = [s for s in condconv_stages if s not in RESNET_STAGE_NAMES]
     if unknown:
-        raise ValueError(f"condconv_stages must be among {RESNET_STAGE_NAMES}, got {list(condconv_stages)}")
+        raise ValueError(
+            f"condconv_stages must be among {RESNET_STAGE_NAMES}, got {list(condconv_stages)}"
+        )
     if num_experts < 0:
         raise ValueError(f"num_experts must be >= 0, got {num_experts}")
     check_router_init(router_init)
@@ -224,7 +285,9 @@ def make_condconv_resnet_stages(
         )
     num_stages = 4
     if out_features is not None:
-        num_stages = max([RESNET_STAGE_NAMES.index(f) + 1 for f in out_features if f in RESNET_STAGE_NAMES] + [0])
+        num_stages = max(
+            [RESNET_STAGE_NAMES.index(f) + 1 for f in out_features if f in RESNET_STAGE_NAMES] + [0]
+        )
 
     in_channels, out_channels = stem_out_channels, res2_out_channels
     bottleneck_channels = num_groups * width_per_group
@@ -278,14 +341,17 @@ def build_condconv_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     r, c = cfg.MODEL.RESNETS, cfg.MODEL.CONDCONV
     if r.DEPTH in (18, 34) and r.RES2_OUT_CHANNELS != 64:
         raise ValueError(
-            f"MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for ResNet-{r.DEPTH}, got {r.RES2_OUT_CHANNELS}"
+            f"MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for ResNet-{r.DEPTH}, "
+            f"got {r.RES2_OUT_CHANNELS}"
         )
     if any(r.DEFORM_ON_PER_STAGE):
         raise ValueError(
             "MODEL.RESNETS.DEFORM_ON_PER_STAGE is not supported by build_condconv_resnet_backbone; "
             "use detectron2's build_resnet_backbone for deformable convs"
         )
-    stem = BasicStem(in_channels=input_shape.channels, out_channels=r.STEM_OUT_CHANNELS, norm=r.NORM)
+    stem = BasicStem(
+        in_channels=input_shape.channels, out_channels=r.STEM_OUT_CHANNELS, norm=r.NORM
+    )
     stages = make_condconv_resnet_stages(
         r.DEPTH,
         condconv_stages=c.RESNET_STAGES,

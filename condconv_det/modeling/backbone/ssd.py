@@ -6,6 +6,7 @@ a 1x1 conv to half the channels, then a 3x3 stride-2 conv, as in the TF object-d
 SSD-MobileNet; with ``depthwise=True`` the 3x3 conv is depthwise-separable (SSDLite, Sandler et
 al. 2018, sec. 6.2). Registered builders put it on the CondConv bottom-ups.
 """
+
 import math
 from typing import Dict, List, Optional, Sequence
 

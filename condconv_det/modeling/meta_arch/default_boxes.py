@@ -1,4 +1,5 @@
 """SSD's default boxes (Liu et al. 2016, sec. 2.2 "Choosing scales and aspect ratios")."""
+
 import math
 from typing import Dict, List, Sequence, Tuple
 

@@ -1,4 +1,5 @@
 """SSD (Liu et al., ECCV 2016) as a detectron2 meta-architecture, registered as "SSD"."""
+
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -116,7 +117,9 @@ class SSD(DenseDetector):
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
         )
         if box_reg_loss_type not in BOX_REG_LOSSES:
-            raise ValueError(f"box_reg_loss_type must be one of {BOX_REG_LOSSES}, got {box_reg_loss_type!r}")
+            raise ValueError(
+                f"box_reg_loss_type must be one of {BOX_REG_LOSSES}, got {box_reg_loss_type!r}"
+            )
         self.default_box_generator = default_box_generator
         self.box2box_transform = box2box_transform
         self.matcher = matcher

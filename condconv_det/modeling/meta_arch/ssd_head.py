@@ -1,4 +1,5 @@
 """SSD's class and box predictors: one small conv per feature level and task."""
+
 from typing import List, Optional, Sequence, Tuple
 
 import torch

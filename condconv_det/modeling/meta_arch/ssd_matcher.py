@@ -1,5 +1,6 @@
 """SSD's matching of default boxes to ground truth (Liu et al. 2016, sec. 2.2 "Matching
 strategy")."""
+
 from typing import Tuple
 
 import torch

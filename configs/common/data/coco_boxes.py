@@ -1,5 +1,6 @@
 """COCO data for box detectors: detectron2's (its model zoo's common/data/coco.py), reading RGB
 images, without instance masks, evaluated for box AP."""
+
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
 

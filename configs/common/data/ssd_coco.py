@@ -5,6 +5,7 @@ The augmentations are listed in the order ``build_ssd_augmentation`` applies the
 distortion, zoom out, min-IoU crop, flip, then the resize to a fixed square (inference: the
 resize only). Drop one from the list to switch it off.
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.data import (
     build_detection_test_loader,

@@ -4,6 +4,7 @@
 normalisation, since the ImageNet weights come from torchvision through
 tools/convert_pretrained.py).
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.model_zoo import get_config
 from detectron2.modeling.backbone import BasicStem, ResNet

@@ -7,6 +7,7 @@ builders read off the built backbone are written out here, as detectron2's own l
 changing the backbone's widths, features or extra layers means changing ``model.head.input_shape``
 and ``num_anchors`` and ``model.default_box_generator.aspect_ratios`` with them.
 """
+
 from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
