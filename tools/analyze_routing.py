@@ -23,33 +23,31 @@ overall statistics. The paper (sec. 5) finds class-specific routing in deep laye
         --output output/routing MODEL.WEIGHTS output/shapes_condconv/model_final.pth
 """
 
+import _tool_env  # noqa: F401  (first: process settings made before torch is imported)
+
+import argparse
+import csv
+import io
+import logging
+import math
 import os
+import sys
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-# Before `import torch`, as in tools/train_net.py: spinning OpenMP threads starve a small machine.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import io  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-from typing import Dict, List, Optional, Sequence, Set, Tuple  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
-from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
-from condconv_det.config import get_cfg  # noqa: E402
-from condconv_det.engine.coco_json_config import apply_coco_json_for_inference  # noqa: E402
-from condconv_det.engine.trainer import build_mapper, check_weights  # noqa: E402
-from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
-from condconv_det.routing_analysis import (  # noqa: E402
+import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
+from condconv_det.checkpoint import CondConvCheckpointer
+from condconv_det.config import get_cfg
+from condconv_det.engine.coco_json_config import apply_coco_json_for_inference
+from condconv_det.engine.trainer import build_mapper, check_weights
+from condconv_det.file_io import atomic_write, check_outputs_spare_inputs
+from condconv_det.routing_analysis import (
     RoutingRecorder,
     RoutingSummary,
     spread_over_depth,

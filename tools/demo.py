@@ -25,38 +25,35 @@ and float files are scaled to 0..255. An image that cannot be read is logged wit
 and skipped; the exit status is 1 if any image failed.
 """
 
+import _tool_env  # noqa: F401  (first: process settings made before torch is imported)
+
+import argparse
+import glob
+import logging
 import os
+import re
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
 
-# Must precede `import torch` (see tools/train_net.py): spinning libgomp threads starve other
-# processes on small machines.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+from detectron2.utils.logger import setup_logger
+from PIL import Image
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-import argparse  # noqa: E402
-import glob  # noqa: E402
-import logging  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-from typing import Dict, List, Optional, Sequence, Tuple  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.data import detection_utils as utils  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import Instances  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
-
-import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
-from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
-from condconv_det.config import get_cfg  # noqa: E402
-from condconv_det.data import build_ssd_augmentation, read_image  # noqa: E402
-from condconv_det.engine.coco_json_config import apply_coco_json_for_inference  # noqa: E402
-from condconv_det.engine.trainer import check_weights, is_ssd  # noqa: E402
-from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
+import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
+from condconv_det.checkpoint import CondConvCheckpointer
+from condconv_det.config import get_cfg
+from condconv_det.data import build_ssd_augmentation, read_image
+from condconv_det.engine.coco_json_config import apply_coco_json_for_inference
+from condconv_det.engine.trainer import check_weights, is_ssd
+from condconv_det.file_io import atomic_write, check_outputs_spare_inputs
 
 logger = logging.getLogger("condconv_det.demo")
 

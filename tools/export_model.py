@@ -45,40 +45,31 @@ that does not script is refused with the line TorchScript rejects.
 Config overrides go at the end as KEY VALUE pairs, like detectron2's tools.
 """
 
+import _tool_env  # noqa: F401  (first: process settings made before torch is imported)
+
+import argparse
+import json
+import logging
 import os
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-# Must precede `import torch` (see tools/train_net.py): spinning OpenMP threads starve others.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import torch
+from detectron2.data import transforms as T
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-
-# PyTorch marks TorchScript deprecated (torch.jit.script / load); exporting to it is this tool's
-# job, and detectron2 scripts some helpers on import, so the notice would only be noise.
-warnings.filterwarnings(
-    "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning
-)
-from typing import Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import Instances  # noqa: E402
-
-import condconv_det  # noqa: F401,E402  (registers the backbones and SSD)
-from condconv_det.checkpoint import (  # noqa: E402
+import condconv_det  # noqa: F401  (registers the backbones and SSD)
+from condconv_det.checkpoint import (
     CheckpointMismatchError,
     CondConvCheckpointer,
     UnreadableCheckpointError,
 )
-from condconv_det.config import get_cfg  # noqa: E402
-from condconv_det.data import read_image  # noqa: E402
-from condconv_det.export import (  # noqa: E402
+from condconv_det.config import get_cfg
+from condconv_det.data import read_image
+from condconv_det.export import (
     DenseDetectorNetwork,
     ExportCheckError,
     check_close,
@@ -88,7 +79,7 @@ from condconv_det.export import (  # noqa: E402
     import_tracing_adapter,
     score_activation,
 )
-from condconv_det.export.formats import (  # noqa: E402
+from condconv_det.export.formats import (
     EXTENSIONS,
     FORMATS,
     ONNX_EXPORTERS,
@@ -98,7 +89,7 @@ from condconv_det.export.formats import (  # noqa: E402
     write_program,
     write_torchscript,
 )
-from condconv_det.file_io import atomic_write, check_outputs_spare_inputs  # noqa: E402
+from condconv_det.file_io import atomic_write, check_outputs_spare_inputs
 
 logger = logging.getLogger("condconv_det.export_model")
 

@@ -20,19 +20,16 @@ unknown datasets and missing checkpoints fail before anything is built, and ``ma
 final evaluation's results.
 """
 
+import _tool_env  # noqa: F401  (first: process settings made before torch is imported)
+
+import logging
 import os
+import sys
+from typing import Any, Dict, List
 
-# Must precede `import torch`: libgomp's threads spin while they wait for work, which starves the
-# data-loader workers on a small machine (see tools/train_net.py).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import logging  # noqa: E402
-import sys  # noqa: E402
-from typing import Any, Dict, List  # noqa: E402
-
-import torch  # noqa: E402
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.engine import (  # noqa: E402
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import (
     AMPTrainer,
     SimpleTrainer,
     TrainerBase,
@@ -40,20 +37,20 @@ from detectron2.engine import (  # noqa: E402
     default_writers,
     hooks,
 )
-from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
 
-import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
-from condconv_det.checkpoint import CondConvCheckpointer  # noqa: E402
-from condconv_det.engine import argument_parser, launch  # noqa: E402
-from condconv_det.engine.coco_json_config import apply_coco_json_lazy  # noqa: E402
-from condconv_det.engine.hooks import (  # noqa: E402
+import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
+from condconv_det.checkpoint import CondConvCheckpointer
+from condconv_det.engine import argument_parser, launch
+from condconv_det.engine.coco_json_config import apply_coco_json_lazy
+from condconv_det.engine.hooks import (
     RoutingStartHook,
     RoutingStatsHook,
     RoutingTemperatureHook,
 )
-from condconv_det.engine.output_dir import claim_output_dir  # noqa: E402
-from condconv_det.engine.trainer import (  # noqa: E402
+from condconv_det.engine.output_dir import claim_output_dir
+from condconv_det.engine.trainer import (
     check_datasets,
     check_num_classes,
     check_weights,

@@ -12,27 +12,23 @@
 Config overrides go at the end as KEY VALUE pairs, like detectron2's tools.
 """
 
+import _tool_env  # noqa: F401  (first: process settings made before torch is imported)
+
+import logging
 import os
+import sys
 
-# Must precede `import torch`: libgomp's threads spin while they wait for work, and on a small
-# machine that starves the data-loader workers and any other busy process (measured on 2 cores
-# with one competing process: 11.3 s per SSD training step spinning, 0.9 s passive).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
+from detectron2.engine import default_setup
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
 
-import logging  # noqa: E402
-import sys  # noqa: E402
-
-import torch  # noqa: E402
-from detectron2.engine import default_setup  # noqa: E402
-from detectron2.evaluation import verify_results  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-
-import condconv_det  # noqa: F401,E402  (registers backbones, SSD and the bundled datasets)
-from condconv_det.config import config_key_sources, get_cfg  # noqa: E402
-from condconv_det.engine import Trainer, argument_parser, launch  # noqa: E402
-from condconv_det.engine.coco_json_config import apply_coco_json_config  # noqa: E402
-from condconv_det.engine.output_dir import claim_output_dir  # noqa: E402
-from condconv_det.engine.trainer import (  # noqa: E402
+import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
+from condconv_det.config import config_key_sources, get_cfg
+from condconv_det.engine import Trainer, argument_parser, launch
+from condconv_det.engine.coco_json_config import apply_coco_json_config
+from condconv_det.engine.output_dir import claim_output_dir
+from condconv_det.engine.trainer import (
     check_datasets,
     check_num_classes,
     check_weights,
