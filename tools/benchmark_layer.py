@@ -32,15 +32,14 @@ import argparse
 import copy
 import math
 import platform
-import statistics
 import sys
-import time
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from condconv_det.benchmarking import round_robin_times
 from condconv_det.layers import CONDCONV_PATHS, CondConv2d
 
 TARGET_GEOMEAN_X_TIMM = 0.5
@@ -79,45 +78,10 @@ QUICK_SHAPES = [
 ]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(
-    fns: Dict[str, Callable[[], object]],
-    device: torch.device,
-    min_time: float,
-    min_reps: int,
-    stat: str = "median",
-) -> Dict[str, float]:
-    """Median (or min) seconds per call of each function, after two warm-up calls each.
-
-    The functions are timed round-robin, so that a slow phase of a shared machine slows all of
-    them alike and the ratios between them stay fair.
-    """
-    for fn in fns.values():
-        for _ in range(2):
-            fn()
-    sync(device)
-    times: Dict[str, List[float]] = {name: [] for name in fns}
-    while (
-        min(len(t) for t in times.values()) < min_reps
-        or min(sum(t) for t in times.values()) < min_time
-    ):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    reduce = min if stat == "min" else statistics.median
-    return {name: reduce(t) for name, t in times.items()}
-
-
 def read_bandwidth(device: torch.device, min_time: float) -> float:
     """Bytes per second for reading a buffer far larger than the caches (a reduction over it)."""
     buf = torch.ones(64 * 1024 * 1024, device=device)  # 256 MiB of float32
-    seconds = measure({"read": lambda: buf.sum()}, device, min_time, 3)["read"]
+    seconds = round_robin_times({"read": lambda: buf.sum()}, device, min_time, 3)["read"]
     return buf.numel() * buf.element_size() / seconds
 
 
@@ -233,7 +197,7 @@ def bench_case(shape: ConvShape, batch: int, train: bool, experts: int, device, 
         return step
 
     steps = {k: run(f) for k, f in modules.items()}
-    times = measure(steps, device, args.min_time, args.min_reps, args.stat)
+    times = round_robin_times(steps, device, args.min_time, args.min_reps, args.stat)
     return Case(times, cond.weight.numel() * cond.weight.element_size())
 
 

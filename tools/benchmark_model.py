@@ -50,7 +50,6 @@ import argparse
 import logging
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -58,6 +57,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from condconv_det.benchmarking import paired_times, peak_memory, sync
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "COCO-Detection")
@@ -293,11 +294,6 @@ def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int
 # Measuring
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Timing(NamedTuple):
     """Seconds per call of two twins and the CondConv/static ratio."""
 
@@ -315,74 +311,6 @@ def measure(
 ) -> Timing:
     """Times the ``"static"`` and ``"condconv"`` functions round-robin (:func:`paired_times`)."""
     return Timing(*paired_times(fns["static"], fns["condconv"], device, reps, warmup, budget))
-
-
-def paired_times(
-    first: Callable[[], object],
-    second: Callable[[], object],
-    device: torch.device,
-    reps: int,
-    warmup: int = 1,
-    budget: float = float("inf"),
-) -> Tuple[float, float, float]:
-    """Median seconds per call of two functions timed round-robin, and the median over rounds of
-    second / first.
-
-    After ``warmup`` calls each, rounds of one timed call each run until ``reps`` rounds are
-    done, or at least two are and ``budget`` seconds have passed. The order within a round
-    alternates. A slow phase of a shared machine then slows both functions of a round alike,
-    and the ratio is taken within each round before the median over rounds.
-    """
-    fns = [first, second]
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    sync(device)
-    times: List[List[float]] = [[], []]
-    start = time.perf_counter()
-    for i in range(reps):
-        if i >= min(2, reps) and time.perf_counter() - start > budget:
-            break
-        for k in (0, 1) if i % 2 == 0 else (1, 0):
-            begin = time.perf_counter()
-            fns[k]()
-            sync(device)
-            times[k].append(time.perf_counter() - begin)
-    ratios = [b / a for a, b in zip(*times)]
-    return statistics.median(times[0]), statistics.median(times[1]), statistics.median(ratios)
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated while ``fn()`` runs, above what was allocated when it started.
-
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the profiler's record of every allocation
-    (positive bytes) and free (negative bytes) of PyTorch's CPU allocator; their running sum in
-    time order is the allocated memory's change since the start, and its maximum the peak.
-    Allocations made outside PyTorch's allocator (oneDNN's own buffers) are not seen.
-    """
-    if device.type == "cuda":
-        sync(device)
-        start = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - start
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    records = [
-        (event.start_ns(), event.nbytes())
-        for event in prof.profiler.kineto_results.events()
-        if event.name() == "[memory]" and event.device_type() == DeviceType.CPU
-    ]
-    records.sort(key=lambda r: r[0])  # stable: same-time records keep their recorded order
-    live = peak = 0
-    for _, nbytes in records:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
 
 
 def grad_context(inference_mode: bool):
