@@ -50,9 +50,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer
 from condconv_det.config import get_cfg
-from condconv_det.data import build_ssd_augmentation, read_image
+from condconv_det.data import build_test_augmentation, read_image
 from condconv_det.engine.coco_json_config import apply_coco_json_for_inference
-from condconv_det.engine.trainer import check_weights, is_ssd
+from condconv_det.engine.trainer import check_weights
 from condconv_det.file_io import atomic_write, check_outputs_spare_inputs
 
 logger = logging.getLogger("condconv_det.demo")
@@ -67,15 +67,6 @@ SCORE_THRESH_KEYS = (
     ("RETINANET", "SCORE_THRESH_TEST"),
     ("ROI_HEADS", "SCORE_THRESH_TEST"),
 )
-
-
-def build_test_augmentation(cfg) -> List[T.Augmentation]:
-    """The test-time transforms of the evaluation data loader (``Trainer.build_test_loader``):
-    SSD's fixed-size resize, or detectron2's ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``.
-    """
-    if is_ssd(cfg):
-        return build_ssd_augmentation(cfg, is_train=False)
-    return utils.build_augmentation(cfg, is_train=False)
 
 
 class Predictor:

@@ -62,13 +62,14 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 import condconv_det  # noqa: F401  (registers the backbones and SSD)
+from condconv_det.analysis import eval_image_size
 from condconv_det.checkpoint import (
     CheckpointMismatchError,
     CondConvCheckpointer,
     UnreadableCheckpointError,
 )
 from condconv_det.config import get_cfg
-from condconv_det.data import read_image
+from condconv_det.data import build_test_augmentation, read_image
 from condconv_det.export import (
     DenseDetectorNetwork,
     ExportCheckError,
@@ -254,27 +255,14 @@ def generated_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def test_resize(cfg) -> T.Augmentation:
-    """The resize of the detector's test-time mapper (see condconv_det.engine.trainer)."""
-    if cfg.MODEL.META_ARCHITECTURE == "SSD":
-        from condconv_det.data import build_ssd_augmentation
-
-        return build_ssd_augmentation(cfg, is_train=False)[-1]
-    return T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
-
-
 def load_sample_image(cfg, path: Optional[str]) -> torch.Tensor:
     """The sample image as the detector takes it: (3, H, W) float32, 0-255, resized."""
     if path is None:
-        if cfg.MODEL.META_ARCHITECTURE == "SSD":
-            size = (cfg.INPUT.SSD.SIZE, cfg.INPUT.SSD.SIZE)
-        else:
-            size = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
-        image = generated_image(*size)
+        image = generated_image(*eval_image_size(cfg))
     else:
         image = read_image(path, cfg.INPUT.FORMAT)
     image = T.AugInput(image)
-    test_resize(cfg)(image)
+    T.AugmentationList(build_test_augmentation(cfg))(image)
     return torch.as_tensor(np.ascontiguousarray(image.image.transpose(2, 0, 1))).float()
 
 

@@ -7,7 +7,7 @@ from .coco_json import (
     coco_json_dataset_name,
     register_coco_json,
 )
-from .dataset_mapper import SSDDatasetMapper, build_ssd_augmentation
+from .dataset_mapper import SSDDatasetMapper, build_ssd_augmentation, build_test_augmentation
 from .datasets import (  # registers shapes_, shapes_plain_, shapes_single_, digits_
     DIGITS_DATASETS,
     SHAPES_DATASETS,

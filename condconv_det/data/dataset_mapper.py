@@ -22,7 +22,7 @@ from .transforms import (
     box_centers_in_crop,
 )
 
-__all__ = ["SSDDatasetMapper", "build_ssd_augmentation"]
+__all__ = ["SSDDatasetMapper", "build_ssd_augmentation", "build_test_augmentation"]
 
 
 def build_ssd_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
@@ -74,6 +74,15 @@ def build_ssd_augmentation(cfg, is_train: bool) -> List[T.Augmentation]:
         augs.append(T.RandomFlip(horizontal=True))
     augs.append(resize)
     return augs
+
+
+def build_test_augmentation(cfg) -> List[T.Augmentation]:
+    """The test-time transforms of the evaluation data loader, for the tools that run a model on
+    images of their own (demo, export): SSD's fixed-size resize (``INPUT.SSD.SIZE``), or
+    detectron2's ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)`` for other detectors."""
+    if cfg.MODEL.META_ARCHITECTURE == "SSD":
+        return build_ssd_augmentation(cfg, is_train=False)
+    return utils.build_augmentation(cfg, is_train=False)
 
 
 class SSDDatasetMapper:
