@@ -21,6 +21,8 @@ __all__ = [
     "condconv_options",
     "config_key_sources",
     "get_cfg",
+    "load_config",
+    "run_on_cpu_without_cuda",
     "CondConvCfgNode",
     "KeySource",
     "MODEL_ZOO_PREFIX",
@@ -665,3 +667,40 @@ def get_cfg() -> CN:
     cfg = CondConvCfgNode(d2_get_cfg())
     add_condconv_config(cfg)
     return cfg
+
+
+def load_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """A tool's config: :func:`get_cfg` with ``config_file`` and the ``KEY VALUE`` overrides
+    ``opts`` merged, not frozen.
+
+    Raises:
+        FileNotFoundError: ``config_file`` does not exist.
+        ValueError: ``opts`` are not KEY VALUE pairs of existing keys (naming them).
+    """
+    if not config_file:
+        raise FileNotFoundError(
+            "a config file is required (e.g. configs/shapes/ssd_condconv_MNv1.yaml)"
+        )
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    cfg = get_cfg()
+    cfg.merge_from_file(config_file)
+    try:
+        cfg.merge_from_list(list(opts))
+    except (AssertionError, KeyError, ValueError) as e:  # yacs' errors name the key, or nothing
+        raise ValueError(
+            f"bad config overrides {list(opts)}: {e or 'odd number of items'}. Give KEY VALUE "
+            "pairs of existing keys, after all --options."
+        ) from e
+    return cfg
+
+
+def run_on_cpu_without_cuda(cfg: CN) -> bool:
+    """Sets ``MODEL.DEVICE`` to the CPU when it asks for CUDA and there is none (rather than a
+    crash when the model is built); returns whether it did, for the tool to say so."""
+    import torch
+
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        return True
+    return False

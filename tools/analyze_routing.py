@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer
-from condconv_det.config import get_cfg
+from condconv_det.config import load_config, run_on_cpu_without_cuda
 from condconv_det.engine.coco_json_config import apply_coco_json_for_inference
 from condconv_det.engine.trainer import build_mapper, check_weights
 from condconv_det.file_io import atomic_write, check_outputs_spare_inputs
@@ -67,16 +67,14 @@ class UsageError(Exception):
 
 
 def setup_cfg(config_file: str, opts: Sequence[str]):
-    if not os.path.isfile(config_file):
-        raise UsageError(f"config file {config_file!r} does not exist")
-    cfg = get_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    try:
+        cfg = load_config(config_file, opts)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from e
     for change in apply_coco_json_for_inference(cfg, config_file, opts):  # DATASETS.COCO_JSON
         logger.info(change)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    if run_on_cpu_without_cuda(cfg):
         logger.warning("MODEL.DEVICE is cuda but CUDA is not available: running on the CPU.")
-        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 

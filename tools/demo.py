@@ -49,7 +49,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
 from condconv_det.checkpoint import CondConvCheckpointer
-from condconv_det.config import get_cfg
+from condconv_det.config import load_config, run_on_cpu_without_cuda
 from condconv_det.data import build_test_augmentation, read_image
 from condconv_det.engine.coco_json_config import apply_coco_json_for_inference
 from condconv_det.engine.trainer import check_weights
@@ -189,17 +189,14 @@ def lower_score_thresholds(cfg, threshold: float) -> None:
 
 def setup_cfg(args: argparse.Namespace):
     """The config of ``args`` (file + overrides + threshold), frozen."""
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts)
     for change in apply_coco_json_for_inference(cfg, args.config_file, args.opts):
         logger.info(change)
     lower_score_thresholds(cfg, args.confidence_threshold)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    if run_on_cpu_without_cuda(cfg):
         logger.warning(
             "MODEL.DEVICE is cuda but CUDA is not available: running on the CPU instead."
         )
-        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 

@@ -68,7 +68,7 @@ from condconv_det.checkpoint import (
     CondConvCheckpointer,
     UnreadableCheckpointError,
 )
-from condconv_det.config import get_cfg
+from condconv_det.config import load_config
 from condconv_det.data import build_test_augmentation, read_image
 from condconv_det.export import (
     DenseDetectorNetwork,
@@ -195,15 +195,10 @@ def check_args(args: argparse.Namespace) -> List[int]:
 
 
 def setup_cfg(args: argparse.Namespace):
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
     try:
-        cfg.merge_from_list(args.opts)
-    except (AssertionError, KeyError, ValueError) as e:  # yacs' errors name the key, or nothing
-        raise ExportInputError(
-            f"bad config overrides {args.opts}: {e or 'odd number of items'}. Give KEY VALUE "
-            "pairs of existing keys, after all --options."
-        ) from e
+        cfg = load_config(args.config_file, args.opts)
+    except (FileNotFoundError, ValueError) as e:
+        raise ExportInputError(str(e)) from e
     # Exported on the CPU: a trace records the device of the tensors it creates (anchors).
     cfg.MODEL.DEVICE = "cpu"
     weights = cfg.MODEL.WEIGHTS

@@ -15,16 +15,14 @@ Config overrides go at the end as KEY VALUE pairs, like detectron2's tools.
 import _tool_env  # noqa: F401  (first: process settings made before torch is imported)
 
 import logging
-import os
 import sys
 
-import torch
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
-from condconv_det.config import config_key_sources, get_cfg
+from condconv_det.config import config_key_sources, load_config, run_on_cpu_without_cuda
 from condconv_det.engine import Trainer, argument_parser, launch
 from condconv_det.engine.coco_json_config import apply_coco_json_config
 from condconv_det.engine.output_dir import claim_output_dir
@@ -38,23 +36,15 @@ from condconv_det.engine.trainer import (
 
 def setup(args):
     """The config of ``args`` (file + overrides), frozen, with detectron2's logging set up."""
-    if not args.config_file:
-        sys.exit("error: --config-file is required (e.g. configs/shapes/ssd_condconv_MNv1.yaml)")
-    if not os.path.isfile(args.config_file):
-        sys.exit(f"error: config file {args.config_file!r} does not exist")
-    cfg = get_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
     # Datasets given by their files: checked, registered and used (docs/own_data.md).
     sources = config_key_sources(args.config_file, args.opts)
     needs = ("test",) if args.eval_only else ("train", "test")
     own_data = apply_coco_json_config(cfg, sources, needs)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        # Announced (below, once the logger exists) rather than a crash in build_model.
-        cfg.MODEL.DEVICE = "cpu"
-        fell_back = True
-    else:
-        fell_back = False
+    fell_back = run_on_cpu_without_cuda(cfg)  # announced below, once the logger exists
     cfg.freeze()
     if not args.eval_only and comm.is_main_process():
         # Before default_setup writes config.yaml and the log into the folder.
