@@ -12,6 +12,8 @@ the convolution with the mixed kernel (see condconv_det/analysis.py).
     python tools/analyze_model.py --paper-table
 """
 
+import _tool_env  # noqa: F401  (first: process settings made before torch is imported)
+
 import argparse
 import sys
 import warnings

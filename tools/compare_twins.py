@@ -18,6 +18,8 @@ the static runs are shared by every variant and trained once. Finished runs are 
 --config-file inside a run's folder is refused: training writes its own config.yaml there.
 """
 
+import _tool_env  # noqa: F401  (first: process settings made before torch is imported)
+
 import argparse
 import os
 import subprocess

@@ -27,6 +27,8 @@ an ImageNet checkpoint, keep their initialisation). The output is written atomic
 not be the input (or the config file): the tool refuses before reading anything.
 """
 
+import _tool_env  # noqa: F401  (first: process settings made before torch is imported)
+
 import argparse
 import os
 import sys
