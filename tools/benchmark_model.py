@@ -58,7 +58,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from condconv_det.benchmarking import paired_times, peak_memory, sync
+from condconv_det.benchmarking import model_state_bytes, paired_times, peak_memory, sync
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "COCO-Detection")
@@ -276,18 +276,6 @@ def to_channels_last(model: nn.Module) -> None:
     for param in model.parameters():
         if param.dim() == 4:
             param.data = param.data.contiguous(memory_format=torch.channels_last)
-
-
-def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of the parameters, their gradients and the optimizer's buffers (each storage once)."""
-    tensors = list(model.parameters()) + [p.grad for p in model.parameters() if p.grad is not None]
-    for state in optimizer.state.values():
-        tensors += [v for v in state.values() if torch.is_tensor(v)]
-    storages = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,12 @@
+"""What CondConv costs in wall-clock time and memory (``tools/benchmark_layer.py``,
+``tools/benchmark_model.py``; results in docs/performance.md).
+
+- :mod:`.timing`: calls timed round-robin, so that a slow phase of a shared machine slows every
+  contender alike and the ratios between them stay fair.
+- :mod:`.memory`: the peak memory of a call, the bytes of a model's training state.
+"""
+
+from .memory import model_state_bytes, peak_memory
+from .timing import paired_times, round_robin_times, sync
+
+__all__ = ["model_state_bytes", "paired_times", "peak_memory", "round_robin_times", "sync"]
