@@ -4,6 +4,11 @@
 - :mod:`.timing`: calls timed round-robin, so that a slow phase of a shared machine slows every
   contender alike and the ratios between them stay fair.
 - :mod:`.memory`: the peak memory of a call, the bytes of a model's training state.
+- :mod:`.layer`: the layer benchmark, CondConv2d against the static conv and timm's CondConv2d.
+- :mod:`.table`: the result tables, plain text or Markdown.
+
+The layer benchmark is imported from its module; this package exposes the measurements the
+benchmarks share.
 """
 
 from .memory import model_state_bytes, peak_memory
