@@ -5,10 +5,11 @@
   contender alike and the ratios between them stay fair.
 - :mod:`.memory`: the peak memory of a call, the bytes of a model's training state.
 - :mod:`.layer`: the layer benchmark, CondConv2d against the static conv and timm's CondConv2d.
+- :mod:`.model`: the model benchmark, CondConv models against their static twins.
 - :mod:`.table`: the result tables, plain text or Markdown.
 
-The layer benchmark is imported from its module; this package exposes the measurements the
-benchmarks share.
+The layer and model benchmarks are imported from their modules; this package exposes the
+measurements they share.
 """
 
 from .memory import model_state_bytes, peak_memory
