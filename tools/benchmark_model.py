@@ -49,562 +49,30 @@ over the step minus ``memory_allocated`` before it.
 import argparse
 import logging
 import os
-import platform
 import sys
 import time
 import warnings
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
 
-from condconv_det.benchmarking import paired_times, peak_memory, sync
+from condconv_det.benchmarking.model import (
+    COLUMNS,
+    COMPILED_COLUMNS,
+    PAIRS,
+    PROGRESS_STEPS,
+    QUICK_SIZE,
+    TARGETS,
+    WHOLE_COMPILED_COLUMNS,
+    ModelBenchmarkOptions,
+    benchmark_pair,
+    machine_name,
+    profile_pair,
+    table_row,
+)
+from condconv_det.benchmarking.table import format_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "COCO-Detection")
-
-# The targets for CondConv over static (CPU, 2 threads, float32).
-TARGETS = {"latency": 1.15, "train": 1.6, "memory": 1.5}
-
-
-class Pair(NamedTuple):
-    """A static model and its CondConv twin.
-
-    ``static`` and ``condconv`` are config names under configs/COCO-Detection, or for the
-    classifier ``"classifier:<arch>:<experts>"``. ``quick`` are KEY VALUE overrides that shrink
-    both twins of a detector pair for ``--quick`` (a classifier gets ``width_mult=0.25``).
-    """
-
-    name: str
-    static: str
-    condconv: str
-    size: int  # input height = width
-    quick: Tuple[str, ...]
-
-
-_MOBILENET_QUICK = ("MODEL.MOBILENET.WIDTH_MULT", "0.25")
-_SSD_QUICK = _MOBILENET_QUICK + ("MODEL.SSD.EXTRA_CHANNELS", "[32, 16, 16, 16]")
-_RETINANET_QUICK = ("MODEL.FPN.OUT_CHANNELS", "32", "MODEL.RETINANET.NUM_CONVS", "1")
-PAIRS = {
-    p.name: p
-    for p in [
-        Pair("ssd300_MNv1", "ssd300_static_MNv1", "ssd300_condconv_MNv1", 300, _SSD_QUICK),
-        Pair(
-            "ssdlite320_MNv2", "ssdlite320_static_MNv2", "ssdlite320_condconv_MNv2", 320, _SSD_QUICK
-        ),
-        Pair(
-            "retinanet_MNv2_FPN",
-            "retinanet_static_MNv2_FPN_1x",
-            "retinanet_condconv_MNv2_FPN_1x",
-            512,
-            _RETINANET_QUICK + _MOBILENET_QUICK,
-        ),
-        Pair(
-            "retinanet_R_50_FPN",
-            "retinanet_static_R_50_FPN_1x",
-            "retinanet_condconv_R_50_FPN_1x",
-            512,
-            _RETINANET_QUICK
-            + ("MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"),
-        ),
-        Pair(
-            "efficientnet_b0",
-            "classifier:efficientnet_b0:0",
-            "classifier:efficientnet_b0:8",
-            224,
-            (),
-        ),
-    ]
-}
-QUICK_SIZE = 64
-QUICK_EXPERTS = 2
-
-
-# ---------------------------------------------------------------------------------------------
-# Models and inputs
-
-
-class Bench(NamedTuple):
-    """One model with what it takes to run it."""
-
-    model: nn.Module
-    infer: Callable[[int], Callable[[], object]]  # batch size -> one inference forward
-    train_loss: Callable[[], torch.Tensor]  # one forward in train mode -> scalar loss
-    madds: float  # multiply-adds of one image
-    whole_inputs: tuple  # model(*whole_inputs): the whole model's batch-1 inference
-
-
-def _random_images(batch: int, size: int, seed: int, device: torch.device) -> List[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(3, size, size, generator=g) * 255).to(device) for _ in range(batch)]
-
-
-def _random_instances(num_classes: int, size: int, seed: int, device: torch.device):
-    """3 to 8 boxes of 8 to 40% of the image side, anywhere in it."""
-    from detectron2.structures import Boxes, Instances
-
-    g = torch.Generator().manual_seed(seed)
-    n = int(torch.randint(3, 9, (1,), generator=g))
-    wh = (0.08 + 0.32 * torch.rand(n, 2, generator=g)) * size
-    xy = torch.rand(n, 2, generator=g) * (size - wh)
-    inst = Instances((size, size))
-    inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1).to(device))
-    inst.gt_classes = torch.randint(0, num_classes, (n,), generator=g).to(device)
-    return inst
-
-
-def build_detector_bench(
-    config: str, opts: Sequence[str], size: int, train_batch: int, device, postprocess: bool
-) -> Bench:
-    """A detector of ``configs/COCO-Detection/<config>.yaml`` with random weights.
-
-    Inference runs the network (normalisation, padding, backbone, head) without decoding and
-    NMS unless ``postprocess``: with random weights every default box scores about 1/K in
-    every class, and the per-class NMS over thousands of such boxes (a quarter of SSDLite's
-    batch-1 time) measures nothing a trained model does, identically in both twins.
-    """
-    from detectron2.modeling import build_model
-    from detectron2.utils.events import EventStorage
-
-    from condconv_det.analysis import DetectorAdapter, madds_analysis
-    from condconv_det.config import get_cfg
-
-    cfg = get_cfg()
-    cfg.merge_from_file(os.path.join(CONFIGS, config + ".yaml"))
-    cfg.merge_from_list(list(opts))
-    cfg.MODEL.DEVICE = "cpu"
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        madds = madds_analysis(
-            DetectorAdapter(model), (_random_images(1, size, 0, torch.device("cpu"))[0],)
-        )
-        madds = madds.total()
-    model.to(device)
-    if cfg.MODEL.META_ARCHITECTURE == "SSD":
-        num_classes = cfg.MODEL.SSD.NUM_CLASSES
-    else:
-        num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
-
-    images = {b: _random_images(b, size, 1, device) for b in (1, 8)}
-    train_inputs = [
-        {"image": image, "instances": _random_instances(num_classes, size, 100 + i, device)}
-        for i, image in enumerate(_random_images(train_batch, size, 2, device))
-    ]
-
-    def infer(batch: int) -> Callable[[], object]:
-        if batch not in images:
-            images[batch] = _random_images(batch, size, 1, device)
-        inputs = [{"image": image} for image in images[batch]]
-        if postprocess:
-            return lambda: model(inputs)
-
-        def network():
-            # DenseDetector.forward up to the predictions.
-            batched = model.preprocess_image(inputs)
-            features = model.backbone(batched.tensor)
-            return model.head([features[f] for f in model.head_in_features])
-
-        return network
-
-    def train_loss() -> torch.Tensor:
-        # detectron2's detectors log to the current EventStorage in training.
-        with EventStorage(0):
-            return sum(model(train_inputs).values())
-
-    return Bench(model, infer, train_loss, madds, ([{"image": images[1][0]}],))
-
-
-def build_classifier_bench(spec: str, quick: bool, size: int, train_batch: int, device) -> Bench:
-    """``classifier:<arch>:<experts>`` of condconv_det.modeling.classifier, random weights."""
-    from condconv_det.analysis import madds_analysis
-    from condconv_det.modeling.classifier import build_classifier
-
-    _, arch, experts = spec.split(":")
-    experts = int(experts)
-    kwargs = {}
-    if quick:
-        experts = min(experts, QUICK_EXPERTS)
-        kwargs["width_mult"] = 0.25
-    torch.manual_seed(0)
-    model = build_classifier(arch, num_experts=experts, **kwargs).eval()
-    with torch.no_grad():
-        madds = madds_analysis(model, (torch.zeros(1, 3, size, size),)).total()
-    model.to(device)
-    g = torch.Generator().manual_seed(1)
-    images = {b: torch.randn(b, 3, size, size, generator=g).to(device) for b in (1, 8)}
-    train_images = torch.randn(train_batch, 3, size, size, generator=g).to(device)
-    labels = torch.randint(0, 1000, (train_batch,), generator=g).to(device)
-
-    def infer(batch: int) -> Callable[[], object]:
-        if batch not in images:
-            images[batch] = torch.randn(batch, 3, size, size, generator=g).to(device)
-        return lambda: model(images[batch])
-
-    def train_loss() -> torch.Tensor:
-        return nn.functional.cross_entropy(model(train_images), labels)
-
-    return Bench(model, infer, train_loss, madds, (images[1],))
-
-
-def build_bench(pair: Pair, which: str, args, device) -> Bench:
-    """The ``which`` ("static" or "condconv") model of ``pair``, at the run's sizes."""
-    spec = getattr(pair, which)
-    size = QUICK_SIZE if args.quick else pair.size
-    if spec.startswith("classifier:"):
-        bench = build_classifier_bench(spec, args.quick, size, args.train_batch, device)
-    else:
-        opts: List[str] = list(pair.quick) if args.quick else []
-        if args.quick and which == "condconv":
-            opts += ["MODEL.CONDCONV.NUM_EXPERTS", str(QUICK_EXPERTS)]
-        bench = build_detector_bench(
-            spec, opts, size, args.train_batch, device, args.with_postprocess
-        )
-    if args.channels_last:
-        to_channels_last(bench.model)
-    return bench
-
-
-def to_channels_last(model: nn.Module) -> None:
-    """Puts every 4-d parameter in channels-last memory order.
-
-    ``Module.to(memory_format=...)`` would also convert 5-d tensors, and CondConv's stacked
-    experts ``(E, out, in, kh, kw)`` have no channels-last order; a convolution whose input or
-    weight is channels-last returns channels-last, so converting the static kernels (the stem's
-    first of all) carries the format through the network.
-    """
-    for param in model.parameters():
-        if param.dim() == 4:
-            param.data = param.data.contiguous(memory_format=torch.channels_last)
-
-
-def model_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of the parameters, their gradients and the optimizer's buffers (each storage once)."""
-    tensors = list(model.parameters()) + [p.grad for p in model.parameters() if p.grad is not None]
-    for state in optimizer.state.values():
-        tensors += [v for v in state.values() if torch.is_tensor(v)]
-    storages = {}
-    for t in tensors:
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-    return sum(storages.values())
-
-
-# ---------------------------------------------------------------------------------------------
-# Measuring
-
-
-class Timing(NamedTuple):
-    """Seconds per call of two twins and the CondConv/static ratio."""
-
-    static: float  # median seconds per call
-    condconv: float
-    ratio: float  # median over rounds of condconv / static within the round
-
-
-def measure(
-    fns: Dict[str, Callable[[], object]],
-    device: torch.device,
-    reps: int,
-    warmup: int = 1,
-    budget: float = float("inf"),
-) -> Timing:
-    """Times the ``"static"`` and ``"condconv"`` functions round-robin (:func:`paired_times`)."""
-    return Timing(*paired_times(fns["static"], fns["condconv"], device, reps, warmup, budget))
-
-
-def grad_context(inference_mode: bool):
-    return torch.inference_mode() if inference_mode else torch.no_grad()
-
-
-def compile_model(bench: Bench, backend: str) -> None:
-    """torch.compile's the network: the backbone of a detector (detectron2's pre- and
-    post-processing work on lists and Instances, which would only break the graph), the whole
-    classifier."""
-    model = bench.model
-    if hasattr(model, "backbone") and hasattr(model, "pixel_mean"):
-        model.backbone.forward = torch.compile(
-            model.backbone.forward, backend=backend, dynamic=False
-        )
-    else:
-        model.forward = torch.compile(model.forward, backend=backend, dynamic=False)
-
-
-class CompiledTiming(NamedTuple):
-    """Seconds per batch-1 call of a whole model, eager and torch.compile'd."""
-
-    eager: float  # median seconds per call
-    compiled: float
-    ratio: float  # median over rounds of compiled / eager within the round
-
-
-def time_compiled_whole(bench: Bench, args, device: torch.device, reps: int) -> CompiledTiming:
-    """The whole model's batch-1 inference (``model(*bench.whole_inputs)``: a detector from the
-    list of dicts to its Instances) ``torch.compile``'d (a separate wrapper: the model itself
-    stays eager) against eager, round-robin. The first compiled calls compile, untimed."""
-    model = bench.model.eval()
-    compiled = torch.compile(model, backend=args.compile_backend, dynamic=False)
-
-    def call(fn: Callable) -> Callable[[], object]:
-        def run():
-            with grad_context(args.inference_mode):
-                fn(*bench.whole_inputs)
-
-        return run
-
-    return CompiledTiming(*paired_times(call(model), call(compiled), device, reps, 2, args.budget))
-
-
-class Result(NamedTuple):
-    latency: Timing  # batch 1
-    batch8: Timing  # seconds per batch of 8
-    train: Timing  # one training step
-    state: Dict[str, int]  # bytes of parameters and optimizer buffers, live at the step's start
-    step: Dict[str, int]  # bytes: the step's peak above that (activations, gradients, temporaries)
-    madds: Dict[str, float]  # multiply-adds of one image
-    compiled_latency: Optional[Timing]
-    compiled_batch8: Optional[Timing]
-    whole_compiled: Optional[Dict[str, CompiledTiming]]  # by twin, with --compile-detector
-
-
-def benchmark_pair(pair: Pair, args, device: torch.device, progress) -> Result:
-    """Builds both twins of ``pair`` and measures them; ``progress`` advances 7 steps."""
-    benches = {}
-    for which in ("static", "condconv"):
-        progress.set_postfix_str(f"{pair.name}: build {which}")
-        benches[which] = build_bench(pair, which, args, device)
-    progress.update()
-    # Batch 1 is cheap: more rounds. Batch 8 and training steps take up to tens of seconds each
-    # for RetinaNet at 512x512 on two cores: fewer, within a time budget.
-    reps, few = (1, 1) if args.quick else (args.reps, max(3, args.reps // 5))
-    warmup = 1 if args.quick else 2
-
-    def eval_fn(bench: Bench, batch: int):
-        forward = bench.infer(batch)
-
-        def run():
-            with grad_context(args.inference_mode):
-                forward()
-
-        return run
-
-    for bench in benches.values():
-        bench.model.eval()
-    progress.set_postfix_str(f"{pair.name}: batch-1 latency")
-    latency = measure(
-        {w: eval_fn(b, 1) for w, b in benches.items()}, device, reps, warmup, args.budget
-    )
-    progress.update()
-    progress.set_postfix_str(f"{pair.name}: batch-8 throughput")
-    batch8 = measure({w: eval_fn(b, 8) for w, b in benches.items()}, device, few, 1, args.budget)
-    progress.update()
-
-    steps, optimizers = {}, {}
-    for which, bench in benches.items():
-        bench.model.train()
-        params = [p for p in bench.model.parameters() if p.requires_grad]
-        # A small learning rate: random weights on random boxes stay finite over the steps.
-        optimizers[which] = optimizer = torch.optim.SGD(
-            params, lr=1e-5, momentum=0.9, weight_decay=4e-5
-        )
-
-        def step(bench=bench, optimizer=optimizer):
-            optimizer.zero_grad(set_to_none=True)
-            bench.train_loss().backward()
-            optimizer.step()
-
-        steps[which] = step
-    progress.set_postfix_str(f"{pair.name}: training step")
-    train = measure(steps, device, few, 1, args.budget)
-    progress.update()
-    progress.set_postfix_str(f"{pair.name}: training memory")
-    state, step_bytes = {}, {}
-    for which, step in steps.items():
-        optimizers[which].zero_grad(set_to_none=True)
-        state[which] = model_state_bytes(benches[which].model, optimizers[which])
-        step_bytes[which] = peak_memory(step, device)
-    progress.update()
-
-    whole_compiled = None
-    if args.compile_detector:
-        # Before --compile, which compiles the networks in place.
-        progress.set_postfix_str(f"{pair.name}: torch.compile, whole model")
-        whole_compiled = {w: time_compiled_whole(b, args, device, reps) for w, b in benches.items()}
-    progress.update()
-
-    compiled_latency = compiled_batch8 = None
-    if args.compile:
-        progress.set_postfix_str(f"{pair.name}: torch.compile")
-        for bench in benches.values():
-            bench.model.eval()
-            compile_model(bench, args.compile_backend)
-        # Two warm-up calls at each batch size: the first compiles for it.
-        compiled_latency = measure(
-            {w: eval_fn(b, 1) for w, b in benches.items()}, device, reps, 2, args.budget
-        )
-        compiled_batch8 = measure(
-            {w: eval_fn(b, 8) for w, b in benches.items()}, device, few, 2, args.budget
-        )
-    progress.update()
-    madds = {w: b.madds for w, b in benches.items()}
-    return Result(
-        latency,
-        batch8,
-        train,
-        state,
-        step_bytes,
-        madds,
-        compiled_latency,
-        compiled_batch8,
-        whole_compiled,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Profiling a pair: where CondConv's extra time goes
-
-
-def profile_pair(pair: Pair, args, device: torch.device, top: int = 15) -> None:
-    """Prints the ``top`` ops by self time of a batch-1 inference and of a training step, for
-    each twin."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    for which in ("static", "condconv"):
-        bench = build_bench(pair, which, args, device)
-        forward = bench.infer(1)
-        bench.model.eval()
-        with grad_context(args.inference_mode):
-            for _ in range(2):
-                forward()
-            sync(device)
-            with profile(activities=activities) as prof:
-                for _ in range(3):
-                    forward()
-                sync(device)
-        print(f"\n## {pair.name} {which}: batch-1 inference, 3 calls, top {top} ops by self time\n")
-        print(prof.key_averages().table(sort_by=sort_by, row_limit=top))
-        bench.model.train()
-        optimizer = torch.optim.SGD(
-            [p for p in bench.model.parameters() if p.requires_grad], lr=1e-5
-        )
-
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            bench.train_loss().backward()
-            optimizer.step()
-
-        step()
-        sync(device)
-        with profile(activities=activities) as prof:
-            step()
-            sync(device)
-        print(
-            f"\n## {pair.name} {which}: training step (batch {args.train_batch}), "
-            f"top {top} ops by self time\n"
-        )
-        print(prof.key_averages().table(sort_by=sort_by, row_limit=top))
-
-
-# ---------------------------------------------------------------------------------------------
-# Output
-
-
-def machine_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _verdict(ratio: float, target: str) -> str:
-    shown = round(ratio, 2)  # judged as printed, so that "1.15 (miss)" cannot appear
-    return f"{shown:.2f} ({'pass' if shown <= TARGETS[target] else 'miss'})"
-
-
-COLUMNS = [
-    "model",
-    "input",
-    "MAdds x",
-    "b1 ms S / C",
-    "b1 x",
-    "b8 img/s S / C",
-    "b8 x",
-    "train ms S / C",
-    "train x",
-    "peak MB S / C",
-    "peak x",
-    "state MB S / C",
-    "step MB S / C",
-    "step x",
-]
-COMPILED_COLUMNS = ["compiled b1 ms S / C", "compiled b1 x", "compiled b8 x"]
-# --compile-detector: each twin's whole model compiled against itself eager (not S against C).
-WHOLE_COMPILED_COLUMNS = ["whole b1 ms S / C", "whole compiled b1 ms S / C", "compiled/eager S / C"]
-
-
-def table_row(pair: Pair, size: int, r: Result) -> List[str]:
-    """One pair's cells, in the order of ``COLUMNS`` (+ ``COMPILED_COLUMNS``, +
-    ``WHOLE_COMPILED_COLUMNS``)."""
-
-    def both(static: float, condconv: float, fmt: str) -> str:
-        return f"{fmt.format(static)} / {fmt.format(condconv)}"
-
-    mb = 1 / 2**20
-    peak = {w: r.state[w] + r.step[w] for w in ("static", "condconv")}
-    row = [
-        pair.name,
-        f"{size}x{size}",
-        f"{r.madds['condconv'] / r.madds['static']:.3f}",
-        both(r.latency.static * 1e3, r.latency.condconv * 1e3, "{:.1f}"),
-        _verdict(r.latency.ratio, "latency"),
-        both(8 / r.batch8.static, 8 / r.batch8.condconv, "{:.2f}"),
-        f"{r.batch8.ratio:.2f}",
-        both(r.train.static * 1e3, r.train.condconv * 1e3, "{:.0f}"),
-        _verdict(r.train.ratio, "train"),
-        both(peak["static"] * mb, peak["condconv"] * mb, "{:.0f}"),
-        _verdict(peak["condconv"] / peak["static"], "memory"),
-        both(r.state["static"] * mb, r.state["condconv"] * mb, "{:.0f}"),
-        both(r.step["static"] * mb, r.step["condconv"] * mb, "{:.0f}"),
-        f"{r.step['condconv'] / r.step['static']:.2f}",
-    ]
-    if r.compiled_latency is not None:
-        row += [
-            both(r.compiled_latency.static * 1e3, r.compiled_latency.condconv * 1e3, "{:.1f}"),
-            f"{r.compiled_latency.ratio:.2f}",
-            f"{r.compiled_batch8.ratio:.2f}",
-        ]
-    if r.whole_compiled is not None:
-        s, c = r.whole_compiled["static"], r.whole_compiled["condconv"]
-        row += [
-            both(s.eager * 1e3, c.eager * 1e3, "{:.1f}"),
-            both(s.compiled * 1e3, c.compiled * 1e3, "{:.1f}"),
-            both(s.ratio, c.ratio, "{:.2f}"),
-        ]
-    return row
-
-
-def print_table(header: List[str], rows: List[List[str]], markdown: bool) -> None:
-    if markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-        return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    for line in [header] + rows:
-        print(
-            "  ".join(
-                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))
-            )
-        )
 
 
 def parse_args(argv=None):
@@ -690,9 +158,24 @@ def run(args) -> None:
     import condconv_det  # noqa: F401  (registers the backbones and meta-architectures)
 
     device = torch.device(args.device)
+    options = ModelBenchmarkOptions(
+        configs_dir=CONFIGS,
+        quick=args.quick,
+        reps=args.reps,
+        budget=args.budget,
+        train_batch=args.train_batch,
+        inference_mode=args.inference_mode,
+        with_postprocess=args.with_postprocess,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        compile_detector=args.compile_detector,
+        compile_backend=args.compile_backend,
+    )
     if args.profile:
         for name in args.profile:
-            profile_pair(PAIRS[name], args, device)
+            for title, table in profile_pair(PAIRS[name], options, device):
+                print(f"\n## {title}\n")
+                print(table)
         return
 
     start = time.perf_counter()
@@ -723,14 +206,13 @@ def run(args) -> None:
         flush=True,
     )
     rows = []
-    # Per pair: build, latency, throughput, training step, memory, whole-model compile, compile.
-    with tqdm(total=7 * len(pairs), desc="benchmark_model", file=sys.stderr) as progress:
+    with tqdm(total=PROGRESS_STEPS * len(pairs), desc="benchmark_model", file=sys.stderr) as bar:
         for pair in pairs:
-            result = benchmark_pair(pair, args, device, progress)
+            result = benchmark_pair(pair, options, device, bar)
             rows.append(table_row(pair, QUICK_SIZE if args.quick else pair.size, result))
     header = COLUMNS + (COMPILED_COLUMNS if args.compile else [])
     header += WHOLE_COMPILED_COLUMNS if args.compile_detector else []
-    print_table(header, rows, args.markdown)
+    print("\n".join(format_table(header, rows, args.markdown)))
     print(f"# total time {time.perf_counter() - start:.0f} s")
 
 

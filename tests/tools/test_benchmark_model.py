@@ -1,14 +1,12 @@
-"""tools/benchmark_model.py: the table's rows and columns on tiny models (no timing asserted),
-peak memory on known allocations, the model-state count and the paired timing ratio."""
+"""tools/benchmark_model.py: the command line, and the table's rows and columns on tiny models
+(no timing asserted). The measurements are tested in tests/benchmarking/."""
 
 import math
-import time
 
 import pytest
 import torch
-from torch import nn
 
-from condconv_det.layers import CondConv2d
+from condconv_det.benchmarking.model import COLUMNS, QUICK_SIZE, TARGETS, WHOLE_COMPILED_COLUMNS
 
 from . import load_tool
 
@@ -39,14 +37,14 @@ def test_quick_markdown_table(capsys):
     )
     assert "benchmark_model" in captured.err  # the progress bar
     header = _cells(lines[2])
-    assert header == tool.COLUMNS
+    assert header == COLUMNS
     rows = [_cells(line) for line in lines[4:] if line.startswith("| ")]
     assert [r[0] for r in rows] == ["ssd300_MNv1", "efficientnet_b0"]
     assert lines[-1].startswith("# total time")
     for cells in rows:
         assert len(cells) == len(header)
         col = dict(zip(header, cells))
-        assert col["input"] == f"{tool.QUICK_SIZE}x{tool.QUICK_SIZE}"
+        assert col["input"] == f"{QUICK_SIZE}x{QUICK_SIZE}"
         for name in header[2:]:
             if " x" in name or name.endswith("x"):
                 ratio = _ratio(col[name])
@@ -64,7 +62,7 @@ def test_quick_markdown_table(capsys):
         assert state[1] > state[0]
         assert abs(_ratio(col["peak x"]) - peak[1] / peak[0]) <= 0.02 + 0.01 * peak[1] / peak[0]
         for name, target in [("b1 x", "latency"), ("train x", "train"), ("peak x", "memory")]:
-            verdict = "pass" if _ratio(col[name]) <= tool.TARGETS[target] else "miss"
+            verdict = "pass" if _ratio(col[name]) <= TARGETS[target] else "miss"
             assert col[name].endswith(f"({verdict})"), (name, col[name])
 
 
@@ -96,46 +94,13 @@ def test_quick_compiled_detector_against_eager(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert "torch.compile backend aot_eager" in lines[0] and "compiled/eager" in lines[1]
     header = _cells(lines[2])
-    assert header == tool.COLUMNS + tool.WHOLE_COMPILED_COLUMNS
+    assert header == COLUMNS + WHOLE_COMPILED_COLUMNS
     col = dict(zip(header, _cells(lines[4])))
-    eager, compiled, ratio = (_pair(col[name]) for name in tool.WHOLE_COMPILED_COLUMNS)
+    eager, compiled, ratio = (_pair(col[name]) for name in WHOLE_COMPILED_COLUMNS)
     for i in range(2):  # static, CondConv
         assert all(math.isfinite(v[i]) and v[i] > 0 for v in (eager, compiled, ratio))
         # The ratio is the median of per-round ratios; one round here.
         assert ratio[i] == pytest.approx(compiled[i] / eager[i], rel=0.05, abs=0.01)
-
-
-def test_model_state_bytes_counts_parameters_and_momentum():
-    tool = load_tool("benchmark_model")
-    model = nn.Linear(10, 20)  # 220 float32 parameters: 880 bytes
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    assert tool.model_state_bytes(model, optimizer) == 880
-    model(torch.randn(3, 10)).sum().backward()
-    assert tool.model_state_bytes(model, optimizer) == 2 * 880  # + gradients
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    assert tool.model_state_bytes(model, optimizer) == 2 * 880  # momentum instead of gradients
-
-
-def test_channels_last_converts_4d_kernels_and_keeps_experts():
-    tool = load_tool("benchmark_model")
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), CondConv2d(8, 8, 3, num_experts=2))
-    tool.to_channels_last(model)
-    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert not model[0].weight.is_contiguous()
-    assert model[1].weight.dim() == 5 and model[1].weight.is_contiguous()
-
-
-def test_measure_ratio_is_condconv_over_static():
-    tool = load_tool("benchmark_model")
-    timing = tool.measure(
-        {"static": lambda: time.sleep(0.01), "condconv": lambda: time.sleep(0.03)},
-        torch.device("cpu"),
-        reps=3,
-        warmup=0,
-    )
-    assert timing.static >= 0.01 and timing.condconv >= 0.03
-    assert 1.5 < timing.ratio < 4.5
 
 
 def test_bad_arguments_are_named(capsys):

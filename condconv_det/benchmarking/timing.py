@@ -1,6 +1,5 @@
-"""Timing and memory measurement shared by the benchmarks (``tools/benchmark_layer.py``,
-``tools/benchmark_model.py``): calls timed round-robin, so that a slow phase of a shared machine
-slows every contender alike and their ratios stay fair, and the peak memory of a call."""
+"""Calls timed round-robin, so that a slow phase of a shared machine slows every contender alike
+and the ratios between them stay fair."""
 
 import statistics
 import time
@@ -8,10 +7,11 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-__all__ = ["paired_times", "peak_memory", "round_robin_times", "sync"]
+__all__ = ["paired_times", "round_robin_times", "sync"]
 
 
 def sync(device: torch.device) -> None:
+    """Waits for the device's queued work, so that a timer read afterwards includes it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -79,36 +79,3 @@ def paired_times(
             times[k].append(time.perf_counter() - begin)
     ratios = [b / a for a, b in zip(*times)]
     return statistics.median(times[0]), statistics.median(times[1]), statistics.median(ratios)
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated while ``fn()`` runs, above what was allocated when it started.
-
-    CUDA: ``torch.cuda.max_memory_allocated``. CPU: the profiler's record of every allocation
-    (positive bytes) and free (negative bytes) of PyTorch's CPU allocator; their running sum in
-    time order is the allocated memory's change since the start, and its maximum the peak.
-    Allocations made outside PyTorch's allocator (oneDNN's own buffers) are not seen.
-    """
-    if device.type == "cuda":
-        sync(device)
-        start = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - start
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    records = [
-        (event.start_ns(), event.nbytes())
-        for event in prof.profiler.kineto_results.events()
-        if event.name() == "[memory]" and event.device_type() == DeviceType.CPU
-    ]
-    records.sort(key=lambda r: r[0])  # stable: same-time records keep their recorded order
-    live = peak = 0
-    for _, nbytes in records:
-        live += nbytes
-        peak = max(peak, live)
-    return peak

@@ -1,29 +1,8 @@
-"""condconv_det.benchmarking: round-robin timing and peak memory, as the benchmarks use them."""
+"""condconv_det.benchmarking.timing: round-robin timing, as the benchmarks use it."""
 
 import torch
 
-from condconv_det.benchmarking import paired_times, peak_memory, round_robin_times
-
-MiB = 1024 * 1024
-
-
-def test_peak_memory_of_known_allocations():
-    cpu = torch.device("cpu")
-
-    def held():
-        a = torch.ones(4 * MiB // 4)  # 4 MiB of float32
-        b = torch.ones(2 * MiB // 4)
-        return a, b
-
-    def freed_first():
-        a = torch.ones(4 * MiB // 4)
-        del a
-        return torch.ones(2 * MiB // 4)
-
-    assert 6 * MiB <= peak_memory(held, cpu) < 7 * MiB
-    # The 4 MiB are freed before the 2 MiB are allocated: the peak is the larger one alone.
-    assert 4 * MiB <= peak_memory(freed_first, cpu) < 5 * MiB
-    assert peak_memory(lambda: None, cpu) < 64 * 1024
+from condconv_det.benchmarking import paired_times, round_robin_times
 
 
 def test_round_robin_calls_every_function_alike_after_its_warm_up():
