@@ -3,7 +3,10 @@ value given and what the argument takes."""
 
 import numbers
 import operator
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, Union
+
+# What nn.Conv2d takes for a size per dimension: one int for both, or (height, width).
+IntOrPair = Union[int, Tuple[int, int]]
 
 
 def check_integer(owner: str, name: str, value: Any, minimum: int) -> int:
