@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _condconv_fast as fast
-from ._checks import IntOrPair, check_integer, check_pair
+from ._checks import IntOrPair, check_integer, check_pair, raise_bad_input, resolve_padding
 
 __all__ = ["CondConv2d", "cond_conv2d", "CONDCONV_PATHS"]
 
@@ -219,8 +219,8 @@ class CondConv2d(nn.Module):
         normalize_kernel: scale every example's mixed kernel to unit L2 norm per output channel
             before convolving (the direction of the kernel is routed, not its gain). Routing
             then cannot give one example's features another scale than another's, which batch
-            norm, with statistics over the batch, cannot undo. Computed on the "grouped" /
-            "single" paths whatever ``path`` says.
+            norm, with statistics over the batch, cannot undo. Computed on the "grouped" path
+            (on "matmul" when traced or exported) whatever ``path`` says.
     """
 
     __constants__ = [
@@ -289,7 +289,7 @@ class CondConv2d(nn.Module):
         # Padding is resolved here to (top, bottom, left, right) so that forward only sees
         # ints: symmetric zero padding goes to the convolution itself, anything else is applied
         # with F.pad first.
-        pads = self._resolve_padding(padding)
+        pads = resolve_padding(owner, padding, self.kernel_size, self.stride, self.dilation)
         # For the repr and expert_conv: 'same' or 'valid' as given, anything else as a pair.
         self._padding_arg = padding if isinstance(padding, str) else (pads[0], pads[2])
         if padding_mode == "zeros" and pads[0] == pads[1] and pads[2] == pads[3]:
@@ -322,26 +322,6 @@ class CondConv2d(nn.Module):
             if bias:
                 self.static_bias = nn.Parameter(torch.empty((out_channels,), **factory))
         self.reset_parameters()
-
-    def _resolve_padding(self, padding: Union[str, IntOrPair]) -> Tuple[int, int, int, int]:
-        owner = type(self).__name__
-        kh, kw = self.kernel_size
-        if isinstance(padding, str):
-            if padding == "valid":
-                return (0, 0, 0, 0)
-            if padding == "same":
-                if self.stride != (1, 1):
-                    raise ValueError(
-                        f"{owner}: padding='same' is not supported for strides > 1 (got stride="
-                        f"{self.stride}); give the padding as integers"
-                    )
-                total_h = self.dilation[0] * (kh - 1)
-                total_w = self.dilation[1] * (kw - 1)
-                # Extra padding on the bottom/right, as nn.Conv2d does.
-                return (total_h // 2, total_h - total_h // 2, total_w // 2, total_w - total_w // 2)
-            raise ValueError(f"{owner}: padding must be 'same', 'valid' or ints, got {padding!r}")
-        ph, pw = check_pair(owner, "padding", padding, 0)
-        return (ph, ph, pw, pw)
 
     def reset_parameters(self) -> None:
         """Initialises every expert as ``nn.Conv2d`` initialises a kernel of the expert's shape;
@@ -409,7 +389,9 @@ class CondConv2d(nn.Module):
             or not routing_weights.is_floating_point()
             or routing_weights.device != x.device
         ):
-            self._raise_bad_input(x, routing_weights)
+            raise_bad_input(
+                x, routing_weights, self.in_channels, self.num_experts, self._min_input_size
+            )
         if len(self._pre_pad) > 0:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._pre_pad, mode=mode)
@@ -446,51 +428,6 @@ class CondConv2d(nn.Module):
             self.dilation,
             self.groups,
             self.path,
-        )
-
-    def _raise_bad_input(self, x: torch.Tensor, routing_weights: torch.Tensor) -> None:
-        for name, value in (("input", x), ("routing_weights", routing_weights)):
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(
-                    f"CondConv2d expects {name} to be a torch.Tensor, got {type(value).__name__}"
-                )
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            hint = ""
-            if x.dim() == 3 and x.shape[0] == self.in_channels:
-                hint = "; for one example give a batch of one, x.unsqueeze(0)"
-            raise ValueError(
-                "CondConv2d expects input of shape (B, {}, H, W), got {}{}".format(
-                    self.in_channels, list(x.shape), hint
-                )
-            )
-        if x.shape[2] < self._min_input_size[0] or x.shape[3] < self._min_input_size[1]:
-            raise ValueError(
-                "CondConv2d expects an input of at least (H, W) = {} (the kernel's extent, "
-                "dilation included, less the padding), got {}; give a larger input or more "
-                "padding".format(self._min_input_size, list(x.shape))
-            )
-        if not x.is_floating_point():
-            raise TypeError(
-                "CondConv2d expects a floating-point input, got dtype {}; convert it, e.g. "
-                "x.float()".format(x.dtype)
-            )
-        if (
-            routing_weights.dim() != 2
-            or routing_weights.shape[0] != x.shape[0]
-            or routing_weights.shape[1] != self.num_experts
-        ):
-            raise ValueError(
-                "CondConv2d expects routing_weights of shape (B, num_experts) = ({}, {}), "
-                "got {}".format(x.shape[0], self.num_experts, list(routing_weights.shape))
-            )
-        if not routing_weights.is_floating_point():
-            raise TypeError(
-                "CondConv2d expects floating-point routing_weights, got dtype {}; convert them, "
-                "e.g. routing_weights.to(x.dtype)".format(routing_weights.dtype)
-            )
-        raise ValueError(
-            "CondConv2d expects routing_weights on the input's device ({}), got them on {}; "
-            "move them with routing_weights.to(x.device)".format(x.device, routing_weights.device)
         )
 
     def expert_conv(self, expert: int) -> nn.Conv2d:
