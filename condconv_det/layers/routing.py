@@ -1,13 +1,13 @@
 """Routing functions for CondConv and the self-routing drop-in for ``nn.Conv2d``."""
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_integer, check_number
+from ._checks import IntOrPair, check_integer, check_number
 from .condconv import CondConv2d
 
 __all__ = [
@@ -229,9 +229,6 @@ def _linear_without_autocast(
     return F.linear(x, weight, bias)
 
 
-_IntOrPair = Union[int, Tuple[int, int]]
-
-
 class RoutedCondConv2d(CondConv2d):
     """A drop-in replacement for ``nn.Conv2d`` that routes itself: ``forward(x)``.
 
@@ -243,10 +240,10 @@ class RoutedCondConv2d(CondConv2d):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: _IntOrPair,
-        stride: _IntOrPair = 1,
-        padding: Union[str, _IntOrPair] = 0,
-        dilation: _IntOrPair = 1,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: Union[str, IntOrPair] = 0,
+        dilation: IntOrPair = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
@@ -308,8 +305,7 @@ def reset_routers(module: nn.Module, init: str) -> nn.Module:
     "zeros" matters when CondConv is trained from scratch in deep stacks without residual
     connections (MobileNetV1): with Glorot-initialised routers each example starts with its own
     kernel scale, the per-example scales multiply through the stack and some examples'
-    features vanish. Measured on the bundled shapes dataset, SSD-MobileNetV1 with 8 experts,
-    16 images overfit for 150 iterations: AP50 26 with "glorot", 86 with "zeros" (static: 98).
+    features vanish (measured in docs/training.md, "Router initialisation").
     """
     for m in module.modules():
         if isinstance(m, CondConvRouter):

@@ -1,7 +1,7 @@
 """CondConv under torch.autocast (bfloat16 on the CPU): close to float32, routing in float32.
 
 The kernel mix runs in float32 (the weights' dtype) and the mixed kernel is cast for the
-convolution; see ``condconv_det.layers.condconv._mix_kernels_eager``.
+convolution; see ``condconv_det.layers._condconv_fast.mix_eager``.
 """
 
 import pytest

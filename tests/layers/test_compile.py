@@ -89,9 +89,9 @@ def test_compiled_layer_matches_eager_inductor():
 
 def test_compiled_layer_with_large_batch1_mix_matches_eager(monkeypatch):
     """The split batch-1 mix (a custom autograd Function in eager) compiles as a plain product."""
-    from condconv_det.layers import condconv
+    from condconv_det.layers import _condconv_fast as fast
 
-    monkeypatch.setattr(condconv, "_SPLIT_MIX_NUMEL", 8)
+    monkeypatch.setattr(fast, "TUNING", fast.TUNING._replace(split_mix_numel=8))
     layer, x, routing = _layer_and_inputs("auto", 1)
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     _check_forward_backward(layer, compiled, x, routing)

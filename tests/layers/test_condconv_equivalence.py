@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from condconv_det.layers import CondConv2d, cond_conv2d
+from condconv_det.layers import _condconv_fast as fast
 from tests.layers.reference import condconv_reference
 
 IN_CHANNELS = 4
@@ -128,16 +129,14 @@ def test_paths_agree_in_train_and_eval_mode():
 @pytest.mark.parametrize("kernel,groups", [(3, 1), (1, 1), (3, 8)], ids=["3x3", "1x1", "dw"])
 def test_split_batch1_mix_matches_reference(monkeypatch, kernel, groups):
     """Large batch-1 mixes run as column blocks with their own backward; force it on a small one."""
-    from condconv_det.layers import condconv
-
-    monkeypatch.setattr(condconv, "_SPLIT_MIX_NUMEL", 8)
+    monkeypatch.setattr(fast, "TUNING", fast.TUNING._replace(split_mix_numel=8))
     calls = []
-    split = condconv._mix_split
-    monkeypatch.setattr(condconv, "_mix_split", lambda *a: calls.append(1) or split(*a))
+    split = fast._mix_split
+    monkeypatch.setattr(fast, "_mix_split", lambda *a: calls.append(1) or split(*a))
     torch.manual_seed(0)
     layer = CondConv2d(8, 8, kernel, padding=kernel // 2, groups=groups, num_experts=3).double()
     numel = layer.weight[0].numel()
-    assert numel >= condconv._SPLIT_MIX_NUMEL and numel % condconv._SPLIT_MIX_CHUNKS == 0
+    assert numel >= fast.TUNING.split_mix_numel and numel % fast.TUNING.split_mix_chunks == 0
     x = torch.randn(1, 8, 5, 5, dtype=torch.float64, requires_grad=True)
     routing = torch.rand(1, 3, dtype=torch.float64, requires_grad=True)
     out = layer(x, routing)
@@ -177,15 +176,14 @@ def test_split_batch1_mix_matches_reference(monkeypatch, kernel, groups):
 @pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 2)], ids=["1x1", "3x3s2"])
 def test_blocked_matmul_matches_reference(monkeypatch, kernel, stride, bias):
     """Large batched kernels are mixed and applied in blocks of output channels; force blocks."""
-    from condconv_det.layers import condconv
-
-    monkeypatch.setattr(condconv, "_MATMUL_BLOCK_BYTES", 3 * 4 * 8 * 4 * kernel * kernel)
+    block_bytes = 3 * 4 * 8 * 4 * kernel * kernel
+    monkeypatch.setattr(fast, "TUNING", fast.TUNING._replace(matmul_block_bytes=block_bytes))
     torch.manual_seed(0)
     layer = CondConv2d(8, 7, kernel, stride, kernel // 2, bias=bias, num_experts=3, path="matmul")
     layer = layer.double()
     x = torch.randn(3, 8, 6, 5, dtype=torch.float64, requires_grad=True)
     routing = torch.rand(3, 3, dtype=torch.float64, requires_grad=True)
-    assert condconv._matmul_blocks(routing, layer.weight) == 4  # 7 channels in blocks of 2
+    assert fast.matmul_blocks(routing, layer.weight, 1) == 4  # 7 channels in blocks of 2
     out = layer(x, routing)
     ref = condconv_reference(
         x, routing, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation, 1
@@ -208,9 +206,28 @@ def test_blocked_matmul_matches_reference(monkeypatch, kernel, stride, bias):
     ],
 )
 def test_auto_path_choice(batch, kernel, groups, out_channels, size, want):
-    from condconv_det.layers.condconv import _auto_path
-
     weight = torch.zeros(2, out_channels, 16 // groups, kernel, kernel)
     x = torch.zeros(batch, 16, size, size)
     pad = (kernel // 2, kernel // 2)
-    assert _auto_path(x, weight, (1, 1), pad, (1, 1)) == want
+    assert fast.auto_path(x, weight, (1, 1), pad, (1, 1)) == want
+    # Off the CPU, where the thresholds were not measured: the plain paths.
+    meta = "single" if batch == 1 else "grouped"
+    assert fast.auto_path(x.to("meta"), weight.to("meta"), (1, 1), pad, (1, 1)) == meta
+
+
+def test_fast_mixes_stay_on_the_cpu(monkeypatch):
+    """Off the CPU the kernel mix is one product and the matmul path takes no blocks, however
+    low the thresholds (checked on the 'meta' device)."""
+    tiny = fast.TUNING._replace(split_mix_numel=8, matmul_block_bytes=8)
+    monkeypatch.setattr(fast, "TUNING", tiny)
+    calls = []
+    split = fast._mix_split
+    monkeypatch.setattr(fast, "_mix_split", lambda *a: calls.append(1) or split(*a))
+    for device, want_splits, want_blocks in (("cpu", 1, 8), ("meta", 0, 1)):
+        calls.clear()
+        weight = torch.randn(3, 8, 8, 3, 3, device=device)
+        routing = torch.rand(1, 3, device=device)
+        with torch.no_grad():
+            mixed = fast._mix_rows(routing, weight.reshape(3, -1))
+        assert mixed.shape == (1, 8 * 8 * 3 * 3) and len(calls) == want_splits, device
+        assert fast.matmul_blocks(routing.expand(4, 3), weight, 1) == want_blocks, device

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from condconv_det.layers import CondConv2d, CondConvRouter, RoutedCondConv2d, condconv
+from condconv_det.layers import CondConv2d, CondConvRouter, RoutedCondConv2d, _condconv_fast
 
 
 class SharedRoutingBlock(nn.Module):
@@ -125,7 +125,7 @@ def test_torch_export_with_separate_routing_input():
 def test_torch_export_in_training_mode(monkeypatch):
     """Eager training at batch 1 mixes large kernels with a custom autograd Function; the
     exported training graph, plain products, gives the same values and gradients."""
-    monkeypatch.setattr(condconv, "_SPLIT_MIX_NUMEL", 8)
+    monkeypatch.setattr(_condconv_fast, "TUNING", _condconv_fast.TUNING._replace(split_mix_numel=8))
     torch.manual_seed(0)
     layer = RoutedCondConv2d(8, 8, 3, padding=1, num_experts=4).train()
     program = _export(layer, torch.randn(2, 8, 9, 9))

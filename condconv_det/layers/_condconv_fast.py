@@ -1,0 +1,387 @@
+"""The faster ways to compute a CondConv, and when :func:`.condconv.cond_conv2d` takes them.
+
+:mod:`.condconv` holds the plain computation: mix each example's kernel, then convolve. This
+module holds what beats it on the CPU, each equal to it up to rounding (the tests compare every
+path with a per-example loop):
+
+- :func:`auto_path`: which path ``path="auto"`` takes for a call;
+- :func:`mix_eager`: the kernel mix outside TorchScript, in the weights' dtype under autocast
+  and, for a large batch of one, split into column blocks (:class:`_MixExperts`);
+- :func:`matmul_conv2d` and :func:`blocked_matmul_conv2d`: the "matmul" path;
+- :func:`experts_conv2d`: the "experts" path.
+
+Every threshold is in :data:`TUNING`. They hold for CPU tensors only: on any other device
+"auto" takes the plain paths and the mix is one product.
+"""
+
+import contextlib
+from typing import ContextManager, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+class _Tuning(NamedTuple):
+    """The thresholds of the CPU paths.
+
+    Tuned with ``tools/benchmark_layer.py`` on an x86 CPU with 2 threads, float32, torch 2.14;
+    the measurements behind each value are in docs/performance.md ("Why the layer has several
+    paths"). Other CPUs may want other values; other devices do not use them.
+
+    Attributes:
+        split_mix_numel: a batch-1 mix of at least this many weights per expert runs as column
+            blocks, which keep every thread reading the experts.
+        split_mix_grad_factor: with a backward to follow, the split starts at this many times
+            ``split_mix_numel``: its backward costs more than one product's.
+        split_mix_chunks: the number of column blocks of a split mix.
+        matmul_block_bytes: the "matmul" path mixes its per-example kernels in blocks of output
+            channels of about this many bytes, small enough to reuse one cached buffer.
+        matmul_kernels_per_pixel: at batch > 1, "auto" computes a k x k convolution with
+            "matmul" from this many output channels per output pixel on, else with "grouped".
+    """
+
+    split_mix_numel: int
+    split_mix_grad_factor: int
+    split_mix_chunks: int
+    matmul_block_bytes: int
+    matmul_kernels_per_pixel: int
+
+
+TUNING = _Tuning(
+    split_mix_numel=1 << 18,
+    split_mix_grad_factor=2,
+    split_mix_chunks=8,
+    matmul_block_bytes=8 << 20,
+    matmul_kernels_per_pixel=4,
+)
+
+
+@torch.jit.unused
+def records_graph() -> bool:
+    """Whether this call is recorded into a graph that is to run at other batch sizes: a
+    TorchScript trace, an ONNX export (either exporter) or ``torch.export``. Not under
+    ``torch.compile``, which guards on the shapes it saw and recompiles for others."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
+def conv_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """The output size of a convolution along one dimension, as ``nn.Conv2d`` documents it."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def auto_path(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    kernels_per_pixel: int = TUNING.matmul_kernels_per_pixel,
+) -> str:
+    """The path that ``path="auto"`` takes for this call (see :data:`.CONDCONV_PATHS`).
+
+    Args:
+        x, weight, stride, padding, dilation: as for :func:`.cond_conv2d`.
+        kernels_per_pixel: ``TUNING.matmul_kernels_per_pixel``, an argument because TorchScript
+            compiles this function and cannot read module globals.
+    """
+    if not torch.jit.is_scripting():
+        # A traced graph must not bake the batch size into the group count, and an exported
+        # one not make it symbolic: ONNX's Conv takes its group count as a constant.
+        if records_graph():
+            return "matmul"
+    if x.shape[0] == 1:
+        # One plain convolution: the mixed kernel is read once, as a static conv reads its own.
+        return "single"
+    if x.device.type != "cpu":
+        # The choices below are measured on the CPU only; elsewhere the plain grouped conv.
+        return "grouped"
+    groups = x.shape[1] // weight.shape[2]
+    if groups > 1:
+        # Depthwise and grouped convs: per-example kernels are tiny and the folded grouped
+        # convolution is as fast as the static conv; im2col would copy kh*kw x the input.
+        return "grouped"
+    kh, kw = weight.shape[3], weight.shape[4]
+    if kh == 1 and kw == 1:
+        # A 1x1 conv is already a matrix product; the grouped conv would reorder B kernels.
+        return "matmul"
+    # k x k: the matmul path copies the input's patches (C*kh*kw per output pixel) and its
+    # backward folds them back; the grouped conv reorders each example's kernel (O*C*kh*kw).
+    # So the matmul path wins where the kernels outweigh the patches enough.
+    out_h = conv_out_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
+    out_w = conv_out_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
+    if weight.shape[1] >= kernels_per_pixel * out_h * out_w:
+        return "matmul"
+    return "grouped"
+
+
+@torch.jit.unused
+def mix_eager(
+    routing_weights: torch.Tensor,
+    flat: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    in_weight_dtype: bool,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The kernel and bias mix outside TorchScript.
+
+    With ``in_weight_dtype``, the mix runs in the weights' dtype even under autocast. Autocast
+    would run the products in bfloat16/float16, casting all E experts first: more memory
+    traffic than one read of the float32 experts, and a rounded sum. The convolution that
+    follows casts the one mixed kernel per example to the autocast dtype instead.
+
+    Args:
+        routing_weights: (B, E).
+        flat: (E, P), each expert's kernel flattened.
+        bias: (E, O) or None.
+        in_weight_dtype: mix in ``flat``'s dtype under autocast, not in the autocast dtype.
+
+    Returns:
+        ``routing_weights @ flat``, (B, P), and ``routing_weights @ bias``, (B, O), or None.
+    """
+    device_type = flat.device.type
+    if in_weight_dtype and torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return mix_eager(routing_weights.to(flat.dtype), flat, bias, False)
+    mixed = _mix_rows(routing_weights, flat)
+    biases: Optional[torch.Tensor] = None
+    if bias is not None:
+        biases = torch.mm(routing_weights, bias)
+    return mixed, biases
+
+
+def _mix_rows(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """``routing_weights @ flat``, (B, E) x (E, P); a large batch of one on the CPU in column
+    blocks (:func:`_mix_split`)."""
+    numel = flat.shape[1]
+    needs_grad = torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad)
+    threshold = TUNING.split_mix_numel * (TUNING.split_mix_grad_factor if needs_grad else 1)
+    split = (
+        routing_weights.shape[0] == 1
+        and numel >= threshold
+        and numel % TUNING.split_mix_chunks == 0
+        and flat.device.type == "cpu"
+    )
+    if (
+        not split
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    ):
+        # One product: graphs record it as one op, compilers fuse it, and autograd's backward
+        # for it is as good as any.
+        return torch.mm(routing_weights, flat)
+    if needs_grad:
+        return _MixExperts.apply(routing_weights, flat)
+    return _mix_split(routing_weights, flat)
+
+
+class _MixExperts(torch.autograd.Function):
+    """``routing_weights @ flat`` for batch 1, split into column blocks (:func:`_mix_split`).
+
+    The backward writes the expert gradient with one product, straight into an ``(E, P)`` tensor:
+    autograd's backward of the split forward would produce it block-major and copy it back,
+    which doubles the largest memory traffic of a training step (one more ``E x P`` buffer,
+    freshly page-faulted on every call where it exceeds the allocator's mmap threshold).
+    """
+
+    @staticmethod
+    def forward(ctx, routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(routing_weights, flat)
+        return _mix_split(routing_weights, flat)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        routing_weights, flat = ctx.saved_tensors
+        grad_routing: Optional[torch.Tensor] = None
+        grad_flat: Optional[torch.Tensor] = None
+        if ctx.needs_input_grad[0]:
+            grad_routing = torch.mm(grad, flat.t())  # (B, P) x (P, E)
+        if ctx.needs_input_grad[1]:
+            grad_flat = torch.mm(routing_weights.t(), grad)  # (E, B) x (B, P)
+        return grad_routing, grad_flat
+
+
+def _mix_split(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """(1, E) x (E, P) -> (1, P) as a batch of column blocks; P divisible by the block count.
+
+    At batch 1 the mix is a matrix-vector product bound by reading the experts. As one product
+    it does not keep every CPU thread reading; as a batch of column blocks it does
+    (docs/performance.md).
+    """
+    num_experts, numel = flat.shape
+    chunks = TUNING.split_mix_chunks
+    blocks = flat.reshape(num_experts, chunks, numel // chunks).transpose(0, 1)
+    mixed = torch.bmm(routing_weights.expand(chunks, 1, num_experts), blocks)
+    return mixed.reshape(1, numel)
+
+
+def matmul_conv2d(
+    x: torch.Tensor,
+    kernels: torch.Tensor,
+    biases: Optional[torch.Tensor],
+    kernel_size: Tuple[int, int],
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """The "matmul" path: per-example kernels times the input (1x1) or its patches (im2col).
+
+    Args:
+        x: (B, C, H, W).
+        kernels: (B, O, C/g, kh, kw), each example's mixed kernel.
+        biases: (B, O) or None.
+        kernel_size: (kh, kw), taken from the expert weights: constants in a traced graph,
+            unlike the sizes of ``kernels``.
+        stride, padding, dilation, groups: as for :func:`torch.nn.functional.conv2d`.
+
+    Returns:
+        (B, O, H', W').
+    """
+    cols, out_h, out_w = _patches(x, kernel_size, stride, padding, dilation, groups)
+    out = _apply_kernels(cols, kernels, biases, groups)
+    return out.reshape(x.shape[0], kernels.shape[1], out_h, out_w)
+
+
+def _patches(
+    x: torch.Tensor,
+    kernel_size: Tuple[int, int],
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    groups: int,
+) -> Tuple[torch.Tensor, int, int]:
+    """The input as columns for a kh x kw kernel: (B * groups, C/g * kh * kw, L), channels
+    outermost as in a kernel's (C/g, kh, kw) layout, and the output size (H', W'), L = H' * W'.
+    A 1x1 kernel takes the input itself (padded and strided), anything else its unfolded patches."""
+    batch, channels, height, width = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = kernel_size
+    out_h = conv_out_size(height, kh, stride[0], padding[0], dilation[0])
+    out_w = conv_out_size(width, kw, stride[1], padding[1], dilation[1])
+    if kh == 1 and kw == 1:
+        if padding[0] > 0 or padding[1] > 0:
+            x = F.pad(x, [padding[1], padding[1], padding[0], padding[0]])
+        if stride[0] > 1 or stride[1] > 1:
+            x = x[:, :, :: stride[0], :: stride[1]]
+        cols = x.reshape(batch * groups, channels // groups, out_h * out_w)
+    else:
+        cols = F.unfold(x, [kh, kw], dilation=dilation, padding=padding, stride=stride)
+        cols = cols.reshape(batch * groups, channels // groups * kh * kw, out_h * out_w)
+    return cols, out_h, out_w
+
+
+def _apply_kernels(
+    cols: torch.Tensor, kernels: torch.Tensor, biases: Optional[torch.Tensor], groups: int
+) -> torch.Tensor:
+    """Per-example kernels (B, O, C/g, kh, kw) and biases (B, O) or None applied to the columns
+    of :func:`_patches`: (B * groups, O/g, L)."""
+    batch, out_channels = kernels.shape[0], kernels.shape[1]
+    patch = kernels.shape[2] * kernels.shape[3] * kernels.shape[4]
+    # Every size spelled out: with -1 an empty batch (a traced graph runs on any batch) would be
+    # ambiguous.
+    kernels = kernels.reshape(batch * groups, out_channels // groups, patch)
+    if biases is not None:
+        # The bias rides in the product (beta * input + A @ B): no second pass over the output.
+        bias_cols = biases.reshape(batch * groups, out_channels // groups, 1)
+        return torch.baddbmm(bias_cols, kernels, cols)
+    return torch.bmm(kernels, cols)
+
+
+@torch.jit.unused
+def matmul_blocks(routing_weights: torch.Tensor, weight: torch.Tensor, groups: int) -> int:
+    """In how many blocks of output channels the "matmul" path mixes and applies its kernels,
+    each block's mixed kernels under ``TUNING.matmul_block_bytes``; 1 (no blocks) off the CPU,
+    for grouped convs, and in a traced or compiled graph."""
+    if groups != 1 or weight.device.type != "cpu" or torch.jit.is_tracing():
+        return 1
+    if torch.compiler.is_compiling():
+        return 1  # the compiler plans its own buffers; a Python loop would only unroll
+    kernel_bytes = routing_weights.shape[0] * weight[0].numel() * weight.element_size()
+    return min(weight.shape[1], -(-kernel_bytes // TUNING.matmul_block_bytes))
+
+
+@torch.jit.unused
+def blocked_matmul_conv2d(
+    x: torch.Tensor,
+    routing_weights: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    blocks: int,
+) -> torch.Tensor:
+    """The "matmul" path with the kernels mixed and applied one block of output channels at a
+    time (groups == 1; ``blocks`` from :func:`matmul_blocks`).
+
+    Materialising all ``B`` mixed kernels at once costs ``B x`` a kernel of memory, written by
+    the mix and read back by the product. Past the C library's mmap threshold such a buffer is
+    mapped afresh and page-faulted on every call, and it never stays in cache. In blocks, each
+    expert is still read once, the block's kernels stay small (one reused, cache-sized buffer)
+    and the gradient of the experts is assembled once by the chunking's backward.
+
+    Args:
+        x: (B, C, H, W).
+        routing_weights: (B, E); weight: (E, O, C, kh, kw); bias: (E, O) or None.
+        stride, padding, dilation: as for :func:`torch.nn.functional.conv2d`.
+        blocks: the number of blocks of output channels.
+
+    Returns:
+        (B, O, H', W').
+    """
+    batch, num_experts = routing_weights.shape
+    kernel_size = (weight.shape[3], weight.shape[4])
+    cols, out_h, out_w = _patches(x, kernel_size, stride, padding, dilation, 1)
+    weight_blocks = weight.chunk(blocks, dim=1)
+    bias_blocks = bias.chunk(blocks, dim=1) if bias is not None else [None] * len(weight_blocks)
+    outs = []
+    for weight_block, bias_block in zip(weight_blocks, bias_blocks):
+        # The mix in the weights' dtype, as mix_eager's.
+        with _without_autocast(weight.device.type):
+            routing = routing_weights.to(weight.dtype)
+            kernels = torch.mm(routing, weight_block.reshape(num_experts, -1))
+            biases = torch.mm(routing, bias_block) if bias_block is not None else None
+        kernels = kernels.reshape(batch, weight_block.shape[1], -1)
+        if biases is not None:
+            outs.append(torch.baddbmm(biases.unsqueeze(2), kernels, cols))
+        else:
+            outs.append(torch.bmm(kernels, cols))
+    return torch.cat(outs, dim=1).reshape(batch, weight.shape[1], out_h, out_w)
+
+
+def _without_autocast(device_type: str) -> ContextManager:
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def experts_conv2d(
+    x: torch.Tensor,
+    routing_weights: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """The "experts" path: ``sum_i r[b, i] * conv2d(x_b, W_i)``, by linearity equal to the mix.
+
+    Args and returns as :func:`.cond_conv2d`.
+    """
+    num_experts, out_channels = weight.shape[0], weight.shape[1]
+    per_group = out_channels // groups
+    # All experts as one conv with E x the output channels, ordered (group, expert, channel)
+    # so that each group's experts see that group's inputs. With groups == 1 this is a view.
+    kernel_shape = list(weight.shape[2:])
+    stacked = weight.reshape([num_experts, groups, per_group] + kernel_shape)
+    stacked = stacked.transpose(0, 1).reshape([groups * num_experts * per_group] + kernel_shape)
+    out = F.conv2d(x, stacked, None, stride, padding, dilation, groups)
+    batch, out_h, out_w = out.shape[0], out.shape[2], out.shape[3]
+    out = out.reshape(batch, groups, num_experts, per_group * out_h * out_w)
+    # (B, 1, 1, E) x (B, g, E, O/g * L) -> (B, g, 1, O/g * L)
+    out = torch.matmul(routing_weights.reshape(batch, 1, 1, num_experts), out)
+    out = out.reshape(batch, out_channels, out_h, out_w)
+    if bias is not None:
+        biases = torch.mm(routing_weights, bias).to(out.dtype)
+        out = out + biases.reshape(batch, out_channels, 1, 1)
+    return out
