@@ -11,6 +11,7 @@ from .dataset_mapper import SSDDatasetMapper, build_ssd_augmentation, build_test
 from .datasets import (  # registers shapes_, shapes_plain_, shapes_single_, digits_
     DIGITS_DATASETS,
     SHAPES_DATASETS,
+    SHAPES_LARGE_DATASETS,
     SHAPES_PLAIN_DATASETS,
     SHAPES_SINGLE_DATASETS,
     check_coco_dataset,
@@ -20,6 +21,7 @@ from .datasets import (  # registers shapes_, shapes_plain_, shapes_single_, dig
     register_coco_checked,
     register_digits,
     register_shapes,
+    register_shapes_large,
     register_shapes_plain,
     register_shapes_single,
 )

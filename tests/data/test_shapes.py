@@ -292,3 +292,32 @@ def test_single_object_shapes_are_registered(tmp_path):
         assert len(records) == 5 and all(len(r["annotations"]) == 1 for r in records)
     finally:
         register_shapes_single()
+
+
+def test_the_large_shapes_set_is_the_plain_set_larger(tmp_path, monkeypatch):
+    import json
+
+    from detectron2.data import DatasetCatalog
+
+    from condconv_det.data import SHAPES_LARGE_DATASETS, datasets, register_shapes_large
+
+    try:
+        # Keyword arguments replace its sizes; the background stays plain.
+        assert (
+            register_shapes_large(tmp_path / "large", num_train=3, num_val=2, progress=False)
+            == SHAPES_LARGE_DATASETS
+        )
+        assert len(DatasetCatalog.get("shapes_large_train")) == 3
+        marker = json.loads((tmp_path / "large" / "shapes_dataset.json").read_text())
+        assert marker["params"]["background"] == "plain"
+        # Its own sizes, which the experiments in docs/training.md name.
+        asked = {}
+        monkeypatch.setattr(
+            datasets, "generate_shapes_dataset", lambda root, **kw: asked.update(kw)
+        )
+        monkeypatch.setattr(datasets, "load_coco_json_checked", lambda *args: [])
+        register_shapes_large(tmp_path / "other")
+        DatasetCatalog.get("shapes_large_val")
+        assert asked == dict(background="plain", num_train=6400, num_val=1000)
+    finally:
+        register_shapes_large()
