@@ -28,82 +28,27 @@ and skipped; the exit status is 1 if any image failed.
 import _tool_env  # noqa: F401  (first: process settings made before torch is imported)
 
 import argparse
-import glob
 import logging
 import os
 import re
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-import torch
 from detectron2.data import MetadataCatalog
-from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
-from detectron2.modeling import build_model
-from detectron2.structures import Instances
 from detectron2.utils.logger import setup_logger
-from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
-from condconv_det.checkpoint import CondConvCheckpointer
 from condconv_det.config import load_config, run_on_cpu_without_cuda
-from condconv_det.data import build_test_augmentation, read_image
+from condconv_det.data import IMAGE_EXTENSIONS, expand_image_inputs, image_output_names
 from condconv_det.engine.coco_json_config import apply_coco_json_for_inference
+from condconv_det.engine.predictor import Predictor, lower_score_thresholds
 from condconv_det.engine.trainer import check_weights
-from condconv_det.file_io import atomic_write, check_outputs_spare_inputs
+from condconv_det.file_io import check_outputs_spare_inputs
+from condconv_det.visualization import draw_image_file
 
 logger = logging.getLogger("condconv_det.demo")
-
-# What a directory or a glob pattern contributes; a file named explicitly is tried whatever its
-# extension.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-# The score-threshold keys of the meta-architectures this project builds (SSD, RetinaNet, R-CNN).
-SCORE_THRESH_KEYS = (
-    ("SSD", "SCORE_THRESH_TEST"),
-    ("RETINANET", "SCORE_THRESH_TEST"),
-    ("ROI_HEADS", "SCORE_THRESH_TEST"),
-)
-
-
-class Predictor:
-    """One image in, the model's detections out, preprocessed as in evaluation.
-
-    Like detectron2's ``DefaultPredictor``, but with the transforms of the project's test data
-    loader (:func:`build_test_augmentation`), the image as the mappers give it (uint8), and
-    ``CondConvCheckpointer`` (so ``MODEL.WEIGHTS`` may also be a static checkpoint to upcycle).
-
-    Args:
-        cfg: a condconv_det config; ``MODEL.WEIGHTS`` "" keeps the random initialization.
-    """
-
-    def __init__(self, cfg):
-        self.cfg = cfg.clone()  # build_model may modify it
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        CondConvCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        self.augmentations = T.AugmentationList(build_test_augmentation(cfg))
-
-    @torch.no_grad()
-    def __call__(self, image: np.ndarray) -> Instances:
-        """
-        Args:
-            image: ``(H, W, C)`` uint8, in ``cfg.INPUT.FORMAT`` (as
-                :func:`condconv_det.data.read_image` returns it).
-
-        Returns:
-            Instances of image size ``(H, W)``: ``pred_boxes`` (XYXY, in the image's pixels),
-            ``scores`` and ``pred_classes``, on the CPU.
-        """
-        height, width = image.shape[:2]
-        aug_input = T.AugInput(image)
-        self.augmentations(aug_input)
-        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-        inputs = {"image": tensor, "height": height, "width": width}
-        return self.model([inputs])[0]["instances"].to("cpu")
 
 
 # A config key such as MODEL.WEIGHTS: where --input's list ends and the overrides begin.
@@ -123,68 +68,6 @@ def split_overrides(inputs: Sequence[str]) -> Tuple[List[str], List[str]]:
         if CONFIG_KEY.fullmatch(item) and not os.path.exists(item):
             return list(inputs[:i]), list(inputs[i:])
     return list(inputs), []
-
-
-def expand_inputs(inputs: Sequence[str]) -> Tuple[List[str], List[str], List[str]]:
-    """Image files named by ``inputs``, in argument order, each directory's and pattern's
-    matches sorted, duplicates dropped.
-
-    Args:
-        inputs: file paths, directories and glob patterns.
-
-    Returns:
-        ``(files, missing, empty)``: the image files; the inputs that are neither a file, a
-        directory nor a glob pattern (typos); the directories and patterns without images.
-    """
-    files: List[str] = []
-    missing: List[str] = []
-    empty: List[str] = []
-    for item in inputs:
-        if os.path.isfile(item):
-            found = [item]
-        elif os.path.isdir(item):
-            found = sorted(os.path.join(item, name) for name in os.listdir(item))
-            found = [p for p in found if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS)]
-        elif glob.has_magic(item):
-            found = sorted(glob.glob(item, recursive=True))
-            found = [p for p in found if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS)]
-        else:
-            missing.append(item)
-            continue
-        if not found:
-            empty.append(item)
-        files.extend(found)
-    return list(dict.fromkeys(files)), missing, empty
-
-
-def output_names(files: Sequence[str]) -> List[str]:
-    """One output file name per input: its base name, made unique with ``-2``, ``-3``, ... when
-    inputs from different folders share one; a file without an image extension gets ``.png``
-    (PIL picks the format from the extension)."""
-    names: List[str] = []
-    taken = set()
-    for path in files:
-        stem, ext = os.path.splitext(os.path.basename(path))
-        if ext.lower() not in IMAGE_EXTENSIONS:
-            stem, ext = stem + ext, ".png"
-        name, k = stem + ext, 1
-        while name in taken:
-            k += 1
-            name = f"{stem}-{k}{ext}"
-        taken.add(name)
-        names.append(name)
-    return names
-
-
-def lower_score_thresholds(cfg, threshold: float) -> None:
-    """Lowers the model's test score thresholds to ``threshold`` where they are higher, so that
-    ``--confidence-threshold`` below a config's threshold shows the extra detections. Above it,
-    the model keeps the config's threshold and the demo filters: the boxes drawn are then the
-    evaluation's detections that score above the threshold."""
-    for node, key in SCORE_THRESH_KEYS:
-        sub = cfg.MODEL.get(node, None)
-        if sub is not None and key in sub and sub[key] > threshold:
-            sub[key] = threshold
 
 
 def setup_cfg(args: argparse.Namespace):
@@ -251,7 +134,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Lis
         parser.error(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
     if len(args.opts) % 2:
         parser.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
-    files, missing, empty = expand_inputs(args.input)
+    files, missing, empty = expand_image_inputs(args.input)
     if missing:
         parser.error(
             f"--input {missing} do(es) not exist: give image files, directories or glob patterns"
@@ -265,28 +148,14 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Lis
         )
     inputs = [("--input", path) for path in args.input if os.path.isdir(path)]
     inputs += [("--input", path) for path in files]
-    outputs = [args.output] + [os.path.join(args.output, name) for name in output_names(files)]
+    outputs = [args.output] + [
+        os.path.join(args.output, name) for name in image_output_names(files)
+    ]
     try:
         check_outputs_spare_inputs(inputs, outputs, option="--output")
     except ValueError as e:
         parser.error(str(e))
     return files
-
-
-def draw(image_rgb: np.ndarray, instances: Instances, metadata) -> np.ndarray:
-    """``instances`` drawn on ``image_rgb`` (``(H, W, 3)`` uint8) by detectron2's
-    ``Visualizer``; returns an ``(H, W, 3)`` uint8 RGB image."""
-    # Imported here: the Visualizer needs OpenCV, which nothing else in the project does.
-    try:
-        from detectron2.utils.visualizer import Visualizer
-    except ImportError as e:
-        raise ImportError(
-            f"detectron2's Visualizer needs OpenCV ({e}): pip install opencv-python-headless "
-            "-c tools/env/constraints.txt"
-        ) from e
-    return (
-        Visualizer(image_rgb, metadata, scale=1.0).draw_instance_predictions(instances).get_image()
-    )
 
 
 def run(cfg, files: Sequence[str], output_dir: str, threshold: float) -> Dict[str, str]:
@@ -309,18 +178,10 @@ def run(cfg, files: Sequence[str], output_dir: str, threshold: float) -> Dict[st
     os.makedirs(output_dir, exist_ok=True)
     failed: Dict[str, str] = {}
     with logging_redirect_tqdm():
-        for path, name in zip(tqdm(files, desc="demo", unit="image"), output_names(files)):
+        for path, name in zip(tqdm(files, desc="demo", unit="image"), image_output_names(files)):
+            out_path = os.path.join(output_dir, name)
             try:
-                image = read_image(path, cfg.INPUT.FORMAT)
-                instances = predictor(image)
-                instances = instances[instances.scores > threshold]
-                drawn = draw(
-                    utils.convert_image_to_rgb(image, cfg.INPUT.FORMAT), instances, metadata
-                )
-                out_path = os.path.join(output_dir, name)
-                # PIL picks the format from the name, which the temporary file does not end in.
-                file_format = Image.registered_extensions()[os.path.splitext(name)[1].lower()]
-                atomic_write(out_path, lambda f: Image.fromarray(drawn).save(f, file_format))
+                instances = draw_image_file(predictor, path, out_path, threshold, metadata)
             except (OSError, ValueError) as e:  # a bad file or an unwritable output: go on
                 failed[path] = str(e) if path in str(e) else f"{path}: {e}"
                 logger.error(failed[path])

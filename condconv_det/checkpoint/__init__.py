@@ -1,7 +1,8 @@
 """Checkpoints: pretrained weights renamed and converted (:mod:`.convert`), static weights
 upcycled into CondConv layers (:mod:`.upcycle`), exact fitting of a state dict to a model
-(:mod:`.strict`) and detectron2's checkpointer with all of these (:mod:`.checkpointer`, which
-alone needs detectron2: the rest works with plain PyTorch)."""
+(:mod:`.strict`) and detectron2's checkpointer with all of these, with
+:func:`load_weights_exact` for inference (:mod:`.checkpointer`, which alone needs detectron2:
+the rest works with plain PyTorch)."""
 
 from .convert import (
     TimmEfficientNet,
@@ -27,6 +28,7 @@ __all__ = [
     "UnreadableCheckpointError",
     "WEIGHTS_MATCHES",
     "load_checkpoint_strict",
+    "load_weights_exact",
     "mismatch_report",
     "state_dict_differences",
     "timm_efficientnet_to_condconv",
@@ -40,8 +42,8 @@ __all__ = [
 def __getattr__(name: str):
     # The checkpointer needs detectron2; imported when first asked for, so that the converters
     # and upcycling work in a plain PyTorch environment.
-    if name == "CondConvCheckpointer":
-        from .checkpointer import CondConvCheckpointer
+    if name in ("CondConvCheckpointer", "load_weights_exact"):
+        from . import checkpointer
 
-        return CondConvCheckpointer
+        return getattr(checkpointer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

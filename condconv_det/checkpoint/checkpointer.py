@@ -23,7 +23,7 @@ from .strict import (
 )
 from .upcycle import _condconv_keys, _routers, upcycle_state_dict
 
-__all__ = ["CondConvCheckpointer"]
+__all__ = ["CondConvCheckpointer", "load_weights_exact"]
 
 
 class CondConvCheckpointer(DetectionCheckpointer):
@@ -232,6 +232,28 @@ class CondConvCheckpointer(DetectionCheckpointer):
             mismatch_report(f"checkpoint {name!r}", missing, unexpected, shapes)
             + f"\n  (MODEL.WEIGHTS_MATCH {self.match}) {hint}"
         )
+
+
+def load_weights_exact(model: nn.Module, path: str) -> None:
+    """Loads the weights of the checkpoint ``path`` into ``model``, every tensor of it and
+    nothing else, as a model is loaded for inference (demo, export, routing analysis).
+
+    :class:`CondConvCheckpointer` with ``match="strict"`` and no training state: a static
+    kernel is upcycled into its CondConv layer's experts as in training, and anything else
+    that does not fit (a missing or extra tensor, another shape) is refused before the model
+    is touched, so that no layer keeps its random initialisation unnoticed.
+
+    Args:
+        model: the model to fill, built from the config the checkpoint was trained with.
+        path: a checkpoint file or URL; "" leaves the model as it is (detectron2's convention
+            for ``MODEL.WEIGHTS``).
+
+    Raises:
+        FileNotFoundError: a local ``path`` that does not exist.
+        UnreadableCheckpointError: a file that cannot be read as a checkpoint.
+        CheckpointMismatchError: weights that do not fit ``model``; the message lists them.
+    """
+    CondConvCheckpointer(model, match="strict").load(path, checkpointables=[])
 
 
 def _half_loaded_condconv(

@@ -1,5 +1,6 @@
 """Data: the bundled shapes dataset, COCO-format datasets given by their files, SSD
-augmentations, the SSD dataset mapper and its image reader (also the tools')."""
+augmentations, the SSD dataset mapper and its image reader (also the tools'), and the image
+files the tools find and write."""
 
 from .coco_json import (
     CocoJsonSplit,
@@ -25,7 +26,13 @@ from .datasets import (  # registers shapes_, shapes_plain_, shapes_single_, dig
     register_shapes_plain,
     register_shapes_single,
 )
-from .images import read_image
+from .images import (
+    IMAGE_EXTENSIONS,
+    expand_image_inputs,
+    image_output_names,
+    read_image,
+    write_image,
+)
 from .shapes import BACKGROUNDS, CONTENTS, DIGITS_CLASSES, SHAPES_CLASSES, generate_shapes_dataset
 from .transforms import (
     ExpandTransform,

@@ -1,4 +1,5 @@
-"""Reading image files for the model, whatever their bit depth.
+"""Image files: reading them for the model whatever their bit depth, finding them among paths
+and glob patterns, and writing drawn ones.
 
 detectron2's ``read_image`` converts with PIL's ``Image.convert``, which clips a 16-bit
 grayscale image (PIL mode "I" or "I;16") to 0..255: everything above 255 becomes white, and the
@@ -6,12 +7,29 @@ image turns black and white. :func:`read_image` scales such images to 8 bits fir
 mapper and the tools read images through it.
 """
 
+import glob
+import os
+from typing import List, Sequence, Tuple
+
 import numpy as np
 from detectron2.data import detection_utils as utils
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-__all__ = ["read_image", "check_8bit_image"]
+from condconv_det.file_io import atomic_write
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "check_8bit_image",
+    "expand_image_inputs",
+    "image_output_names",
+    "read_image",
+    "write_image",
+]
+
+# What a directory or a glob pattern contributes (:func:`expand_image_inputs`); a file named
+# explicitly is tried whatever its extension.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 # PIL's modes of one-channel images with more than 8 bits: 32-bit integers ("I", which 16-bit
 # PNGs open as), 16-bit integers ("I;16" and its byte orders, 16-bit TIFFs) and floats ("F").
@@ -95,3 +113,77 @@ def check_8bit_image(file_name: str, reader: str) -> None:
             f"{reader} clips to black and white. Convert the dataset's images to 8 bits, or "
             "train an SSD config, whose mapper scales them."
         )
+
+
+def expand_image_inputs(inputs: Sequence[str]) -> Tuple[List[str], List[str], List[str]]:
+    """Image files named by ``inputs``, in argument order, each directory's and pattern's
+    matches sorted, duplicates dropped.
+
+    Args:
+        inputs: file paths (taken whatever their extension), directories (their files ending
+            in one of :data:`IMAGE_EXTENSIONS`, not recursive) and glob patterns (``**``
+            recurses; matches with those extensions).
+
+    Returns:
+        ``(files, missing, empty)``: the image files; the inputs that are neither a file, a
+        directory nor a glob pattern (typos); the directories and patterns without images.
+    """
+    files: List[str] = []
+    missing: List[str] = []
+    empty: List[str] = []
+    for item in inputs:
+        if os.path.isfile(item):
+            found = [item]
+        elif os.path.isdir(item):
+            found = sorted(os.path.join(item, name) for name in os.listdir(item))
+            found = [p for p in found if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS)]
+        elif glob.has_magic(item):
+            found = sorted(glob.glob(item, recursive=True))
+            found = [p for p in found if os.path.isfile(p) and p.lower().endswith(IMAGE_EXTENSIONS)]
+        else:
+            missing.append(item)
+            continue
+        if not found:
+            empty.append(item)
+        files.extend(found)
+    return list(dict.fromkeys(files)), missing, empty
+
+
+def image_output_names(files: Sequence[str]) -> List[str]:
+    """One output file name per input, for writing them all into one folder: its base name,
+    made unique with ``-2``, ``-3``, ... when inputs from different folders share one; a file
+    without an image extension gets ``.png`` (:func:`write_image` takes the format from the
+    extension)."""
+    names: List[str] = []
+    taken = set()
+    for path in files:
+        stem, ext = os.path.splitext(os.path.basename(path))
+        if ext.lower() not in IMAGE_EXTENSIONS:
+            stem, ext = stem + ext, ".png"
+        name, k = stem + ext, 1
+        while name in taken:
+            k += 1
+            name = f"{stem}-{k}{ext}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def write_image(path: str, image: np.ndarray) -> None:
+    """Writes ``image`` atomically (:func:`~condconv_det.file_io.atomic_write`: a kill leaves
+    the old file or none, never a cut one), in the format of ``path``'s extension.
+
+    Args:
+        path: ends in an extension PIL writes (e.g. one of :data:`IMAGE_EXTENSIONS`).
+        image: ``(H, W, 3)`` uint8 RGB, or what ``PIL.Image.fromarray`` takes.
+
+    Raises:
+        OSError: the file cannot be written.
+        ValueError: an extension PIL does not know.
+    """
+    # PIL picks the format from the name, which the temporary file does not end in.
+    extension = os.path.splitext(path)[1].lower()
+    file_format = Image.registered_extensions().get(extension)
+    if file_format is None:
+        raise ValueError(f"{path!r}: PIL writes no image format with the extension {extension!r}")
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, file_format))

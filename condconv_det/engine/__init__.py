@@ -1,4 +1,5 @@
-"""Training and evaluation: detectron2's trainer, with what condconv_det's detectors need."""
+"""Training, evaluation and inference: detectron2's trainer, with what condconv_det's detectors
+need, and a predictor for single images."""
 
 from .hooks import (
     RoutingStartHook,
@@ -7,4 +8,5 @@ from .hooks import (
     routing_temperature_at,
 )
 from .launch import argument_parser, launch
+from .predictor import Predictor, lower_score_thresholds
 from .trainer import Trainer, build_coco_evaluator, has_native_coco_eval

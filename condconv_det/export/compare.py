@@ -1,11 +1,23 @@
 """Checks of an exported model against the PyTorch model it came from."""
 
-from typing import Dict
+import logging
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from detectron2.structures import Instances
+from torch import nn
 
-__all__ = ["ExportCheckError", "check_close", "compare_detections"]
+from .sample import image_variants
+
+__all__ = [
+    "ExportCheckError",
+    "check_close",
+    "check_detector",
+    "check_network",
+    "compare_detections",
+]
+
+logger = logging.getLogger(__name__)
 
 
 class ExportCheckError(RuntimeError):
@@ -107,3 +119,70 @@ def compare_detections(reference: Instances, exported: Instances, atol: float) -
         taken[j] = True
         box_diff = max(box_diff, distance[j].item())
     return {"detections": n, "scores": score_diff, "boxes": box_diff}
+
+
+def check_network(
+    network: nn.Module,
+    run: Callable[[torch.Tensor], Sequence[torch.Tensor]],
+    image: torch.Tensor,
+    batch_sizes: Sequence[int],
+    atol: float,
+) -> Dict[str, Dict[str, float]]:
+    """The exported network against PyTorch at each batch size, on :func:`image_variants` of
+    ``image`` (examples that differ, so that mixing them up shows).
+
+    Args:
+        network: the PyTorch :class:`~condconv_det.export.DenseDetectorNetwork`.
+        run: runs the exported file: images in, (logits, deltas) out.
+        image: (3, H, W) sample image.
+        batch_sizes: where to check.
+        atol: as :func:`check_close`.
+
+    Returns:
+        {batch size (str): {"logits": max abs difference, "deltas": ...}}.
+
+    Raises:
+        ExportCheckError: an output that differs more than ``atol`` allows.
+    """
+    results = {}
+    for batch in batch_sizes:
+        images = image_variants(image, batch)
+        with torch.no_grad():
+            reference = network(images)
+        exported = run(images)
+        results[str(batch)] = {
+            name: check_close(f"network {name}, batch {batch}", ref, out, atol)
+            for name, ref, out in zip(("logits", "deltas"), reference, exported)
+        }
+        logger.info("network, batch %d: %s", batch, results[str(batch)])
+    return results
+
+
+def check_detector(
+    model: nn.Module, run: Callable[[torch.Tensor], Instances], image: torch.Tensor, atol: float
+) -> List[Dict[str, float]]:
+    """The exported whole detector against PyTorch, on three :func:`image_variants` of
+    ``image``, one image per call.
+
+    Args:
+        model: the PyTorch detector, in eval mode.
+        run: runs the exported file on one (3, H, W) image and returns its Instances.
+        image: (3, H, W) sample image.
+        atol: as :func:`compare_detections`.
+
+    Returns:
+        :func:`compare_detections`'s result per image.
+
+    Raises:
+        ExportCheckError: naming the image whose detections differ.
+    """
+    results = []
+    for index, variant in enumerate(image_variants(image, 3)):
+        with torch.no_grad():
+            reference = model([{"image": variant}])[0]["instances"]
+        try:
+            results.append(compare_detections(reference, run(variant), atol))
+        except ExportCheckError as e:
+            raise ExportCheckError(f"detector, image {index}: {e}") from e
+        logger.info("detector, image %d: %s", index, results[-1])
+    return results

@@ -1,5 +1,7 @@
-"""condconv_det.data.read_image: 8-bit files as detectron2 reads them, 16-bit and float files
-scaled to 0..255, EXIF orientation, clear errors; and the SSD mapper reading through it."""
+"""condconv_det.data.images: read_image (8-bit files as detectron2 reads them, 16-bit and float
+files scaled to 0..255, EXIF orientation, clear errors; and the SSD mapper reading through it);
+image files found among paths, directories and patterns, named for one output folder, and
+written whole or not at all."""
 
 import os
 import struct
@@ -12,7 +14,13 @@ from detectron2.data import detection_utils
 from PIL import Image
 
 from condconv_det import add_condconv_config
-from condconv_det.data import SSDDatasetMapper, read_image
+from condconv_det.data import (
+    SSDDatasetMapper,
+    expand_image_inputs,
+    image_output_names,
+    read_image,
+    write_image,
+)
 
 EXIF_ORIENTATION = 0x0112
 ROTATE_270 = 6  # the EXIF orientation of a photo taken with the camera turned right
@@ -179,3 +187,59 @@ def test_detectron2s_mapper_refuses_a_16bit_image_by_name(tmp_path):
     assert str(path) in str(info.value) and "more than 8 bits" in str(info.value)
     Image.fromarray((gradient16(64, 64) >> 8).astype(np.uint8)).save(tmp_path / "gray8.png")
     mapper({**record, "file_name": str(tmp_path / "gray8.png")})  # 8-bit images map as before
+
+
+def test_inputs_expand_to_image_files_in_order_without_duplicates(tmp_path):
+    folder, nested = tmp_path / "images", tmp_path / "images" / "nested"
+    nested.mkdir(parents=True)
+    for path in (folder / "b.PNG", folder / "a.jpg", nested / "c.png", tmp_path / "photo.raw"):
+        path.write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    inputs = [
+        str(tmp_path / "photo.raw"),  # named alone: taken whatever its extension
+        str(folder),  # its image files, sorted, not recursive
+        str(folder / "**" / "*.png"),  # ** recurses; b.PNG again is dropped
+        str(tmp_path / "empty"),
+        str(tmp_path / "*.gif"),
+        str(tmp_path / "typo.jpg"),
+    ]
+    files, missing, empty = expand_image_inputs(inputs)
+    assert files == [
+        str(tmp_path / "photo.raw"),
+        str(folder / "a.jpg"),
+        str(folder / "b.PNG"),
+        str(nested / "c.png"),
+    ]
+    assert missing == [str(tmp_path / "typo.jpg")]
+    assert empty == [str(tmp_path / "empty"), str(tmp_path / "*.gif")]
+
+
+def test_output_names_are_unique_and_writable():
+    files = ["x/a.png", "y/a.png", "z/a.png", "x/b.JPG", "x/scan.raw", "y/scan.raw.png"]
+    assert image_output_names(files) == [
+        "a.png", "a-2.png", "a-3.png", "b.JPG", "scan.raw.png", "scan.raw-2.png"
+    ]  # fmt: skip
+
+
+def test_write_image_takes_the_format_from_the_name_and_is_atomic(tmp_path, monkeypatch):
+    image = np.zeros((12, 20, 3), dtype=np.uint8)
+    image[:, :10] = (255, 0, 0)
+    write_image(str(tmp_path / "out.JPG"), image)
+    with Image.open(tmp_path / "out.JPG") as written:
+        assert written.format == "JPEG" and written.size == (20, 12)
+    write_image(str(tmp_path / "out.png"), image)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), image)
+    with pytest.raises(ValueError, match="no image format with the extension '.xyz'"):
+        write_image(str(tmp_path / "out.xyz"), image)
+
+    def save_cut_short(self, fp, format=None, **params):
+        fp.write(b"\x89PNG\r\n\x1a\n cut")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", save_cut_short)
+    with pytest.raises(OSError, match="No space left"):
+        write_image(str(tmp_path / "out.png"), np.zeros((5, 5, 3), dtype=np.uint8))
+    assert sorted(os.listdir(tmp_path)) == ["out.JPG", "out.png"]  # no temporary file left
+    monkeypatch.undo()
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), image)  # the old file

@@ -1,6 +1,6 @@
-"""Loading checkpoints: files that cannot be read, checkpoints that do not fit the model, and
-resuming from the newest checkpoint that can be read. Every failure names the file and leaves
-the model as it was."""
+"""Loading checkpoints: files that cannot be read, checkpoints that do not fit the model,
+resuming from the newest checkpoint that can be read, and the exact loading of weights for
+inference. Every failure names the file and leaves the model as it was."""
 
 import argparse
 import os
@@ -12,6 +12,7 @@ from condconv_det.checkpoint import (
     CheckpointMismatchError,
     CondConvCheckpointer,
     UnreadableCheckpointError,
+    load_weights_exact,
 )
 from condconv_det.layers import CondConv2d, CondConvRouter
 
@@ -203,3 +204,28 @@ def test_training_state_that_does_not_fit_names_the_checkpoint(tmp_path):
             "", resume=True
         )
     assert "model_final.pth" in str(info.value) and "training state" in str(info.value)
+
+
+def test_load_weights_exact_fills_every_tensor_and_ignores_the_training_state(tmp_path):
+    source = Routed()
+    path = _save(source, tmp_path / "model.pth", iteration=7, optimizer={"state": {}})
+    model = Routed()
+    load_weights_exact(model, path)
+    assert _unchanged(model, _snapshot(source))
+    before = _snapshot(model)
+    load_weights_exact(model, "")  # no weights: the model as it was
+    assert _unchanged(model, before)
+
+
+def test_load_weights_exact_refuses_what_does_not_fit(tmp_path):
+    model = Routed()
+    before = _snapshot(model)
+    with pytest.raises(CheckpointMismatchError, match="MODEL.WEIGHTS_MATCH strict"):
+        load_weights_exact(model, _save(Routed(experts=8), tmp_path / "other.pth"))
+    sd = {k: v for k, v in Routed().state_dict().items() if not k.startswith("head.")}
+    torch.save({"model": sd}, tmp_path / "part.pth")
+    with pytest.raises(CheckpointMismatchError, match="head.weight"):
+        load_weights_exact(model, str(tmp_path / "part.pth"))
+    with pytest.raises(FileNotFoundError):
+        load_weights_exact(model, str(tmp_path / "missing.pth"))
+    assert _unchanged(model, before)

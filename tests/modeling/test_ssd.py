@@ -452,3 +452,17 @@ def test_head_routers_follow_router_init(init):
     )
     with pytest.raises(ValueError, match="router_init must be None or one of"):
         SSDHead(input_shape=shapes, num_classes=2, num_anchors=[4], router_init="normal")
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_ssd_head_scripts(depthwise):
+    torch.manual_seed(0)
+    shapes = [ShapeSpec(channels=8, stride=8), ShapeSpec(channels=16, stride=16)]
+    head = SSDHead(
+        input_shape=shapes, num_classes=3, num_anchors=[4, 6], depthwise=depthwise, num_experts=2
+    ).eval()
+    scripted = torch.jit.script(head)
+    features = [torch.randn(3, 8, 6, 6), torch.randn(3, 16, 3, 3)]
+    for got, want in zip(scripted(features), head(features)):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

@@ -1,15 +1,13 @@
-"""tools/demo.py: one drawn image per input at its size, evaluation's predictions, bad inputs."""
+"""tools/demo.py: one drawn image per input at its size, the threshold, bad inputs. The predictor
+and the drawing: tests/engine/test_predictor.py, tests/test_visualization.py."""
 
 import logging
 import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from condconv_det.config import get_cfg
-from condconv_det.engine.trainer import build_mapper
 from tests.tools import load_tool
 
 pytest.importorskip("cv2", reason="detectron2's Visualizer needs OpenCV (opencv-python-headless)")
@@ -95,42 +93,6 @@ def test_corrupt_image_is_named_and_skipped(tmp_path, demo_log):
     errors = [r.getMessage() for r in demo_log.records if r.levelno == logging.ERROR]
     assert any(str(images / "broken.png") in m and "cannot read image" in m for m in errors)
     assert "2 of 3 images drawn" in demo_log.text and "1 failed" in demo_log.text
-
-
-def test_predictions_equal_evaluation_with_loaded_weights(tmp_path):
-    """The demo's preprocessing is the evaluation loader's (a 90x120 image becomes SSD's 64x64
-    square) and MODEL.WEIGHTS is loaded: same detections as the evaluated model."""
-    cfg = get_cfg()
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(TINY + ["MODEL.SSD.SCORE_THRESH_TEST", "0.0"])
-    torch.manual_seed(0)
-    reference = demo.build_model(cfg).eval()
-    weights = str(tmp_path / "model.pth")
-    torch.save({"model": reference.state_dict()}, weights)
-
-    save_image(tmp_path / "x.png", 90, 120)
-    record = {"file_name": str(tmp_path / "x.png"), "height": 90, "width": 120, "image_id": 0}
-    with torch.no_grad():
-        expected = reference([build_mapper(cfg, is_train=False)(record)])[0]["instances"]
-
-    cfg.MODEL.WEIGHTS = weights
-    predictor = demo.Predictor(cfg)
-    got = predictor(demo.read_image(record["file_name"], cfg.INPUT.FORMAT))
-    assert len(expected) > 0 and got.image_size == (90, 120)
-    torch.testing.assert_close(got.pred_boxes.tensor, expected.pred_boxes.tensor)
-    torch.testing.assert_close(got.scores, expected.scores)
-    assert torch.equal(got.pred_classes, expected.pred_classes)
-
-
-def test_low_threshold_lowers_the_models_threshold():
-    cfg = get_cfg()
-    cfg.merge_from_file(CONFIG)
-    assert cfg.MODEL.SSD.SCORE_THRESH_TEST == 0.01
-    demo.lower_score_thresholds(cfg, 0.5)  # above: the model keeps it, the demo filters
-    assert cfg.MODEL.SSD.SCORE_THRESH_TEST == 0.01
-    demo.lower_score_thresholds(cfg, 0.001)
-    assert cfg.MODEL.SSD.SCORE_THRESH_TEST == 0.001
-    assert cfg.MODEL.RETINANET.SCORE_THRESH_TEST == 0.001
 
 
 def test_split_overrides():

@@ -1,6 +1,7 @@
-"""tools/export_model.py: a tiny shapes SSD-CondConv (random weights) through torch.export, to
-ONNX (dynamo and legacy exporters) and to TorchScript, checked against the PyTorch detector at
-several batch sizes, and the tool's errors."""
+"""tools/export_model.py: a tiny shapes SSD-CondConv (random weights) exported through the
+command line with torch.export, to ONNX (dynamo and legacy exporters) and to TorchScript, the
+written files checked against the PyTorch detector at several batch sizes, and the tool's
+errors. The export package's own tests: tests/export/."""
 
 import contextlib
 import io
@@ -10,77 +11,28 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from condconv_det.config import get_cfg
-from condconv_det.export import (
-    ExportCheckError,
-    check_close,
-    compare_detections,
-    import_tracing_adapter,
+from condconv_det.export import compare_detections
+from tests.tiny_ssd import (
+    CONFIG,
+    SIZE,
+    TINY,
+    assert_network_matches,
+    calibrated_detector,
+    random_images,
+    reference_predictions,
+    tiny_cfg,
 )
-from condconv_det.modeling.meta_arch import SSDHead
 from tests.tools import load_tool
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG = os.path.join(ROOT, "configs", "shapes", "ssd_condconv_MNv1.yaml")
-SIZE = 64
-TINY = [
-    "MODEL.MOBILENET.WIDTH_MULT", "0.25",
-    "MODEL.CONDCONV.NUM_EXPERTS", "2",
-    "INPUT.SSD.SIZE", str(SIZE),
-]  # fmt: skip
-
-
-def tiny_cfg():
-    cfg = get_cfg()
-    cfg.merge_from_file(CONFIG)
-    cfg.merge_from_list(TINY + ["MODEL.DEVICE", "cpu"])
-    return cfg
 
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
-    """(model, checkpoint path): the tiny SSD with random weights, saved as tools/train_net.py
-    saves a model. Batch-norm statistics are set from one random batch: with untrained,
-    independently drawn experts the mixed kernels shrink the features layer after layer to
-    ~1e-14, all scores tie and a detection comparison would only test tie-breaking."""
-    torch.manual_seed(0)
-    model = build_model(tiny_cfg())
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # running stats = this batch's
-    model.train()
-    with torch.no_grad():
-        images = (torch.rand(4, 3, SIZE, SIZE) * 255 - model.pixel_mean) / model.pixel_std
-        features = model.backbone(images)
-        model.head([features[f] for f in model.head_in_features])
-    model.eval()
+    """(model, checkpoint path): :func:`calibrated_detector`."""
     path = str(tmp_path_factory.mktemp("weights") / "model_final.pth")
-    torch.save({"model": model.state_dict(), "iteration": 2}, path)
-    return model, path
-
-
-def random_images(batch: int, seed: int) -> torch.Tensor:
-    """(batch, 3, SIZE, SIZE) images, 0-255, smooth enough to look like something."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(batch, 3, 8, 8, generator=g) * 255
-    return F.interpolate(coarse, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
-
-
-def reference_predictions(model, images: torch.Tensor):
-    """Class logits (N, R, K + 1) and deltas (N, R, 4) computed by the detector's own code."""
-    with torch.no_grad():
-        batched = model.preprocess_image([{"image": x} for x in images])
-        features = model.backbone(batched.tensor)
-        features = [features[f] for f in model.head_in_features]
-        logits, deltas = model._transpose_dense_predictions(
-            model.head(features), [model.num_classes + 1, 4]
-        )
-    return torch.cat(logits, 1), torch.cat(deltas, 1)
+    return calibrated_detector(path), path
 
 
 def reference_detections(model, image: torch.Tensor) -> Instances:
@@ -142,23 +94,11 @@ def onnx_legacy_export(detector, tmp_path_factory):
     return _onnx_export(detector, tmp_path_factory, "--onnx-exporter", "legacy")
 
 
-def _assert_network_matches(network, model, batches, rtol, atol):
-    """The exported network's logits and deltas equal the detector's own at each batch size."""
-    for batch in batches:
-        images = random_images(batch, seed=batch)
-        with torch.no_grad():
-            logits, deltas = network(images)
-        ref_logits, ref_deltas = reference_predictions(model, images)
-        assert logits.shape == ref_logits.shape == (batch, ref_logits.shape[1], 6)
-        torch.testing.assert_close(logits, ref_logits, rtol=rtol, atol=atol)
-        torch.testing.assert_close(deltas, ref_deltas, rtol=rtol, atol=atol)
-
-
 def test_traced_network_matches_pytorch_at_any_batch(detector, torchscript_export):
     model, _ = detector
     network = torch.jit.load(os.path.join(torchscript_export, "network.ts"))
     # Traced at 2; 5 was never seen by the tool's own checks.
-    _assert_network_matches(network, model, (1, 2, 3, 5), rtol=1e-4, atol=1e-4)
+    assert_network_matches(network, model, (1, 2, 3, 5), rtol=1e-4, atol=1e-4)
     # The examples of a batch are routed independently: example 0 alone = example 0 in a batch.
     images = random_images(3, seed=7)
     with torch.no_grad():
@@ -224,7 +164,7 @@ def test_torch_export_network_has_a_dynamic_batch_and_matches_pytorch(detector, 
     batch, *size = images.meta["val"].shape
     assert isinstance(batch, torch.SymInt) and size == [3, SIZE, SIZE]
     # Exported at batch 2; 5 was never seen by the tool's own checks.
-    _assert_network_matches(program.module(), model, (1, 2, 3, 5), rtol=1e-4, atol=1e-4)
+    assert_network_matches(program.module(), model, (1, 2, 3, 5), rtol=1e-4, atol=1e-4)
 
 
 def test_torch_export_says_why_the_whole_detector_is_not_exported(program_export):
@@ -285,21 +225,6 @@ def test_legacy_onnx_detector_matches_pytorch(detector, onnx_legacy_export):
     assert result["detections"] > 0
 
 
-def test_sample_image_is_read_and_resized_as_at_test_time(tmp_path):
-    from PIL import Image
-
-    tool = load_tool("export_model")
-    path = str(tmp_path / "sample.png")
-    pixels = np.zeros((40, 90, 3), dtype=np.uint8)
-    pixels[..., 0] = 200  # red in the file
-    Image.fromarray(pixels).save(path)
-    image = tool.load_sample_image(tiny_cfg(), path)
-    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.float32  # SSD's square resize
-    assert image[0].min() == 200 and image[1:].max() == 0  # RGB, the config's INPUT.FORMAT
-    generated = tool.load_sample_image(tiny_cfg(), None)
-    assert generated.shape == (3, SIZE, SIZE) and generated.std() > 10
-
-
 @pytest.mark.parametrize(
     "flags, opts, message",
     [
@@ -339,7 +264,7 @@ def test_scripted_network_matches_pytorch(detector, tmp_path):
     argv = ["--export-method", "scripting", "--output", str(tmp_path), *TINY]
     assert run_tool(*argv, "MODEL.WEIGHTS", detector[1]) == 0
     network = torch.jit.load(os.path.join(tmp_path, "network.ts"))
-    _assert_network_matches(network, model, (1, 3), rtol=1e-5, atol=1e-6)
+    assert_network_matches(network, model, (1, 3), rtol=1e-5, atol=1e-6)
 
 
 RESNET = [
@@ -369,90 +294,3 @@ def test_scripted_resnet_network_matches_pytorch(tmp_path):
     ref_logits, ref_deltas = reference_predictions(model, images)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(deltas, ref_deltas, rtol=1e-5, atol=1e-6)
-
-
-def test_network_that_does_not_script_is_refused_with_the_reason(detector, tmp_path, capsys):
-    tool = load_tool("export_model")
-
-    class Unscriptable(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * len({id(x): x})  # id() does not compile
-
-    args = tool.parse_args(["--config-file", CONFIG, "--export-method", "scripting"])
-    with pytest.raises(tool.ExportInputError, match="does not script") as error:
-        tool.export_network(Unscriptable(), torch.zeros(1), args, str(tmp_path / "n.ts"))
-    assert '.py", line' in str(error.value) and "--export-method tracing" in str(error.value)
-
-
-@pytest.mark.parametrize("fmt", ["torch-export", "onnx"])
-def test_network_that_does_not_export_is_refused_with_the_reason(fmt, tmp_path):
-    tool = load_tool("export_model")
-
-    class DataDependent(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x if x.sum() > 0 else -x  # a branch on the data: torch.export cannot guard it
-
-    args = tool.parse_args(["--config-file", CONFIG, "--format", fmt])
-    tool.check_args(args)
-    path = tmp_path / "network.out"
-    with pytest.raises(tool.ExportInputError, match="does not go through torch.export") as error:
-        tool.export_network(DataDependent(), torch.ones(2, 3), args, str(path))
-    # torch.export's own reason (for ONNX past the exporter's general advice), and the fix.
-    assert "data-dependent" in str(error.value).split("\n")[1]
-    assert "--onnx-exporter legacy" in str(error.value)
-    assert not os.path.exists(path)
-
-
-@pytest.mark.parametrize("depthwise", [False, True])
-def test_ssd_head_scripts(depthwise):
-    torch.manual_seed(0)
-    shapes = [ShapeSpec(channels=8, stride=8), ShapeSpec(channels=16, stride=16)]
-    head = SSDHead(
-        input_shape=shapes, num_classes=3, num_anchors=[4, 6], depthwise=depthwise, num_experts=2
-    ).eval()
-    scripted = torch.jit.script(head)
-    features = [torch.randn(3, 8, 6, 6), torch.randn(3, 16, 3, 3)]
-    for got, want in zip(scripted(features), head(features)):
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
-
-
-def test_check_close_fails_above_the_tolerance():
-    ref = torch.tensor([0.5, -0.25])
-    assert check_close("x", ref, ref + 1e-4, atol=1e-3) == pytest.approx(1e-4, rel=1e-3)
-    with pytest.raises(
-        ExportCheckError, match="x: the exported model differs from PyTorch by 0.002"
-    ):
-        check_close("x", ref, ref + 2e-3, atol=1e-3)
-    # Relative above magnitude 1: 0.05 off on values of 100 is within 1e-3.
-    assert check_close("x", ref * 400, ref * 400 + 0.05, atol=1e-3) == pytest.approx(0.05, rel=1e-3)
-    with pytest.raises(ExportCheckError, match="shape"):
-        check_close("x", ref, ref[:1], atol=1e-3)
-    with pytest.raises(ExportCheckError):
-        check_close("x", ref, torch.tensor([float("nan"), 0.0]), atol=1e-3)
-
-
-def test_compare_detections_ignores_order_but_not_content():
-    boxes = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20], [1, 2, 3, 4]])
-    ref = Instances(
-        (32, 32),
-        pred_boxes=Boxes(boxes),
-        scores=torch.tensor([0.9, 0.5, 0.5]),
-        pred_classes=torch.tensor([0, 1, 2]),
-    )
-    order = torch.tensor([0, 2, 1])  # the two tied detections swapped
-    out = Instances((32, 32), pred_boxes=Boxes(boxes[order] + 1e-4), scores=ref.scores[order],
-                    pred_classes=ref.pred_classes[order])  # fmt: skip
-    result = compare_detections(ref, out, atol=1e-3)
-    assert result["detections"] == 3 and result["boxes"] == pytest.approx(1e-4, rel=1e-2)
-    wrong_class = Instances((32, 32), pred_boxes=out.pred_boxes, scores=out.scores,
-                            pred_classes=torch.tensor([0, 1, 1]))  # fmt: skip
-    with pytest.raises(ExportCheckError, match="no counterpart"):
-        compare_detections(ref, wrong_class, atol=1e-3)
-    with pytest.raises(ExportCheckError, match="finds 2 objects, PyTorch 3"):
-        compare_detections(ref, out[:2], atol=1e-3)
-
-
-def test_tracing_adapter_imports_on_this_detectron2():
-    adapter = import_tracing_adapter()
-    assert adapter.__name__ == "TracingAdapter"

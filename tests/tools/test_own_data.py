@@ -13,6 +13,8 @@ import torch
 import yaml
 from PIL import Image
 
+from condconv_det import visualization
+
 from ..engine.fake_coco import make_fake_coco
 from . import load_tool
 
@@ -157,13 +159,13 @@ def test_demo_draws_the_datas_class_names(data, tmp_path, monkeypatch, splits):
     pytest.importorskip("cv2", reason="detectron2's Visualizer needs OpenCV")
     demo = load_tool("demo")
     drawn = []
-    draw = demo.draw
+    draw = visualization.draw_instances
 
     def recording_draw(image, instances, metadata):
         drawn.append([metadata.thing_classes[c] for c in instances.pred_classes.tolist()])
         return draw(image, instances, metadata)
 
-    monkeypatch.setattr(demo, "draw", recording_draw)
+    monkeypatch.setattr(visualization, "draw_instances", recording_draw)
     image = tmp_path / "photo.png"
     Image.fromarray(np.full((80, 100, 3), 128, dtype=np.uint8)).save(image)
     argv = ["--config-file", CONFIG, "--input", str(image), "--output", str(tmp_path / "out")]

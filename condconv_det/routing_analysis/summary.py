@@ -1,15 +1,7 @@
-"""What CondConv routers do: capture their routing weights and summarise them per class and depth.
+"""Routing statistics: how spread out routing vectors are (:func:`routing_entropy`) and
+per-image routing reduced to per-class and per-layer statistics (:func:`summarize_routing`).
 
-The paper (Yang et al. 2019, sec. 5) finds routing that is nearly class-agnostic in early layers
-and class-specific in deep ones. :class:`RoutingRecorder` captures the weights of every
-:class:`~condconv_det.layers.CondConvRouter` of a model with forward hooks (one router per block
-with "block" routing, one per conv with "layer" routing; either way each router runs once per
-forward), :func:`routing_entropy` measures how spread out a routing vector is, and
-:func:`summarize_routing` reduces per-image routing to per-class means, entropies and the
-between-class variance that ``tools/analyze_routing.py`` writes and plots. The training hook
-:class:`condconv_det.engine.hooks.RoutingStatsHook` uses the same recorder.
-
-Only torch and numpy: no detectron2 import.
+Only numpy and torch.
 """
 
 from dataclasses import dataclass
@@ -17,100 +9,19 @@ from typing import Collection, Dict, List, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch import nn
-
-from condconv_det.layers import CondConvRouter
 
 __all__ = [
-    "RoutingRecorder",
+    "RoutingAnalysisError",
     "RoutingSummary",
-    "find_routers",
     "routing_entropy",
     "spread_over_depth",
     "summarize_routing",
 ]
 
 
-def _layer_name(module_path: str) -> str:
-    """The name a router's statistics go under: the module it routes (a block, or a conv with
-    its own router), i.e. its path without the ``.router`` suffix and DDP's ``module.``."""
-    if module_path.startswith("module."):
-        module_path = module_path[len("module.") :]
-    if module_path.endswith(".router"):
-        module_path = module_path[: -len(".router")]
-    return module_path or "router"
-
-
-def find_routers(model: nn.Module) -> Dict[str, CondConvRouter]:
-    """Every :class:`CondConvRouter` of ``model`` by layer name (see :class:`RoutingRecorder`), in
-    registration order (not necessarily execution order)."""
-    return {
-        _layer_name(path): m for path, m in model.named_modules() if isinstance(m, CondConvRouter)
-    }
-
-
-class RoutingRecorder:
-    """Captures the routing weights of every router of a model while attached.
-
-    Layers are named by the module a router routes: ``backbone.bottom_up.res4.0`` for the router
-    of block ``res4.0`` ("block" routing), ``...res4.0.pointwise`` for a conv's own router
-    ("layer" routing), ``head.cls_score.0`` for an SSD predictor's. Nothing is hooked until
-    :meth:`attach`, so a detached recorder costs nothing::
-
-        recorder = RoutingRecorder(model)
-        with recorder:             # attach ... detach
-            model(batch)
-        weights = recorder.pop()   # {layer: (B, E)}, in execution order
-
-    Args:
-        model: any module; a DDP-wrapped one is fine.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.routers = find_routers(model)
-        self._handles: List[torch.utils.hooks.RemovableHandle] = []
-        # Insertion order = order of the first call since the last pop: execution order, since
-        # every router runs once per forward pass.
-        self._records: Dict[str, List[torch.Tensor]] = {}
-
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
-
-    def attach(self) -> "RoutingRecorder":
-        """Adds one forward hook per router (idempotent)."""
-        if not self._handles:
-            for name, router in self.routers.items():
-                self._handles.append(router.register_forward_hook(self._hook(name)))
-        return self
-
-    def detach(self) -> None:
-        """Removes the hooks; what was recorded stays until :meth:`pop`."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> "RoutingRecorder":
-        return self.attach()
-
-    def __exit__(self, *exc) -> None:
-        self.detach()
-
-    def _hook(self, name: str):
-        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-            self._records.setdefault(name, []).append(output.detach())
-
-        return hook
-
-    def pop(self) -> Dict[str, torch.Tensor]:
-        """Returns and forgets what was recorded.
-
-        Returns:
-            {layer: (B_total, E) routing weights}, in the order the routers first ran; calls of
-            one router (several forward passes) are concatenated along the batch.
-        """
-        records, self._records = self._records, {}
-        return {name: torch.cat(chunks) for name, chunks in records.items()}
+class RoutingAnalysisError(ValueError):
+    """Input the routing analysis cannot use (a dataset, a model without routers); the message
+    says what is wrong and how to fix it."""
 
 
 def routing_entropy(weights: torch.Tensor) -> torch.Tensor:
