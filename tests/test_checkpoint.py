@@ -224,3 +224,15 @@ def test_mobilenet_v2_weights_for_a_mobilenet_v1_model_are_a_clear_error():
         torchvision_mobilenet_v2_to_condconv(
             torchvision.models.mobilenet_v2().state_dict(), v1.block_names()
         )
+
+
+@pytest.mark.parametrize(
+    "key", ["features.3.conv.4.weight", "features.1.conv.3.weight", "features.0.2.weight"]
+)
+def test_mobilenet_v2_key_without_a_counterpart_is_a_clear_error(key):
+    from condconv_det.modeling.backbone import MobileNet
+
+    v2 = MobileNet("mobilenet_v2", num_experts=0, out_features=["head"])
+    state_dict = {**torchvision.models.mobilenet_v2().state_dict(), key: torch.zeros(1)}
+    with pytest.raises(CheckpointMismatchError, match=f"unexpected .* key '{key}'"):
+        torchvision_mobilenet_v2_to_condconv(state_dict, v2.block_names())

@@ -40,14 +40,42 @@ def torchvision_resnet_to_detectron2(
     return out
 
 
+# torchvision's mobilenet_v2 modules -> MobileNet's. ``features.0`` (the stem) and the last
+# feature layer (the 1280-channel head conv) are (conv, bn) pairs; the layers in between are the
+# blocks, ``features.<i>.conv.*``. The first block has no expansion conv, so its indices name
+# other layers than in the blocks after it.
+_TORCHVISION_STEM = {"0": "stem.0", "1": "stem.0.norm"}
+_TORCHVISION_HEAD = {"0": "head", "1": "head.norm"}
+_TORCHVISION_FIRST_BLOCK = {
+    "conv.0.0": "depthwise",
+    "conv.0.1": "depthwise.norm",
+    "conv.1": "project",
+    "conv.2": "project.norm",
+}
+_TORCHVISION_INVERTED_RESIDUAL = {
+    "conv.0.0": "expand",
+    "conv.0.1": "expand.norm",
+    "conv.1.0": "depthwise",
+    "conv.1.1": "depthwise.norm",
+    "conv.2": "project",
+    "conv.3": "project.norm",
+}
+_TORCHVISION_OUTSIDE_FEATURES = {"classifier.1": "fc"}
+
+
 def torchvision_mobilenet_v2_to_condconv(
     state_dict: Mapping[str, torch.Tensor], block_names: List[str]
 ) -> Dict[str, torch.Tensor]:
-    """torchvision ``mobilenet_v2`` names -> :class:`MobileNet` ("mobilenet_v2") names.
+    """torchvision ``mobilenet_v2`` names -> :class:`MobileNet` ("mobilenet_v2") names, ``fc.*``
+    for the classifier.
 
     Args:
         state_dict: torchvision's state dict.
         block_names: the target's block prefixes in order, ``MobileNet.block_names()``.
+
+    Raises:
+        CheckpointMismatchError: a key that is not a torchvision MobileNetV2's, or a number of
+            feature layers that is not the target's blocks plus stem and head.
     """
     layers_found = sorted(
         {int(m.group(1)) for k in state_dict for m in [re.match(r"features\.(\d+)\.", k)] if m}
@@ -59,47 +87,25 @@ def torchvision_mobilenet_v2_to_condconv(
             "convert it for a MobileNetV2 (MODEL.MOBILENET.ARCH mobilenet_v2, width 1.0, or "
             "--arch mobilenet_v2)."
         )
+    head_index = len(block_names) + 1
     out = {}
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):
             continue
-        m = re.match(r"features\.(\d+)\.(.*)", key)
+        module, _, param = key.rpartition(".")
+        m = re.fullmatch(r"features\.(\d+)\.(.+)", module)
         if m is None:
-            c = re.match(r"classifier\.1\.(.*)", key)
-            if c is None:
-                raise CheckpointMismatchError(f"unexpected torchvision MobileNetV2 key {key!r}")
-            out[f"fc.{c.group(1)}"] = value
-            continue
-        index, rest = int(m.group(1)), m.group(2)
-        conv_or_norm = lambda r: r.replace("0.", "", 1) if r.startswith("0.") else "norm." + r[2:]  # noqa: E731
-        if index == 0:  # stem conv: 0 conv, 1 bn
-            out[f"stem.0.{'weight' if rest == '0.weight' else 'norm.' + rest[2:]}"] = value
-            continue
-        if index == len(block_names) + 1:  # the 1280-channel head conv
-            out[f"head.{'weight' if rest == '0.weight' else 'norm.' + rest[2:]}"] = value
-            continue
-        block = block_names[index - 1]
-        parts = rest.split(".")  # conv.<i>.<...>
-        layers = ["depthwise", "project"] if index == 1 else ["expand", "depthwise", "project"]
-        i = int(parts[1])
-        if index == 1:
-            # conv.0 = (dw conv, bn); conv.1 = project conv; conv.2 = project bn
-            name = {0: "depthwise", 1: "project", 2: "project"}[i]
-            tail = ".".join(parts[2:])
-            if i == 0:
-                tail = conv_or_norm(tail)
-            elif i == 2:
-                tail = "norm." + tail
+            names, prefix = _TORCHVISION_OUTSIDE_FEATURES, ""
         else:
-            # conv.0 = (expand conv, bn); conv.1 = (dw conv, bn); conv.2 = project conv; conv.3 = bn
-            name = {0: "expand", 1: "depthwise", 2: "project", 3: "project"}[i]
-            tail = ".".join(parts[2:])
-            if i in (0, 1):
-                tail = conv_or_norm(tail)
-            elif i == 3:
-                tail = "norm." + tail
-        assert name in layers
-        out[f"{block}.{name}.{tail}"] = value
+            index, module = int(m.group(1)), m.group(2)
+            if index in (0, head_index):
+                names, prefix = _TORCHVISION_STEM if index == 0 else _TORCHVISION_HEAD, ""
+            else:
+                names = _TORCHVISION_FIRST_BLOCK if index == 1 else _TORCHVISION_INVERTED_RESIDUAL
+                prefix = f"{block_names[index - 1]}."
+        if module not in names:
+            raise CheckpointMismatchError(f"unexpected torchvision MobileNetV2 key {key!r}")
+        out[f"{prefix}{names[module]}.{param}"] = value
     return out
 
 
