@@ -32,6 +32,7 @@ import _tool_env  # noqa: F401  (first: process settings made before torch is im
 import argparse
 import os
 import sys
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -68,9 +69,20 @@ def _read(path: str):
     return checkpoint
 
 
+class _MobileNetSettings(NamedTuple):
+    """The :class:`MobileNet` arguments a target was built with that the conversion depends on:
+    the block names (arch, depth_mult) and whether the weights compute what they computed where
+    they were trained (bn_eps, padding)."""
+
+    arch: str
+    depth_mult: float
+    bn_eps: Optional[float]  # None: the table's
+    padding: str
+
+
 def _target(args, timm_variant=None):
     """(model, the module receiving the ImageNet weights, its name prefix in the model, whether
-    the model is a classifier)."""
+    the model is a classifier, its :class:`_MobileNetSettings` (used for a MobileNet target))."""
     if args.arch or (timm_variant is not None and not args.config_file):
         from condconv_det.modeling.classifier import build_classifier
 
@@ -80,8 +92,12 @@ def _target(args, timm_variant=None):
             kwargs = timm_variant.mobilenet_kwargs()
             if args.experts is not None:
                 kwargs["num_experts"] = args.experts
-        model = build_classifier(args.arch or timm_variant.arch, **kwargs)
-        return model, model.backbone, "backbone.", True
+        arch = args.arch or timm_variant.arch
+        model = build_classifier(arch, **kwargs)
+        settings = _MobileNetSettings(
+            arch, 1.0, kwargs.get("bn_eps"), kwargs.get("padding", "symmetric")
+        )
+        return model, model.backbone, "backbone.", True, settings
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
@@ -96,15 +112,20 @@ def _target(args, timm_variant=None):
     backbone, prefix = model.backbone, "backbone."
     if hasattr(backbone, "bottom_up"):
         backbone, prefix = backbone.bottom_up, "backbone.bottom_up."
-    return model, backbone, prefix, False
+    m = cfg.MODEL.MOBILENET
+    settings = _MobileNetSettings(m.ARCH, m.DEPTH_MULT, m.BN_EPS, m.PADDING)
+    return model, backbone, prefix, False, settings
 
 
-def _check_settings(backbone, timm_model: str, variant) -> None:
-    """Says which config keys make ``backbone`` compute what ``timm_model`` computed."""
-    if (backbone.bn_eps, backbone.padding) != (variant.bn_eps, variant.padding):
+def _check_settings(settings: _MobileNetSettings, timm_model: str, variant) -> None:
+    """Says which config keys make the target compute what ``timm_model`` computed."""
+    from condconv_det.modeling.backbone import ARCHS
+
+    bn_eps = ARCHS[settings.arch].bn_eps if settings.bn_eps is None else settings.bn_eps
+    if (bn_eps, settings.padding) != (variant.bn_eps, variant.padding):
         print(
             f"note: {timm_model} was trained with padding {variant.padding!r} and norm epsilon "
-            f"{variant.bn_eps:g}; the target has {backbone.padding!r} and {backbone.bn_eps:g}. Set "
+            f"{variant.bn_eps:g}; the target has {settings.padding!r} and {bn_eps:g}. Set "
             f"MODEL.MOBILENET.PADDING {variant.padding} MODEL.MOBILENET.BN_EPS {variant.bn_eps:g} "
             "for the target to compute what it computed."
         )
@@ -157,19 +178,19 @@ def main(argv=None) -> int:
         parser.error("one of the arguments --config-file --arch is required")
 
     source = _read(args.input)
-    model, backbone, prefix, keep_fc = _target(args, timm_variant)
+    model, backbone, prefix, keep_fc, settings = _target(args, timm_variant)
     if args.source == "torchvision-resnet":
         renamed = torchvision_resnet_to_detectron2(source)
     else:
-        from condconv_det.modeling.backbone import MobileNet
+        from condconv_det.modeling.backbone import MobileNet, mobilenet_block_names
 
         if not isinstance(backbone, MobileNet):
             raise SystemExit(f"error: --source {args.source} needs a MobileNet target")
         try:
             if timm_variant is not None:
-                _check_settings(backbone, args.timm_model, timm_variant)
+                _check_settings(settings, args.timm_model, timm_variant)
                 # All of the checkpoint's blocks, also those of levels the target does not build.
-                names = backbone.block_names(include_unbuilt=True)
+                names = mobilenet_block_names(settings.arch, settings.depth_mult)
                 renamed = timm_efficientnet_to_condconv(source, names)
             else:
                 renamed = torchvision_mobilenet_v2_to_condconv(source, backbone.block_names())

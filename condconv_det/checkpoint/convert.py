@@ -199,8 +199,9 @@ def timm_efficientnet_to_condconv(
 
     Args:
         state_dict: timm's state dict (``model.state_dict()``, or its saved .pth/.safetensors).
-        block_names: the target's block names in order, ``MobileNet.block_names()`` (with
-            ``include_unbuilt=True`` for a backbone that stops before res5).
+        block_names: the target's block names in order, all of the architecture's:
+            ``mobilenet_block_names(arch, depth_mult)``, which also names the blocks of a
+            backbone that stops before res5 (``MobileNet.block_names()`` names the built ones).
 
     Raises:
         CheckpointMismatchError: a key that is not a timm EfficientNet's, or a number of blocks

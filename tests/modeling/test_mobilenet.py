@@ -5,7 +5,7 @@ import torch
 from detectron2.layers import FrozenBatchNorm2d
 
 from condconv_det.layers import CondConv2d
-from condconv_det.modeling.backbone import ARCHS, MobileNet
+from condconv_det.modeling.backbone import ARCHS, MobileNet, mobilenet_block_names
 
 ALL_FEATURES = ["stem", "res2", "res3", "res4", "res5"]
 
@@ -89,6 +89,15 @@ def test_unused_stages_are_not_built():
     assert (
         sum(p.numel() for p in short.parameters()) < sum(p.numel() for p in full.parameters()) / 10
     )
+
+
+@pytest.mark.parametrize("arch,depth_mult", [(a, 1.0) for a in sorted(ARCHS)] + [("tiny_v2", 1.6)])
+def test_block_names_from_the_table_are_those_of_a_full_backbone(arch, depth_mult):
+    full = MobileNet(arch, depth_mult=depth_mult, out_features=["res5"], width_mult=0.25)
+    assert mobilenet_block_names(arch, depth_mult) == full.block_names()
+    assert mobilenet_block_names(ARCHS[arch], depth_mult) == full.block_names()
+    with pytest.raises(ValueError, match="depth_mult must be > 0"):
+        mobilenet_block_names(arch, 0.0)
 
 
 def test_freeze_at_two_freezes_stem_and_res2():

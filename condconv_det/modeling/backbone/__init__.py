@@ -6,7 +6,14 @@ from .fpn import (
     build_condconv_retinanet_mobilenet_fpn_backbone,
     build_condconv_retinanet_resnet_fpn_backbone,
 )
-from .mobilenet import ARCHS, MobileNet, MobileNetArch, StageSpec, build_condconv_mobilenet_backbone
+from .mobilenet import (
+    ARCHS,
+    MobileNet,
+    MobileNetArch,
+    StageSpec,
+    build_condconv_mobilenet_backbone,
+    mobilenet_block_names,
+)
 from .resnet import (
     CondConvBasicBlock,
     CondConvBottleneckBlock,

@@ -35,6 +35,7 @@ __all__ = [
     "MobileNet",
     "DepthwiseSeparableBlock",
     "InvertedResidualBlock",
+    "mobilenet_block_names",
     "scale_depth",
     "tf_same_pad",
     "build_condconv_mobilenet_backbone",
@@ -183,6 +184,63 @@ ARCHS["efficientnet_b1"] = _B0._replace(
 del _B0
 
 FEATURE_STRIDES = {"stem": 2, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
+
+
+class _BlockSpec(NamedTuple):
+    """One block of a decoded architecture table."""
+
+    name: str  # module name, "<level>.<index in the level>": "stem.1", "res2.0", ...
+    level: int  # index in FEATURE_STRIDES of the level the block ends at (0: stem)
+    row_index: int  # the table row it comes from
+    row: StageSpec
+    stride: int  # the block's own stride: the row's for its first block, 1 for the others
+
+
+def _resolve_arch(arch: Union[str, MobileNetArch]) -> MobileNetArch:
+    if isinstance(arch, str):
+        if arch not in ARCHS:
+            raise ValueError(f"unknown MobileNet arch {arch!r}; known: {sorted(ARCHS)}")
+        return ARCHS[arch]
+    return arch
+
+
+def _decode_blocks(arch: MobileNetArch, depth_mult: float) -> List[_BlockSpec]:
+    """Every block of the table after depth scaling, named by the stride level it ends at. The
+    stem conv is ``stem.0``, so blocks at the stem's stride start at ``stem.1``."""
+    if not depth_mult > 0:
+        raise ValueError(f"depth_mult must be > 0, got {depth_mult}")
+    levels = list(FEATURE_STRIDES)
+    level_sizes = [1] + [0] * (len(levels) - 1)
+    blocks: List[_BlockSpec] = []
+    stride = 2  # the stem's
+    for index, row in enumerate(arch.stages):
+        if row.block not in ("ds", "ir"):
+            raise ValueError(f"unknown block type {row.block!r} in table row {index}")
+        for repeat in range(scale_depth(row.repeats, depth_mult)):
+            block_stride = row.stride if repeat == 0 else 1
+            stride *= block_stride
+            level = int(math.log2(stride)) - 1
+            if level >= len(levels):
+                raise ValueError(f"table row {index} goes past stride {2 ** len(levels)}")
+            name = f"{levels[level]}.{level_sizes[level]}"
+            blocks.append(_BlockSpec(name, level, index, row, block_stride))
+            level_sizes[level] += 1
+    return blocks
+
+
+def mobilenet_block_names(arch: Union[str, MobileNetArch], depth_mult: float = 1.0) -> List[str]:
+    """Module names of all the blocks of an architecture, in order, as a :class:`MobileNet` that
+    builds every level names them (``stem.1``, ..., ``res2.0``, ...; the stem conv ``stem.0`` and
+    the head are not blocks).
+
+    Computed from the table alone, so that a checkpoint of the whole network can be matched to
+    a backbone that stops before res5 (the checkpoint converters take these names).
+
+    Args:
+        arch: a name in :data:`ARCHS` or a :class:`MobileNetArch`.
+        depth_mult: :class:`MobileNet`'s, which adds blocks to every stage.
+    """
+    return [block.name for block in _decode_blocks(_resolve_arch(arch), depth_mult)]
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -492,10 +550,7 @@ class MobileNet(Backbone):
         condconv_options: Optional[dict] = None,
     ):
         super().__init__()
-        if isinstance(arch, str):
-            if arch not in ARCHS:
-                raise ValueError(f"unknown MobileNet arch {arch!r}; known: {sorted(ARCHS)}")
-            arch = ARCHS[arch]
+        arch = _resolve_arch(arch)
         self.arch = arch
         rows = list(arch.stages)
         if condconv_stages is not None:
@@ -506,17 +561,13 @@ class MobileNet(Backbone):
                 )
         if num_experts is not None and num_experts < 0:
             raise ValueError(f"num_experts must be >= 0, got {num_experts}")
-        if not depth_mult > 0:
-            raise ValueError(f"depth_mult must be > 0, got {depth_mult}")
+        blocks = _decode_blocks(arch, depth_mult)
         if bn_eps is not None and not bn_eps > 0:
             raise ValueError(f"bn_eps must be > 0 (or None: the table's), got {bn_eps}")
         if padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
         check_router_init(router_init)
         bn_eps = arch.bn_eps if bn_eps is None else bn_eps
-        # Kept: whether a converted checkpoint computes here what it computed where it was trained
-        # depends on them (tools/convert_pretrained.py checks).
-        self.bn_eps, self.padding = bn_eps, padding
         valid = list(FEATURE_STRIDES) + (["head"] if arch.head_channels else [])
         unknown = [f for f in out_features if f not in valid]
         if not out_features or unknown:
@@ -553,53 +604,39 @@ class MobileNet(Backbone):
         nn.init.kaiming_normal_(stem.weight, mode="fan_out", nonlinearity="relu")
         level_blocks: List[List[nn.Module]] = [[stem]] + [[] for _ in levels[1:]]
 
-        repeats = [scale_depth(row.repeats, depth_mult) for row in rows]
-        total_blocks = sum(n for row, n in zip(rows, repeats) if row.block == "ir")
-        # Every block of the table gets a name, built or not: a full checkpoint's blocks can then
-        # be matched to a backbone that stops early (block_names(include_unbuilt=True)).
-        self._all_block_names: List[str] = []
-        level_sizes = [1] + [0] * (len(levels) - 1)  # "stem.0" is the stem conv
-        block_index, stride, channels = 0, 2, stem_channels
-        for index, (row, num_blocks) in enumerate(zip(rows, repeats)):
-            if row.block not in ("ds", "ir"):
-                raise ValueError(f"unknown block type {row.block!r} in table row {index}")
+        total_blocks = sum(block.row.block == "ir" for block in blocks)
+        block_index, channels = 0, stem_channels
+        for spec in blocks:
+            if spec.level > wanted:
+                continue  # beyond the last requested level: not built
+            row = spec.row
             out_channels = make_divisible(row.channels * width_mult)
-            for repeat in range(num_blocks):
-                block_stride = row.stride if repeat == 0 else 1
-                stride *= block_stride
-                level = int(math.log2(stride)) - 1
-                if level >= len(levels):
-                    raise ValueError(f"table row {index} goes past stride {2 ** len(levels)}")
-                self._all_block_names.append(f"{levels[level]}.{level_sizes[level]}")
-                level_sizes[level] += 1
-                if level > wanted:
-                    continue  # beyond the last requested level: not built
-                common = dict(
-                    stride=block_stride,
-                    kernel=row.kernel,
-                    activation=arch.activation,
-                    num_experts=experts_of(index, row),
-                    norm=norm,
-                    bn_eps=bn_eps,
-                    routing=routing,
-                    router_kwargs=router_kwargs,
-                    padding=padding,
+            common = dict(
+                stride=spec.stride,
+                kernel=row.kernel,
+                activation=arch.activation,
+                num_experts=experts_of(spec.row_index, row),
+                norm=norm,
+                bn_eps=bn_eps,
+                routing=routing,
+                router_kwargs=router_kwargs,
+                padding=padding,
+            )
+            if row.block == "ds":
+                block = DepthwiseSeparableBlock(channels, out_channels, **common)
+            else:
+                block = InvertedResidualBlock(
+                    channels,
+                    out_channels,
+                    expand=row.expand,
+                    se=row.se,
+                    residual=arch.residual,
+                    drop_path=drop_path_rate * block_index / max(1, total_blocks - 1),
+                    **common,
                 )
-                if row.block == "ds":
-                    block = DepthwiseSeparableBlock(channels, out_channels, **common)
-                else:
-                    block = InvertedResidualBlock(
-                        channels,
-                        out_channels,
-                        expand=row.expand,
-                        se=row.se,
-                        residual=arch.residual,
-                        drop_path=drop_path_rate * block_index / max(1, total_blocks - 1),
-                        **common,
-                    )
-                    block_index += 1
-                level_blocks[level].append(block)
-                channels = out_channels
+                block_index += 1
+            level_blocks[spec.level].append(block)
+            channels = out_channels
 
         self._out_feature_channels: Dict[str, int] = {}
         self._out_feature_strides: Dict[str, int] = {}
@@ -638,16 +675,10 @@ class MobileNet(Backbone):
             configure_condconv(self, **condconv_options)
         self.freeze(freeze_at)  # last: parameters the options add are frozen too
 
-    def block_names(self, include_unbuilt: bool = False) -> List[str]:
-        """Module names of the blocks, in order (``stem.1``, ..., ``res2.0``, ...), without the
-        stem conv (``stem.0``) and the head.
-
-        Args:
-            include_unbuilt: also name the blocks of the levels past ``out_features``, which this
-                backbone does not build, as a backbone building them would.
-        """
-        if include_unbuilt:
-            return list(self._all_block_names)
+    def block_names(self) -> List[str]:
+        """Module names of the built blocks, in order (``stem.1``, ..., ``res2.0``, ...), without
+        the stem conv (``stem.0``) and the head; :func:`mobilenet_block_names` names those of
+        the levels this backbone does not build too."""
         names = [f"stem.{i}" for i in range(1, len(self.stem))]
         for stage in self.stage_names[1:]:
             names += [f"{stage}.{i}" for i in range(len(getattr(self, stage)))]
