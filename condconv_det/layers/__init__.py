@@ -1,6 +1,7 @@
 """CondConv layers: pure PyTorch, importable without detectron2."""
 
 from .condconv import CONDCONV_PATHS, CondConv2d, cond_conv2d
+from .condconv_norm import CondConv2dNorm, msra_fill_experts
 from .routing import (
     EXPERT_INITS,
     ROUTER_INITS,
@@ -23,11 +24,13 @@ __all__ = [
     "ROUTER_NORMS",
     "ROUTING_ACTIVATIONS",
     "CondConv2d",
+    "CondConv2dNorm",
     "CondConvRouter",
     "RoutedCondConv2d",
     "check_router_init",
     "cond_conv2d",
     "configure_condconv",
+    "msra_fill_experts",
     "reset_routers",
     "set_routing_temperature",
     "shared_expert_weights",

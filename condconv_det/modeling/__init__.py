@@ -1,4 +1,3 @@
 """Detectron2 modeling parts of condconv_det (needs detectron2)."""
 
 from . import backbone, meta_arch  # noqa: F401  (registers the backbones and SSD)
-from .conv import CondConv2dNorm

@@ -1,14 +1,15 @@
-"""CondConv with detectron2's conv conventions: an attached norm and activation, and routing that
-comes either from the caller (one router per block) or from the layer's own router."""
+"""Convs of the detectron2 models shared by backbones and heads: which routing a block's
+CondConvs use, and the conv + norm + ReLU6 of SSD's extra layers and predictors."""
 
-from typing import Callable, Optional
+from typing import Optional
 
-import torch
+from detectron2.layers import Conv2d, get_norm
+from fvcore.nn import weight_init
 from torch import nn
 
-from condconv_det.layers import CondConv2d, CondConvRouter
+from condconv_det.layers import CondConv2dNorm, CondConvRouter, msra_fill_experts
 
-__all__ = ["CondConv2dNorm", "ROUTING_SCOPES", "msra_fill_experts"]
+__all__ = ["ROUTING_SCOPES", "make_ssd_conv"]
 
 # "block": one router per block, computed from the block's input and fed to each of the block's
 #     CondConvs (the official EfficientNet-CondConv code and timm).
@@ -16,65 +17,59 @@ __all__ = ["CondConv2dNorm", "ROUTING_SCOPES", "msra_fill_experts"]
 ROUTING_SCOPES = ("block", "layer")
 
 
-class CondConv2dNorm(CondConv2d):
-    """:class:`CondConv2d` followed by an optional norm and activation, like detectron2's
-    ``Conv2d(..., norm=, activation=)``, so that parameter names match (``conv1.weight``,
-    ``conv1.norm.weight``, ...).
+def make_ssd_conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    stride: int = 1,
+    groups: int = 1,
+    norm="",
+    activation: bool = True,
+    num_experts: int = 0,
+    router_kwargs: Optional[dict] = None,
+) -> nn.Module:
+    """A conv + norm + ReLU6 of SSD's extra layers and heads, static or CondConv.
+
+    ReLU6 is the activation of the TF API's SSD-MobileNet and of SSDLite. With ``num_experts``
+    > 0 the conv is a :class:`CondConv2dNorm` with a router of its own (it has no block to share
+    one with). Either way the module is called as ``conv(x)``.
 
     Args:
-        *args, **kwargs: those of :class:`CondConv2d`.
-        norm: a normalization module applied after the convolution, or None.
-        activation: a callable applied last, or None.
-        router: a router of this layer's own ("layer" routing); without one, ``forward`` needs
-            the routing weights.
+        in_channels, out_channels, kernel_size, stride, groups: as ``nn.Conv2d``'s; padding is
+            ``kernel_size // 2``.
+        norm: a ``get_norm`` name or callable; "" for none, and then the conv has a bias.
+        activation: whether ReLU6 follows.
+        num_experts: CondConv experts; 0 gives a detectron2 ``Conv2d``.
+        router_kwargs: keyword arguments of :class:`CondConvRouter` (activation, temperature,
+            dropout).
+
+    Returns:
+        the module, He-initialised (every expert on its own) with zero bias.
     """
-
-    def __init__(
-        self,
-        *args,
-        norm: Optional[nn.Module] = None,
-        activation: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-        router: Optional[CondConvRouter] = None,
-        **kwargs,
-    ):
-        super().__init__(*args, **kwargs)
-        self.norm = norm
-        self.activation = activation
-        self.router = router
-
-    def forward(  # type: ignore[override]
-        self, x: torch.Tensor, routing_weights: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """
-        Args:
-            x: (B, C, H, W).
-            routing_weights: (B, E); None when the layer has its own router.
-        """
-        if routing_weights is None:
-            if self.router is None:
-                raise ValueError(
-                    "CondConv2dNorm has no router of its own: pass routing_weights "
-                    "(block routing) or build it with router=CondConvRouter(...)"
-                )
-            routing_weights = self.router(x)
-        x = self._conv_forward(self._pad(x), routing_weights)
-        if self.norm is not None:
-            x = self.norm(x)
-        if self.activation is not None:
-            x = self.activation(x)
-        return x
-
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        """Padding applied after routing and before the convolution, beyond the layer's own
-        ``padding``: none here; subclasses pad at run time (TensorFlow's "SAME")."""
-        return x
-
-
-def msra_fill_experts(conv: CondConv2d) -> CondConv2d:
-    """detectron2's ``c2_msra_fill`` applied to each expert on its own (fvcore's version takes
-    dim 0 of the stacked weight, the experts, as fan-out): He-normal with fan-out, zero bias."""
-    for expert in range(conv.num_experts):
-        nn.init.kaiming_normal_(conv.weight[expert], mode="fan_out", nonlinearity="relu")
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    return conv
+    norm_module = get_norm(norm, out_channels)
+    common = dict(
+        stride=stride,
+        padding=kernel_size // 2,
+        groups=groups,
+        bias=norm_module is None,
+    )
+    act = nn.ReLU6(inplace=True) if activation else None
+    if num_experts == 0:
+        conv = Conv2d(
+            in_channels, out_channels, kernel_size, norm=norm_module, activation=act, **common
+        )
+        weight_init.c2_msra_fill(conv)
+        return conv
+    router = CondConvRouter(in_channels, num_experts, **(router_kwargs or {}))
+    conv = CondConv2dNorm(
+        in_channels,
+        out_channels,
+        kernel_size,
+        num_experts=num_experts,
+        norm=norm_module,
+        activation=act,
+        router=router,
+        **common,
+    )
+    return msra_fill_experts(conv)

@@ -17,9 +17,12 @@ def test_layers_import_with_detectron2_blocked():
         else:
             raise SystemExit("detectron2 was not blocked")
         import torch
-        from condconv_det.layers import CondConv2d, RoutedCondConv2d
+        from condconv_det.layers import CondConv2dNorm, CondConvRouter, RoutedCondConv2d
         y = RoutedCondConv2d(4, 6, 3, padding=1, num_experts=2)(torch.randn(2, 4, 5, 5))
         assert y.shape == (2, 6, 5, 5)
+        router = CondConvRouter(4, 2)
+        conv = CondConv2dNorm(4, 6, 1, num_experts=2, norm=torch.nn.BatchNorm2d(6), router=router)
+        assert conv(torch.randn(2, 4, 5, 5)).shape == (2, 6, 5, 5)
         assert not any(m.startswith("detectron2.") for m in sys.modules)
         print("ok")
         """

@@ -20,7 +20,7 @@ from .resnet import (
     build_condconv_resnet_backbone,
     make_condconv_resnet_stages,
 )
-from .ssd import (
+from .ssd_extras import (
     SSDBackbone,
     build_condconv_mobilenet_ssd_backbone,
     build_condconv_resnet_ssd_backbone,

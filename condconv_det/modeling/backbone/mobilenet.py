@@ -23,9 +23,15 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
 from condconv_det.config import check_condconv_config, condconv_options
-from condconv_det.layers import CondConvRouter, check_router_init, configure_condconv, reset_routers
+from condconv_det.layers import (
+    CondConv2dNorm,
+    CondConvRouter,
+    check_router_init,
+    configure_condconv,
+    reset_routers,
+)
 
-from ..conv import ROUTING_SCOPES, CondConv2dNorm
+from ..conv import ROUTING_SCOPES
 
 __all__ = [
     "StageSpec",

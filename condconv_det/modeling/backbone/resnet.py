@@ -16,9 +16,16 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
 from condconv_det.config import check_condconv_config, condconv_options
-from condconv_det.layers import CondConvRouter, check_router_init, configure_condconv, reset_routers
+from condconv_det.layers import (
+    CondConv2dNorm,
+    CondConvRouter,
+    check_router_init,
+    configure_condconv,
+    msra_fill_experts,
+    reset_routers,
+)
 
-from ..conv import ROUTING_SCOPES, CondConv2dNorm, msra_fill_experts
+from ..conv import ROUTING_SCOPES
 
 __all__ = [
     "CondConvBottleneckBlock",

@@ -10,7 +10,7 @@ from torch import nn
 from condconv_det.config import condconv_options
 from condconv_det.layers import check_router_init, configure_condconv, reset_routers
 
-from ..backbone.ssd import make_ssd_conv
+from ..conv import make_ssd_conv
 from .default_boxes import DefaultBoxGenerator
 
 __all__ = ["SSDHead"]
