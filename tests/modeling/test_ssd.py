@@ -466,3 +466,24 @@ def test_ssd_head_scripts(depthwise):
     for got, want in zip(scripted(features), head(features)):
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_ssd_backbone_scripts(depthwise):
+    from condconv_det.modeling.backbone import MobileNet
+
+    torch.manual_seed(0)
+    bottom_up = MobileNet("tiny_v2", num_experts=2, out_features=["res4", "res5"])
+    backbone = SSDBackbone(
+        bottom_up=bottom_up,
+        in_features=["res4", "res5"],
+        extra_channels=[16, 8],
+        depthwise=depthwise,
+        num_experts=2,
+    ).eval()
+    scripted = torch.jit.script(backbone)
+    x = torch.randn(2, 3, 96, 80)
+    got, want = scripted(x), backbone(x)
+    assert list(got) == list(want) == ["res4", "res5", "p6", "p7"]
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ al. 2018, sec. 6.2). Registered builders put it on the CondConv bottom-ups.
 """
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Final, List, Optional, Sequence
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -24,9 +24,20 @@ from .resnet import build_condconv_resnet_backbone
 
 __all__ = [
     "SSDBackbone",
+    "SSDExtraLayer",
     "build_condconv_mobilenet_ssd_backbone",
     "build_condconv_resnet_ssd_backbone",
 ]
+
+
+class SSDExtraLayer(nn.Sequential):
+    """The convs of one of :class:`SSDBackbone`'s extra layers, in order.
+
+    Marked by a constant of its own, ``is_ssd_extra_layer``, by which ``SSDBackbone.forward``
+    picks its extra layers out of its children (see there).
+    """
+
+    is_ssd_extra_layer: Final[bool] = True
 
 
 class SSDBackbone(Backbone):
@@ -112,7 +123,7 @@ class SSDBackbone(Backbone):
             name = f"p{int(math.log2(stride))}"
             if name in self._out_feature_channels:
                 raise ValueError(f"extra layer {name!r} clashes with a bottom-up feature's name")
-            self.add_module(name, nn.Sequential(*layers))
+            self.add_module(name, SSDExtraLayer(*layers))
             self.extra_names.append(name)
             self._out_feature_channels[name] = out_channels
             self._out_feature_strides[name] = stride
@@ -141,16 +152,17 @@ class SSDBackbone(Backbone):
         bottom_up_features = self.bottom_up(x)
         outputs = {f: bottom_up_features[f] for f in self.in_features}
         y = outputs[self.in_features[-1]]
-        # The extra layers are iterated as children (in the order they were added), not looked
-        # up by name, which TorchScript cannot do, so that they keep their names ("p6", ...) in
-        # the state dict. hasattr is resolved when TorchScript compiles: the bottom-up (a
-        # detectron2 backbone, with _out_features), which returns a dict, is not compiled as an
-        # extra layer; the name check skips it in Python.
+        # The extra layers are direct children, so that the state dict names them "p6", ...
+        # TorchScript cannot look a child up by a name known only at run time, so all the
+        # children are iterated (in the order they were added: that of extra_names), and it
+        # compiles the loop body once for each. The test must be one that it resolves as it
+        # compiles, or it would compile the bottom-up, which returns a dict, as an extra layer.
+        # hasattr is; isinstance on a module class is too, but matches only the class's first
+        # compiled variant (the first extra layer's shapes) and would skip the others.
         for name, layer in self.named_children():
-            if not hasattr(layer, "_out_features"):
-                if name in self.extra_names:
-                    y = layer(y)
-                    outputs[name] = y
+            if hasattr(layer, "is_ssd_extra_layer"):
+                y = layer(y)
+                outputs[name] = y
         return outputs
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
