@@ -1,11 +1,18 @@
 """condconv_det's config: the keys (:mod:`.defaults`), their range checks (:mod:`.checks`) and
 loading (:mod:`.loader`). ``add_condconv_config(cfg)`` adds the keys to a detectron2 config.
 
-Defaults equal the constructors' defaults; values are checked when a model is built
-(:func:`check_condconv_config`), with a message that names the key.
+Defaults equal the constructors' defaults; values are checked once when a model is built
+(:func:`check_condconv_config`, run through :func:`check_config`), with a message that names the
+key.
 """
 
-from .checks import check_condconv_config, check_ssd_config, check_ssd_input_config
+from .checks import (
+    check_condconv_config,
+    check_config,
+    check_ssd_config,
+    check_ssd_input_config,
+    checked_config,
+)
 from .defaults import add_condconv_config, condconv_options
 from .loader import (
     MODEL_ZOO_PREFIX,
@@ -21,8 +28,10 @@ from .loader import (
 __all__ = [
     "add_condconv_config",
     "check_condconv_config",
+    "check_config",
     "check_ssd_config",
     "check_ssd_input_config",
+    "checked_config",
     "condconv_options",
     "config_key_sources",
     "get_cfg",

@@ -1,11 +1,64 @@
 """Range checks of condconv_det's config values, raising ``ValueError`` with a message that
-names the key and what it must be."""
+names the key and what it must be.
+
+Each registered builder checks the keys it reads (:func:`check_config`), so a backbone built
+alone with ``build_backbone(cfg)`` is checked too. A builder that calls others (the SSD
+meta-architecture its backbone, an SSD backbone its bottom-up) checks once for all of them
+(:func:`checked_config`), and the builders it calls skip what it checked: every value is checked
+once per model build.
+"""
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, FrozenSet, Iterator, Optional, Tuple
 
 from detectron2.config import CfgNode as CN
 
 from condconv_det.layers import EXPERT_INITS, ROUTER_INITS, ROUTER_NORMS, ROUTING_ACTIVATIONS
 
-__all__ = ["check_condconv_config", "check_ssd_config", "check_ssd_input_config"]
+__all__ = [
+    "check_condconv_config",
+    "check_config",
+    "check_ssd_config",
+    "check_ssd_input_config",
+    "checked_config",
+]
+
+ConfigCheck = Callable[[CN], None]
+
+# The config that the enclosing builders checked and the checks they ran on it.
+_CHECKED: ContextVar[Tuple[Optional[CN], FrozenSet[ConfigCheck]]] = ContextVar(
+    "condconv_det_checked_config", default=(None, frozenset())
+)
+
+
+def check_config(cfg: CN, *checks: ConfigCheck) -> None:
+    """Runs each of ``checks`` on ``cfg`` unless an enclosing :func:`checked_config` block has
+    already run it on this ``cfg``.
+
+    Args:
+        cfg: the config a builder reads.
+        checks: functions raising ``ValueError`` for bad values, e.g.
+            :func:`check_condconv_config`.
+    """
+    checked_cfg, done = _CHECKED.get()
+    for check in checks:
+        if checked_cfg is not cfg or check not in done:
+            check(cfg)
+
+
+@contextmanager
+def checked_config(cfg: CN, *checks: ConfigCheck) -> Iterator[None]:
+    """:func:`check_config`, and inside the ``with`` block the builders called on the same
+    ``cfg`` skip these checks (a builder called with another config still runs them)."""
+    check_config(cfg, *checks)
+    checked_cfg, done = _CHECKED.get()
+    done = done if checked_cfg is cfg else frozenset()
+    token = _CHECKED.set((cfg, done | frozenset(checks)))
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
 
 
 def check_condconv_config(cfg: CN) -> None:

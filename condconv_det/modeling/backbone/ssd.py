@@ -8,7 +8,7 @@ al. 2018, sec. 6.2). Registered builders put it on the CondConv bottom-ups.
 """
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
@@ -16,7 +16,12 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from fvcore.nn import weight_init
 from torch import nn
 
-from condconv_det.config import check_condconv_config, check_ssd_config, condconv_options
+from condconv_det.config import (
+    check_condconv_config,
+    check_ssd_config,
+    checked_config,
+    condconv_options,
+)
 from condconv_det.layers import CondConvRouter, check_router_init, configure_condconv, reset_routers
 
 from ..conv import CondConv2dNorm, msra_fill_experts
@@ -222,9 +227,15 @@ class SSDBackbone(Backbone):
         }
 
 
-def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbone:
-    check_condconv_config(cfg)
-    check_ssd_config(cfg)
+def _ssd_backbone(
+    cfg,
+    input_shape: ShapeSpec,
+    build_bottom_up: Callable[..., Backbone],
+    out_features_key: str,
+) -> SSDBackbone:
+    # Checked here for the bottom-up's builder too, which then skips MODEL.CONDCONV.
+    with checked_config(cfg, check_condconv_config, check_ssd_config):
+        bottom_up = build_bottom_up(cfg, input_shape)
     s, c = cfg.MODEL.SSD, cfg.MODEL.CONDCONV
     missing = [f for f in s.IN_FEATURES if f not in bottom_up.output_shape()]
     if missing:
@@ -250,12 +261,14 @@ def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbon
 @BACKBONE_REGISTRY.register()
 def build_condconv_mobilenet_ssd_backbone(cfg, input_shape: ShapeSpec) -> SSDBackbone:
     """CondConv-MobileNet (``MODEL.MOBILENET.*``) with SSD's extra layers (``MODEL.SSD.*``)."""
-    bottom_up = build_condconv_mobilenet_backbone(cfg, input_shape)
-    return _ssd_backbone(cfg, bottom_up, "MODEL.MOBILENET.OUT_FEATURES")
+    return _ssd_backbone(
+        cfg, input_shape, build_condconv_mobilenet_backbone, "MODEL.MOBILENET.OUT_FEATURES"
+    )
 
 
 @BACKBONE_REGISTRY.register()
 def build_condconv_resnet_ssd_backbone(cfg, input_shape: ShapeSpec) -> SSDBackbone:
     """CondConv-ResNet (``MODEL.RESNETS.*``) with SSD's extra layers (``MODEL.SSD.*``)."""
-    bottom_up = build_condconv_resnet_backbone(cfg, input_shape)
-    return _ssd_backbone(cfg, bottom_up, "MODEL.RESNETS.OUT_FEATURES")
+    return _ssd_backbone(
+        cfg, input_shape, build_condconv_resnet_backbone, "MODEL.RESNETS.OUT_FEATURES"
+    )
