@@ -64,7 +64,8 @@ def checked_config(cfg: CN, *checks: ConfigCheck) -> Iterator[None]:
 def check_condconv_config(cfg: CN) -> None:
     """Raises ValueError naming the key when a condconv_det config value is out of range."""
     # The allowed values live beside the code that uses them (imported here, in the function:
-    # the modeling modules import this one).
+    # the modeling and engine modules import this one).
+    from condconv_det.engine.trainer import OPTIMIZERS
     from condconv_det.modeling.backbone.mobilenet import PADDING_MODES
     from condconv_det.modeling.backbone.resnet import RESNET_STAGE_NAMES
     from condconv_det.modeling.conv import ROUTING_SCOPES
@@ -280,13 +281,15 @@ def check_ssd_config(cfg: CN) -> None:
 
 def check_ssd_input_config(cfg: CN) -> None:
     """Raises ValueError naming the key when an ``INPUT.SSD`` value is out of range."""
+    from condconv_det.data.transforms import PHOTOMETRIC_FORMATS
+
     c = cfg.INPUT.SSD
     _require(c.SIZE > 0, "INPUT.SSD.SIZE", c.SIZE, "must be > 0")
     _require(
-        not c.PHOTOMETRIC or cfg.INPUT.FORMAT in ("RGB", "BGR"),
+        not c.PHOTOMETRIC or cfg.INPUT.FORMAT in PHOTOMETRIC_FORMATS,
         "INPUT.FORMAT",
         cfg.INPUT.FORMAT,
-        "must be 'RGB' or 'BGR' with INPUT.SSD.PHOTOMETRIC",
+        f"must be {' or '.join(repr(f) for f in PHOTOMETRIC_FORMATS)} with INPUT.SSD.PHOTOMETRIC",
     )
     _require(
         0 <= c.BRIGHTNESS_DELTA <= 255,
@@ -329,6 +332,3 @@ def check_ssd_input_config(cfg: CN) -> None:
 def _require(ok: bool, key: str, value, what: str) -> None:
     if not ok:
         raise ValueError(f"{key} {what}, got {value!r}")
-
-
-OPTIMIZERS = ("SGD", "ADAMW")

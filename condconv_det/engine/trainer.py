@@ -52,9 +52,13 @@ __all__ = [
     "check_weights",
     "build_optimizer_param_groups",
     "optimizer_param_groups",
+    "OPTIMIZERS",
 ]
 
 logger = logging.getLogger(__name__)
+
+# SOLVER.OPTIMIZER: detectron2's SGD, or AdamW (Trainer.build_optimizer).
+OPTIMIZERS = ("SGD", "ADAMW")
 
 
 def has_native_coco_eval() -> bool:
