@@ -1,11 +1,11 @@
 """Range checks of condconv_det's config values, raising ``ValueError`` with a message that
 names the key and what it must be.
 
-Each registered builder checks the keys it reads (:func:`check_config`), so a backbone built
-alone with ``build_backbone(cfg)`` is checked too. A builder that calls others (the SSD
-meta-architecture its backbone, an SSD backbone its bottom-up) checks once for all of them
-(:func:`checked_config`), and the builders it calls skip what it checked: every value is checked
-once per model build.
+Each registered builder runs the checks that cover the keys it reads (:func:`check_config`), so
+a backbone built alone with ``build_backbone(cfg)`` is checked too. A builder that calls others
+(the SSD meta-architecture its backbone, an SSD backbone its bottom-up) checks once for all of
+them (:func:`checked_config`), and the builders it calls skip what it checked: every value is
+checked once per model build.
 """
 
 from contextlib import contextmanager

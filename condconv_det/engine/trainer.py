@@ -9,7 +9,7 @@ detectron2 itself are in :mod:`condconv_det._compat`):
   upcycles static ImageNet weights into CondConv layers;
 - SSD configs get the SSD data mapper (augmentations of the SSD paper, fixed square input);
 - COCO evaluation falls back to pycocotools when detectron2 was built without its C++ ops;
-- DDP works on CPU (gloo): detectron2 0.6 always passes ``device_ids`` to DDP;
+- DDP works on CPU (gloo): detectron2's ``create_ddp_model`` passes GPU ``device_ids``;
 - an image that fails to load names its file instead of failing deep inside a worker;
 - with ``MODEL.CONDCONV.ROUTING_STATS.ENABLED``, routing statistics are logged
   (:class:`~condconv_det.engine.hooks.RoutingStatsHook`);

@@ -233,7 +233,7 @@ def _ssd_backbone(
     build_bottom_up: Callable[..., Backbone],
     out_features_key: str,
 ) -> SSDBackbone:
-    # Checked here for the bottom-up's builder too, which then skips MODEL.CONDCONV.
+    # MODEL.CONDCONV is checked once here, for the extra layers and the bottom-up alike.
     with checked_config(cfg, check_condconv_config, check_ssd_config):
         bottom_up = build_bottom_up(cfg, input_shape)
     s, c = cfg.MODEL.SSD, cfg.MODEL.CONDCONV
