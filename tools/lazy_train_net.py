@@ -29,20 +29,14 @@ from typing import Any, Dict, List
 
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import (
-    AMPTrainer,
-    SimpleTrainer,
-    TrainerBase,
-    default_setup,
-    default_writers,
-    hooks,
-)
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
+from condconv_det._compat import create_ddp_model, launch, simple_trainer_saves_optimizer
 from condconv_det.checkpoint import CondConvCheckpointer
-from condconv_det.engine import argument_parser, launch
+from condconv_det.engine import argument_parser
 from condconv_det.engine.coco_json_config import apply_coco_json_lazy
 from condconv_det.engine.hooks import (
     RoutingStartHook,
@@ -50,12 +44,7 @@ from condconv_det.engine.hooks import (
     RoutingTemperatureHook,
 )
 from condconv_det.engine.output_dir import claim_output_dir
-from condconv_det.engine.trainer import (
-    check_datasets,
-    check_num_classes,
-    check_weights,
-    create_ddp_model,
-)
+from condconv_det.engine.trainer import check_datasets, check_num_classes, check_weights
 
 logger = logging.getLogger("detectron2")
 
@@ -77,12 +66,6 @@ def do_test(cfg, model: torch.nn.Module) -> Dict[str, Any]:
     if comm.is_main_process():
         print_csv_format(results)
     return results
-
-
-def _trainer_saves_optimizer() -> bool:
-    # detectron2 main (and some 0.6 builds) keep the optimizer in SimpleTrainer.state_dict; the
-    # v0.6 release does not, and its lazy tool hands the optimizer to the checkpointer instead.
-    return SimpleTrainer.state_dict is not TrainerBase.state_dict
 
 
 def do_train(args, cfg) -> Dict[str, Any]:
@@ -113,7 +96,7 @@ def do_train(args, cfg) -> Dict[str, Any]:
     trainer_class = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
     trainer = trainer_class(model, train_loader, optimizer)
     checkpointables = {"trainer": trainer}
-    if not _trainer_saves_optimizer():
+    if not simple_trainer_saves_optimizer():
         checkpointables["optimizer"] = optimizer
     checkpointer = CondConvCheckpointer(
         model,

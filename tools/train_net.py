@@ -22,8 +22,9 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
+from condconv_det._compat import launch
 from condconv_det.config import config_key_sources, load_config, run_on_cpu_without_cuda
-from condconv_det.engine import Trainer, argument_parser, launch
+from condconv_det.engine import Trainer, argument_parser
 from condconv_det.engine.coco_json_config import apply_coco_json_config
 from condconv_det.engine.output_dir import claim_output_dir
 from condconv_det.engine.trainer import (

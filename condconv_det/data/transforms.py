@@ -17,6 +17,7 @@ import numpy as np
 from detectron2.data import transforms as T
 
 __all__ = [
+    "PHOTOMETRIC_FORMATS",
     "ExpandTransform",
     "PhotometricDistortTransform",
     "RandomExpand",
@@ -27,6 +28,16 @@ __all__ = [
     "hsv_to_rgb",
     "rgb_to_hsv",
 ]
+
+# Channel orders the photometric distortion takes (INPUT.FORMAT): saturation and hue need to know
+# which channel is red.
+PHOTOMETRIC_FORMATS = ("RGB", "BGR")
+
+
+def _check_image_format(image_format: str) -> None:
+    if image_format not in PHOTOMETRIC_FORMATS:
+        choices = " or ".join(repr(f) for f in PHOTOMETRIC_FORMATS)
+        raise ValueError(f"image_format must be {choices}, got {image_format!r}")
 
 
 def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
@@ -109,8 +120,7 @@ class PhotometricDistortTransform(T.Transform):
         image_format: str = "RGB",
     ):
         super().__init__()
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        _check_image_format(image_format)
         self._set_attributes(locals())
 
     def apply_image(self, img: np.ndarray) -> np.ndarray:
@@ -180,8 +190,7 @@ class RandomPhotometricDistort(T.Augmentation):
         image_format: str = "RGB",
     ):
         super().__init__()
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        _check_image_format(image_format)
         contrast_range = tuple(contrast_range)
         saturation_range = tuple(saturation_range)
         self._init(locals())

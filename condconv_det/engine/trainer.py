@@ -1,6 +1,7 @@
 """The trainer of ``tools/train_net.py``: detectron2's ``DefaultTrainer`` with what it lacks here.
 
-Differences from ``DefaultTrainer``, each needed by condconv_det's users:
+Differences from ``DefaultTrainer``, each needed by condconv_det's users (the workarounds for
+detectron2 itself are in :mod:`condconv_det._compat`):
 
 - the optimizer (and AMP grad scaler) is checkpointed, so ``--resume`` continues with momentum:
   detectron2 0.6 saves only the iteration and the LR scheduler (upstream main saves both);
@@ -8,7 +9,7 @@ Differences from ``DefaultTrainer``, each needed by condconv_det's users:
   upcycles static ImageNet weights into CondConv layers;
 - SSD configs get the SSD data mapper (augmentations of the SSD paper, fixed square input);
 - COCO evaluation falls back to pycocotools when detectron2 was built without its C++ ops;
-- DDP works on CPU (gloo): detectron2 0.6 always passes ``device_ids`` to DDP;
+- DDP works on CPU (gloo): detectron2's ``create_ddp_model`` passes GPU ``device_ids``;
 - an image that fails to load names its file instead of failing deep inside a worker;
 - with ``MODEL.CONDCONV.ROUTING_STATS.ENABLED``, routing statistics are logged
   (:class:`~condconv_det.engine.hooks.RoutingStatsHook`);
@@ -37,8 +38,13 @@ from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from torch.nn.parallel import DistributedDataParallel
 
+from .._compat import (
+    OptimizerStateMixin,
+    create_ddp_model,
+    has_native_coco_eval,
+    last_eval_results,
+)
 from ..checkpoint import CondConvCheckpointer
 from ..layers import CondConvRouter
 from .hooks import RoutingStartHook, RoutingStatsHook, RoutingTemperatureHook
@@ -46,24 +52,15 @@ from .hooks import RoutingStartHook, RoutingStatsHook, RoutingTemperatureHook
 __all__ = [
     "Trainer",
     "build_coco_evaluator",
-    "has_native_coco_eval",
-    "create_ddp_model",
     "check_datasets",
     "check_weights",
     "build_optimizer_param_groups",
     "optimizer_param_groups",
+    "OPTIMIZERS",
 ]
 
-logger = logging.getLogger(__name__)
-
-
-def has_native_coco_eval() -> bool:
-    """Whether detectron2 was built with its C++ COCO evaluator (``COCOeval_opt``)."""
-    try:
-        from detectron2 import _C
-    except ImportError:
-        return False
-    return hasattr(_C, "COCOevalAsNativeParams")
+# SOLVER.OPTIMIZER: detectron2's SGD, or AdamW (Trainer.build_optimizer).
+OPTIMIZERS = ("SGD", "ADAMW")
 
 
 def build_coco_evaluator(cfg, dataset_name: str, output_dir: str = None) -> COCOEvaluator:
@@ -73,16 +70,6 @@ def build_coco_evaluator(cfg, dataset_name: str, output_dir: str = None) -> COCO
     return COCOEvaluator(
         dataset_name, tasks=("bbox",), output_dir=output_dir, use_fast_impl=has_native_coco_eval()
     )
-
-
-def create_ddp_model(model: torch.nn.Module, **kwargs) -> torch.nn.Module:
-    """Like detectron2's ``create_ddp_model``, but CPU models get no ``device_ids``."""
-    if comm.get_world_size() == 1:
-        return model
-    if "device_ids" not in kwargs:
-        on_cuda = next(model.parameters()).device.type == "cuda"
-        kwargs["device_ids"] = [comm.get_local_rank()] if on_cuda else None
-    return DistributedDataParallel(model, **kwargs)
 
 
 def check_datasets(names) -> None:
@@ -272,12 +259,13 @@ class _EightBitDatasetMapper(DatasetMapper):
         return super().__call__(dataset_dict)
 
 
-class Trainer(DefaultTrainer):
+class Trainer(OptimizerStateMixin, DefaultTrainer):
     """detectron2's ``DefaultTrainer`` for condconv_det models (see the module docstring)."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__ is reproduced (not called) because it wraps the model with
-        # detectron2's create_ddp_model, which fails for CPU models on detectron2 0.6.
+        # detectron2's create_ddp_model, which fails for CPU models (see _compat), and to check
+        # the class count and batch norms before the data is loaded.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -302,7 +290,7 @@ class Trainer(DefaultTrainer):
         """Runs training; returns the last evaluation's results (detectron2 returns them only
         when ``TEST.EXPECTED_RESULTS`` is set)."""
         results = super().train()
-        return results if results is not None else getattr(self, "_last_eval_results", None)
+        return results if results is not None else last_eval_results(self)
 
     def build_hooks(self):
         """detectron2's hooks, plus :class:`RoutingTemperatureHook` when the routing temperature
@@ -329,27 +317,6 @@ class Trainer(DefaultTrainer):
             index = next((i for i, h in enumerate(hooks) if isinstance(h, later)), len(hooks))
             hooks.insert(index, RoutingStatsHook(stats.PERIOD))
         return hooks
-
-    def state_dict(self) -> Dict[str, Any]:
-        ret = super().state_dict()
-        if "_trainer" not in ret:  # detectron2 0.6: the optimizer would not be saved
-            ret["optimizer"] = self.optimizer.state_dict()
-            scaler = getattr(self._trainer, "grad_scaler", None)
-            if scaler is not None:
-                ret["grad_scaler"] = scaler.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:  # upstream main restored the optimizer itself
-            return
-        if "optimizer" not in state_dict:
-            logger.warning("The checkpoint holds no optimizer state: momentum restarts from zero.")
-            return
-        self.optimizer.load_state_dict(state_dict["optimizer"])
-        scaler = getattr(self._trainer, "grad_scaler", None)
-        if scaler is not None and "grad_scaler" in state_dict:
-            scaler.load_state_dict(state_dict["grad_scaler"])
 
     @classmethod
     def build_optimizer(cls, cfg, model):

@@ -67,6 +67,8 @@ def cond_conv2d(
     Returns:
         (B, O, H', W'): for each example b, ``conv2d(x[b], sum_i r[b, i] W_i) + sum_i r[b, i] b_i``.
     """
+    # CONDCONV_PATHS spelled out: TorchScript cannot read a global tuple. The tests run every
+    # path of CONDCONV_PATHS through this function.
     if path not in ["auto", "single", "grouped", "matmul", "experts"]:
         raise ValueError(
             "unknown CondConv2d path '{}'; expected 'auto', 'single', 'grouped', 'matmul' or "

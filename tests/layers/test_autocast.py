@@ -8,10 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from condconv_det.layers import CondConv2d, CondConvRouter, RoutedCondConv2d
+from condconv_det.layers import (
+    CONDCONV_PATHS,
+    ROUTING_ACTIVATIONS,
+    CondConv2d,
+    CondConvRouter,
+    RoutedCondConv2d,
+)
 
 BF16 = torch.bfloat16
-PATHS = ["auto", "single", "grouped", "matmul", "experts"]
+PATHS = list(CONDCONV_PATHS)
 
 
 def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -76,7 +82,7 @@ def test_gradients_under_autocast_are_float32_and_close():
         assert _relative_error(g, w) < 2e-2
 
 
-@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
+@pytest.mark.parametrize("activation", ROUTING_ACTIVATIONS)
 @pytest.mark.parametrize("input_dtype", [torch.float32, BF16], ids=["f32in", "bf16in"])
 def test_routing_stays_float32_under_autocast(activation, input_dtype):
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from condconv_det.layers import CondConv2d, cond_conv2d
+from condconv_det.layers import CONDCONV_PATHS, CondConv2d, cond_conv2d
 from condconv_det.layers import _condconv_fast as fast
 from tests.layers.reference import condconv_reference
 
@@ -42,7 +42,7 @@ def _grads(out, tensors):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("path", ["auto", "single", "grouped", "matmul", "experts"])
+@pytest.mark.parametrize("path", CONDCONV_PATHS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("groups_key", list(GROUPS), ids=lambda g: f"groups{g}")
 @pytest.mark.parametrize("dilation", [1, 2], ids=lambda d: f"dil{d}")
@@ -77,7 +77,7 @@ def test_paths_match_per_example_loop(kernel, stride, dilation, groups_key, bias
             )
 
 
-@pytest.mark.parametrize("path", ["single", "grouped", "matmul", "experts"])
+@pytest.mark.parametrize("path", [p for p in CONDCONV_PATHS if p != "auto"])
 @pytest.mark.parametrize("kernel,groups_key", [(3, 1), (1, 2), (3, "dw")])
 def test_gradcheck(path, kernel, groups_key):
     batch = 1 if path == "single" else 2

@@ -12,6 +12,7 @@ from torch import nn
 
 from condconv_det.layers import (
     CONDCONV_PATHS,
+    ROUTER_NORMS,
     CondConv2d,
     CondConvRouter,
     RoutedCondConv2d,
@@ -104,7 +105,7 @@ def test_temperature_divides_the_logits_for_both_activations(activation):
         set_routing_temperature(router, 0.0)
 
 
-@pytest.mark.parametrize("norm", ["", "BN", "LN"])
+@pytest.mark.parametrize("norm", ROUTER_NORMS)
 def test_router_hidden_layer_and_norm(norm):
     torch.manual_seed(0)
     router = CondConvRouter(32, 4, hidden_ratio=0.25, norm=norm)

@@ -14,6 +14,7 @@ from condconv_det.modeling.backbone import (
     CondConvBottleneckBlock,
     build_condconv_resnet_backbone,
 )
+from condconv_det.modeling.conv import ROUTING_SCOPES
 
 INPUT = ShapeSpec(channels=3)
 
@@ -68,7 +69,7 @@ def test_condconv_only_in_chosen_stages(depth, block, plain):
             assert theirs[key].shape == value.shape
 
 
-@pytest.mark.parametrize("routing", ["block", "layer"])
+@pytest.mark.parametrize("routing", ROUTING_SCOPES)
 def test_output_shape_forward_backward_and_every_parameter_learns(routing):
     cfg = _cfg(18, experts=2, stages=("res4", "res5"))
     cfg.MODEL.CONDCONV.ROUTING = routing

@@ -1,6 +1,7 @@
 """SSD: matching, box encoding, hard-negative mining and default boxes against hand-computed
 values; the SSD backbones' declared shapes; train and eval steps of tiny detectors on CPU."""
 
+import collections
 import inspect
 import math
 
@@ -8,13 +9,13 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
-from detectron2.modeling import BACKBONE_REGISTRY, build_model
+from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from condconv_det import add_condconv_config
-from condconv_det.config import check_ssd_config
+from condconv_det.config import check_ssd_config, checks
 from condconv_det.layers import CondConv2d, CondConvRouter
 from condconv_det.modeling.backbone import SSDBackbone
 from condconv_det.modeling.meta_arch import (
@@ -252,6 +253,33 @@ def test_ssd_backbone_names_the_missing_key():
         check_ssd_config(_cfg(**{"MODEL.SSD.IOU_THRESHOLD": 0.0}))
     with pytest.raises(ValueError, match="MODEL.SSD.ASPECT_RATIOS"):
         build_model(_cfg(**{"MODEL.SSD.ASPECT_RATIOS": [[2.0], [3.0]]}))
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_one_build_checks_each_value_once(name, monkeypatch):
+    rules = collections.Counter()
+    require = checks._require
+
+    def counting_require(ok, key, value, what):
+        rules[key, what] += 1
+        require(ok, key, value, what)
+
+    def assert_each_rule_ran_once():
+        assert {"MODEL.CONDCONV.ROUTING", "MODEL.SSD.NUM_CLASSES"} <= {key for key, _ in rules}
+        assert [rule for rule, n in rules.items() if n != 1] == []
+        rules.clear()
+
+    monkeypatch.setattr(checks, "_require", counting_require)
+    cfg = _cfg(**BACKBONES[name])
+    build_model(cfg)
+    assert_each_rule_ran_once()
+    build_model(cfg)  # a second build checks again
+    assert_each_rule_ran_once()
+    build_backbone(cfg)  # alone, as a user may build it
+    assert_each_rule_ran_once()
+    cfg.MODEL.CONDCONV.ROUTING = "stage"
+    with pytest.raises(ValueError, match="MODEL.CONDCONV.ROUTING must be one of"):
+        build_backbone(cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from detectron2.layers import CNNBlockBase, Conv2d, FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from condconv_det.config import check_condconv_config, condconv_options
+from condconv_det.config import check_condconv_config, check_config, condconv_options
 from condconv_det.layers import (
     CondConv2dNorm,
     CondConvRouter,
@@ -747,7 +747,7 @@ class MobileNet(Backbone):
 @BACKBONE_REGISTRY.register()
 def build_condconv_mobilenet_backbone(cfg, input_shape: ShapeSpec) -> MobileNet:
     """MobileNet-family backbone from ``MODEL.MOBILENET.*`` and ``MODEL.CONDCONV.*``."""
-    check_condconv_config(cfg)
+    check_config(cfg, check_condconv_config)
     m, c = cfg.MODEL.MOBILENET, cfg.MODEL.CONDCONV
     if m.ARCH not in ARCHS:
         raise ValueError(f"MODEL.MOBILENET.ARCH must be one of {sorted(ARCHS)}, got {m.ARCH!r}")

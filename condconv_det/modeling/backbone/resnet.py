@@ -15,7 +15,7 @@ from detectron2.layers import CNNBlockBase, Conv2d, ShapeSpec, get_norm
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, ResNet
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
-from condconv_det.config import check_condconv_config, condconv_options
+from condconv_det.config import check_condconv_config, check_config, condconv_options
 from condconv_det.layers import (
     CondConv2dNorm,
     CondConvRouter,
@@ -344,7 +344,7 @@ def make_condconv_resnet_stages(
 @BACKBONE_REGISTRY.register()
 def build_condconv_resnet_backbone(cfg, input_shape: ShapeSpec) -> ResNet:
     """CondConv-ResNet from ``MODEL.RESNETS.*`` (detectron2's keys) and ``MODEL.CONDCONV.*``."""
-    check_condconv_config(cfg)
+    check_config(cfg, check_condconv_config)
     r, c = cfg.MODEL.RESNETS, cfg.MODEL.CONDCONV
     if r.DEPTH in (18, 34) and r.RES2_OUT_CHANNELS != 64:
         raise ValueError(

@@ -8,14 +8,19 @@ al. 2018, sec. 6.2). Registered builders put it on the CondConv bottom-ups.
 """
 
 import math
-from typing import Dict, Final, List, Optional, Sequence
+from typing import Callable, Dict, Final, List, Optional, Sequence
 
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone import BACKBONE_REGISTRY, Backbone
 from torch import nn
 
-from condconv_det.config import check_condconv_config, check_ssd_config, condconv_options
+from condconv_det.config import (
+    check_condconv_config,
+    check_ssd_config,
+    checked_config,
+    condconv_options,
+)
 from condconv_det.layers import check_router_init, configure_condconv, reset_routers
 
 from ..conv import make_ssd_conv
@@ -174,9 +179,15 @@ class SSDBackbone(Backbone):
         }
 
 
-def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbone:
-    check_condconv_config(cfg)
-    check_ssd_config(cfg)
+def _ssd_backbone(
+    cfg,
+    input_shape: ShapeSpec,
+    build_bottom_up: Callable[..., Backbone],
+    out_features_key: str,
+) -> SSDBackbone:
+    # MODEL.CONDCONV is checked once here, for the extra layers and the bottom-up alike.
+    with checked_config(cfg, check_condconv_config, check_ssd_config):
+        bottom_up = build_bottom_up(cfg, input_shape)
     s, c = cfg.MODEL.SSD, cfg.MODEL.CONDCONV
     missing = [f for f in s.IN_FEATURES if f not in bottom_up.output_shape()]
     if missing:
@@ -202,12 +213,14 @@ def _ssd_backbone(cfg, bottom_up: Backbone, out_features_key: str) -> SSDBackbon
 @BACKBONE_REGISTRY.register()
 def build_condconv_mobilenet_ssd_backbone(cfg, input_shape: ShapeSpec) -> SSDBackbone:
     """CondConv-MobileNet (``MODEL.MOBILENET.*``) with SSD's extra layers (``MODEL.SSD.*``)."""
-    bottom_up = build_condconv_mobilenet_backbone(cfg, input_shape)
-    return _ssd_backbone(cfg, bottom_up, "MODEL.MOBILENET.OUT_FEATURES")
+    return _ssd_backbone(
+        cfg, input_shape, build_condconv_mobilenet_backbone, "MODEL.MOBILENET.OUT_FEATURES"
+    )
 
 
 @BACKBONE_REGISTRY.register()
 def build_condconv_resnet_ssd_backbone(cfg, input_shape: ShapeSpec) -> SSDBackbone:
     """CondConv-ResNet (``MODEL.RESNETS.*``) with SSD's extra layers (``MODEL.SSD.*``)."""
-    bottom_up = build_condconv_resnet_backbone(cfg, input_shape)
-    return _ssd_backbone(cfg, bottom_up, "MODEL.RESNETS.OUT_FEATURES")
+    return _ssd_backbone(
+        cfg, input_shape, build_condconv_resnet_backbone, "MODEL.RESNETS.OUT_FEATURES"
+    )

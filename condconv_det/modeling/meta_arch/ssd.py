@@ -14,7 +14,7 @@ from detectron2.utils.events import get_event_storage
 from fvcore.nn import giou_loss, smooth_l1_loss
 from torch import nn
 
-from condconv_det.config import check_condconv_config, check_ssd_config
+from condconv_det.config import check_condconv_config, check_ssd_config, checked_config
 
 from .default_boxes import DefaultBoxGenerator
 from .ssd_head import SSDHead
@@ -135,10 +135,10 @@ class SSD(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
-        check_condconv_config(cfg)
-        check_ssd_config(cfg)
+        # Checked here for the head, which reads them too; the backbone builder then skips them.
+        with checked_config(cfg, check_condconv_config, check_ssd_config):
+            backbone = build_backbone(cfg)
         s = cfg.MODEL.SSD
-        backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         head_in_features = sorted(shapes, key=lambda f: shapes[f].stride)  # stable: keeps order
         feature_shapes = [shapes[f] for f in head_in_features]
