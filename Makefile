@@ -23,8 +23,9 @@ test: env lint
 # against detectron2's main branch: a pure-Python snapshot put first on the path (it shadows the
 # installed 0.6; nothing is built). D2MAIN=/path/to/detectron2-main-checkout uses another one.
 D2MAIN ?= $(CURDIR)/../shared/third_party/detectron2-main
-D2MAIN_TESTS := tests/engine tests/tools tests/data tests/test_checkpoint.py tests/test_configs.py \
-	tests/test_lazy_configs.py tests/modeling/test_detectors.py
+D2MAIN_TESTS := tests/engine tests/tools tests/data tests/export tests/routing_analysis \
+	tests/test_checkpoint.py tests/test_configs.py tests/test_lazy_configs.py \
+	tests/modeling/test_detectors.py
 test-d2main: env
 	@test -f "$(D2MAIN)/detectron2/__init__.py" || { echo "no detectron2 main at $(D2MAIN): set D2MAIN to a checkout of its main branch"; exit 2; }
 	PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(D2MAIN)" $(PY) -c "import detectron2, os; print('detectron2 from', os.path.dirname(detectron2.__file__))"
