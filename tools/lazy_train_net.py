@@ -102,6 +102,7 @@ def do_train(args, cfg) -> Dict[str, Any]:
         model,
         cfg.train.output_dir,
         match=cfg.train.get("weights_match", "strict"),
+        upcycle_noise=cfg.train.get("upcycle_noise", 0.01),
         **checkpointables,
     )
 

@@ -43,16 +43,26 @@ class CondConvCheckpointer(DetectionCheckpointer):
     """
 
     def __init__(
-        self, model: nn.Module, save_dir: str = "", *, match: str = "strict", **kwargs: Any
+        self,
+        model: nn.Module,
+        save_dir: str = "",
+        *,
+        match: str = "strict",
+        upcycle_noise: float = 0.01,
+        **kwargs: Any,
     ):
         """As ``DetectionCheckpointer``; ``match`` is how a checkpoint given to :meth:`load`
         must fit the model (:data:`WEIGHTS_MATCHES`, ``MODEL.WEIGHTS_MATCH``). Resuming a
         run (:meth:`resume_or_load` with ``resume=True``) always needs a checkpoint that
-        fits exactly."""
+        fits exactly. ``upcycle_noise`` is :func:`upcycle_state_dict`'s ``noise``
+        (``MODEL.CONDCONV.UPCYCLE_NOISE``)."""
         if match not in WEIGHTS_MATCHES:
             raise ValueError(f"MODEL.WEIGHTS_MATCH must be one of {WEIGHTS_MATCHES}, got {match!r}")
+        if not upcycle_noise >= 0:
+            raise ValueError(f"MODEL.CONDCONV.UPCYCLE_NOISE must be >= 0, got {upcycle_noise!r}")
         super().__init__(model, save_dir, **kwargs)
         self.match = match
+        self.upcycle_noise = upcycle_noise
         self._loading: Optional[str] = None
         self._model_loaded = False
 
@@ -187,7 +197,9 @@ class CondConvCheckpointer(DetectionCheckpointer):
             if k in weights and tuple(weights[k].shape) == tuple(model_sd[k].shape[1:])
         ]
         if static_keys:
-            upcycled = upcycle_state_dict({k: weights.pop(k) for k in static_keys}, self.model)
+            upcycled = upcycle_state_dict(
+                {k: weights.pop(k) for k in static_keys}, self.model, noise=self.upcycle_noise
+            )
             for key, value in upcycled.items():
                 weights.setdefault(key, value)
             # Routers the upcycling leaves alone (beside a static kernel) keep their init.

@@ -142,6 +142,12 @@ def check_condconv_config(cfg: CN) -> None:
         f"must be in [0, SOLVER.MAX_ITER = {cfg.SOLVER.MAX_ITER})",
     )
     _require(
+        c.UPCYCLE_NOISE >= 0,
+        "MODEL.CONDCONV.UPCYCLE_NOISE",
+        c.UPCYCLE_NOISE,
+        "must be >= 0 (the expert perturbation's std relative to the kernel's)",
+    )
+    _require(
         cfg.SOLVER.ROUTER_LR_FACTOR >= 0,
         "SOLVER.ROUTER_LR_FACTOR",
         cfg.SOLVER.ROUTER_LR_FACTOR,

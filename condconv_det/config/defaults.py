@@ -62,6 +62,11 @@ def add_condconv_config(cfg: CN) -> None:
     # EXPERT_INIT "shared" the network trains as its static twin until then and is upcycled in
     # place (docs/training.md). 0: routing learns from the start.
     _C.MODEL.CONDCONV.ROUTING_START_ITER = 0
+    # When MODEL.WEIGHTS upcycles a static checkpoint: the std of the zero-sum perturbation that
+    # sets the experts apart, relative to each kernel's std. The upcycled model computes what
+    # the static one did whatever its size; it decides how fast the routing can tell the
+    # experts apart (docs/training.md).
+    _C.MODEL.CONDCONV.UPCYCLE_NOISE = 0.01
     # Dropout on the pooled routing input, in [0, 1).
     _C.MODEL.CONDCONV.ROUTING_DROPOUT = 0.0
     # Initial router weights: "glorot" (the official code's) or "zeros" (every example starts

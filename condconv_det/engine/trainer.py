@@ -339,7 +339,11 @@ class Trainer(OptimizerStateMixin, DefaultTrainer):
     def build_checkpointer(cls, model, cfg, **checkpointables) -> CondConvCheckpointer:
         """The checkpointer of ``model``, saving to ``cfg.OUTPUT_DIR``."""
         return CondConvCheckpointer(
-            model, cfg.OUTPUT_DIR, match=cfg.MODEL.WEIGHTS_MATCH, **checkpointables
+            model,
+            cfg.OUTPUT_DIR,
+            match=cfg.MODEL.WEIGHTS_MATCH,
+            upcycle_noise=cfg.MODEL.CONDCONV.UPCYCLE_NOISE,
+            **checkpointables,
         )
 
     @classmethod

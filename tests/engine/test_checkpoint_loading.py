@@ -148,6 +148,32 @@ def test_an_unknown_match_is_refused():
         CondConvCheckpointer(Routed(), match="loose")
 
 
+def test_upcycle_noise_sets_the_experts_apart_and_the_model_still_computes_the_static_one(
+    tmp_path,
+):
+    from condconv_det.config import get_cfg
+    from condconv_det.engine import Trainer
+
+    torch.manual_seed(0)
+    static = torch.nn.Conv2d(8, 8, 3, padding=1)
+    path = _save(torch.nn.ModuleDict({"conv": static}), tmp_path / "static.pth")
+    x = torch.randn(2, 8, 6, 6)
+    spreads = []
+    for noise in (0.0, 0.01, 0.5):
+        cfg = get_cfg()
+        cfg.MODEL.CONDCONV.UPCYCLE_NOISE, cfg.MODEL.WEIGHTS_MATCH = noise, "pretrained"
+        model = Routed(experts=4)
+        Trainer.build_checkpointer(model, cfg).load(path)  # no head in the checkpoint
+        model.head = torch.nn.Identity()
+        torch.testing.assert_close(model(x), static(x), rtol=1e-5, atol=1e-5)
+        weight = model.conv.weight
+        spreads.append((weight - weight.mean(dim=0)).std().item() / static.weight.std().item())
+    assert spreads[0] == 0 and spreads[1] == pytest.approx(0.01, rel=0.2)
+    assert spreads[2] == pytest.approx(0.5, rel=0.2)
+    with pytest.raises(ValueError, match="MODEL.CONDCONV.UPCYCLE_NOISE must be >= 0"):
+        CondConvCheckpointer(Routed(), upcycle_noise=-0.1)
+
+
 def test_resume_falls_back_to_the_newest_checkpoint_that_can_be_read(tmp_path, caplog):
     model = Routed()
     checkpointer = CondConvCheckpointer(model, str(tmp_path))

@@ -249,3 +249,8 @@ def test_routing_start_holds_the_routers_until_then_and_resume_keeps_it(shapes, 
     assert logged[-1]["routing/learning"] == 1.0
     with pytest.raises(ValueError, match="ROUTING_START_ITER must be in"):
         check_condconv_config(_cfg(tmp_path, 5, "MODEL.CONDCONV.ROUTING_START_ITER", 5))
+
+
+def test_a_negative_upcycle_noise_fails_when_the_config_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="MODEL.CONDCONV.UPCYCLE_NOISE must be >= 0"):
+        check_condconv_config(_cfg(tmp_path, 5, "MODEL.CONDCONV.UPCYCLE_NOISE", -0.5))
