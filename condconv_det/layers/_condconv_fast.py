@@ -132,25 +132,37 @@ def mix_eager(
         routing_weights: (B, E).
         flat: (E, P), each expert's kernel flattened.
         bias: (E, O) or None.
-        in_weight_dtype: mix in ``flat``'s dtype under autocast, not in the autocast dtype.
+        in_weight_dtype: mix in :func:`mix_dtype` (the weights' dtype, or the routing's if
+            wider) under autocast, not in the autocast dtype.
 
     Returns:
-        ``routing_weights @ flat``, (B, P), and ``routing_weights @ bias``, (B, O), or None.
+        ``routing_weights @ flat``, (B, P), and ``routing_weights @ bias``, (B, O), or None,
+        in :func:`mix_dtype`.
     """
     device_type = flat.device.type
     if in_weight_dtype and torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
-            return mix_eager(routing_weights.to(flat.dtype), flat, bias, False)
+            return mix_eager(routing_weights, flat, bias, False)
+    routing_weights = routing_weights.to(mix_dtype(routing_weights, flat))
     mixed = _mix_rows(routing_weights, flat)
     biases: Optional[torch.Tensor] = None
     if bias is not None:
-        biases = torch.mm(routing_weights, bias)
+        biases = torch.mm(routing_weights, bias.to(routing_weights.dtype))
     return mixed, biases
 
 
+def mix_dtype(routing_weights: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype of the kernel mix: the wider of the routing's and the weights' (float32 for
+    bfloat16 experts under float32 routing: ``CondConv2d.reduced_precision_experts``)."""
+    return torch.promote_types(routing_weights.dtype, weight.dtype)
+
+
 def _mix_rows(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """``routing_weights @ flat``, (B, E) x (E, P); a large batch of one on the CPU in column
-    blocks (:func:`_mix_split`)."""
+    """``routing_weights @ flat``, (B, E) x (E, P), in the routing's dtype; a large batch of one
+    on the CPU in column blocks (:func:`_mix_split`); experts in a narrower dtype than the
+    routing's (bfloat16 under float32) by :func:`_mix_narrow`."""
+    if flat.dtype != routing_weights.dtype:
+        return _mix_narrow(routing_weights, flat)
     numel = flat.shape[1]
     needs_grad = torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad)
     threshold = TUNING.split_mix_numel * (TUNING.split_mix_grad_factor if needs_grad else 1)
@@ -198,6 +210,13 @@ class _MixExperts(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_flat = torch.mm(routing_weights.t(), grad)  # (E, B) x (B, P)
         return grad_routing, grad_flat
+
+
+def _mix_narrow(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """``routing_weights @ flat`` for experts stored in a narrower dtype than the routing's
+    (bfloat16 under float32): the experts upcast, then one product in the routing's dtype, so
+    the mixed kernel is accumulated and kept in float32 and the only rounding is the experts'."""
+    return torch.mm(routing_weights, flat.to(routing_weights.dtype))
 
 
 def _mix_split(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
@@ -295,7 +314,8 @@ def matmul_blocks(routing_weights: torch.Tensor, weight: torch.Tensor, groups: i
         return 1
     if torch.compiler.is_compiling():
         return 1  # the compiler plans its own buffers; a Python loop would only unroll
-    kernel_bytes = routing_weights.shape[0] * weight[0].numel() * weight.element_size()
+    itemsize = mix_dtype(routing_weights, weight).itemsize  # of the mixed kernels
+    kernel_bytes = routing_weights.shape[0] * weight[0].numel() * itemsize
     return min(weight.shape[1], -(-kernel_bytes // TUNING.matmul_block_bytes))
 
 
@@ -335,11 +355,17 @@ def blocked_matmul_conv2d(
     bias_blocks = bias.chunk(blocks, dim=1) if bias is not None else [None] * len(weight_blocks)
     outs = []
     for weight_block, bias_block in zip(weight_blocks, bias_blocks):
-        # The mix in the weights' dtype, as mix_eager's.
+        # The mix in the weights' dtype (or the routing's, if wider), as mix_eager's.
         with _without_autocast(weight.device.type):
-            routing = routing_weights.to(weight.dtype)
-            kernels = torch.mm(routing, weight_block.reshape(num_experts, -1))
-            biases = torch.mm(routing, bias_block) if bias_block is not None else None
+            routing = routing_weights.to(mix_dtype(routing_weights, weight))
+            flat_block = weight_block.reshape(num_experts, -1)
+            if flat_block.dtype == routing.dtype:
+                kernels = torch.mm(routing, flat_block)
+            else:
+                kernels = _mix_narrow(routing, flat_block)
+            biases = None
+            if bias_block is not None:
+                biases = torch.mm(routing, bias_block.to(routing.dtype))
         kernels = kernels.reshape(batch, weight_block.shape[1], -1)
         if biases is not None:
             outs.append(torch.baddbmm(biases.unsqueeze(2), kernels, cols))
@@ -375,6 +401,10 @@ def experts_conv2d(
     kernel_shape = list(weight.shape[2:])
     stacked = weight.reshape([num_experts, groups, per_group] + kernel_shape)
     stacked = stacked.transpose(0, 1).reshape([groups * num_experts * per_group] + kernel_shape)
+    if torch.promote_types(stacked.dtype, routing_weights.dtype) != stacked.dtype:
+        # Experts stored in bfloat16 under float32 routing (CondConv2d.reduced_precision_experts)
+        # convolve in float32: E x a kernel upcast, for the tiny maps this path is for.
+        stacked = stacked.to(routing_weights.dtype)
     out = F.conv2d(x, stacked, None, stride, padding, dilation, groups)
     batch, out_h, out_w = out.shape[0], out.shape[2], out.shape[3]
     out = out.reshape(batch, groups, num_experts, per_group * out_h * out_w)
