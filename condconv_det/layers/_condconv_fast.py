@@ -38,6 +38,8 @@ class _Tuning(NamedTuple):
             channels of about this many bytes, small enough to reuse one cached buffer.
         matmul_kernels_per_pixel: at batch > 1, "auto" computes a k x k convolution with
             "matmul" from this many output channels per output pixel on, else with "grouped".
+        narrow_mix_block_bytes: experts stored in bfloat16 are upcast for the mix in blocks of
+            columns of about this many bytes of float32 experts, small enough to stay cached.
     """
 
     split_mix_numel: int
@@ -45,6 +47,7 @@ class _Tuning(NamedTuple):
     split_mix_chunks: int
     matmul_block_bytes: int
     matmul_kernels_per_pixel: int
+    narrow_mix_block_bytes: int
 
 
 TUNING = _Tuning(
@@ -53,6 +56,7 @@ TUNING = _Tuning(
     split_mix_chunks=8,
     matmul_block_bytes=8 << 20,
     matmul_kernels_per_pixel=4,
+    narrow_mix_block_bytes=1 << 20,
 )
 
 
@@ -214,9 +218,32 @@ class _MixExperts(torch.autograd.Function):
 
 def _mix_narrow(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     """``routing_weights @ flat`` for experts stored in a narrower dtype than the routing's
-    (bfloat16 under float32): the experts upcast, then one product in the routing's dtype, so
-    the mixed kernel is accumulated and kept in float32 and the only rounding is the experts'."""
-    return torch.mm(routing_weights, flat.to(routing_weights.dtype))
+    (bfloat16 under float32): the experts are upcast and multiplied in the routing's dtype, so
+    the mixed kernel is accumulated and kept in float32 and the only rounding is the experts'.
+
+    On the CPU the experts are upcast in blocks of columns (``TUNING.narrow_mix_block_bytes``
+    of float32 experts each): one upcast copy of all of them would be a fresh buffer twice the
+    float32 experts' size, written, read back and, past the allocator's mmap threshold,
+    page-faulted anew on every call. A block stays in cache between its upcast and its product.
+    """
+    dtype = routing_weights.dtype
+    numel = flat.shape[1]
+    block = max(1, TUNING.narrow_mix_block_bytes // (flat.shape[0] * dtype.itemsize))
+    if (
+        numel <= block
+        or flat.device.type != "cpu"
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    ):
+        return torch.mm(routing_weights, flat.to(dtype))
+    blocks = flat.split(block, dim=1)
+    if torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad):
+        return torch.cat([torch.mm(routing_weights, b.to(dtype)) for b in blocks], dim=1)
+    mixed = torch.empty(routing_weights.shape[0], numel, dtype=dtype)
+    for out, b in zip(mixed.split(block, dim=1), blocks):
+        torch.mm(routing_weights, b.to(dtype), out=out)
+    return mixed
 
 
 def _mix_split(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ from condconv_det.layers import _condconv_fast as fast
 
 # groups -> (in, out, groups); "dw" is depthwise.
 GROUPS = {1: (8, 6, 1), 2: (8, 6, 2), "dw": (8, 8, 8)}
+# Against the float32 layer with rounded experts: the same sums in float32, up to their order.
+EXACT = dict(rtol=1e-5, atol=1e-5)
 
 
 def _layer(groups_key, path, static_kernel=False, normalize_kernel=False, bias=True):
@@ -75,25 +77,31 @@ def test_bfloat16_experts_match_the_float32_layer(path, groups_key, options):
             got = converted(x, routing)
             assert got.dtype == torch.float32
             # Float32 accumulation: the only difference is the rounding of the stored experts.
-            torch.testing.assert_close(got, twin(x, routing), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got, twin(x, routing), **EXACT)
             _close_to_float32(got, layer(x, routing))
 
 
-def test_large_batch_one_mix_and_blocked_matmul(monkeypatch):
-    """The CPU's fast mixes: the column-block mix at batch 1 and the "matmul" path's blocks of
-    output channels, forced on a small layer."""
-    tiny = fast.TUNING._replace(split_mix_numel=8, matmul_block_bytes=8 * 4 * 8 * 9)
+def test_cpu_blocks(monkeypatch):
+    """The CPU's blocks, forced on a small layer: the experts upcast in blocks of columns (a
+    last, shorter one included), the "matmul" path's blocks of output channels; with and
+    without autograd (the routing's gradient is the float32 twin's)."""
+    tiny = fast.TUNING._replace(
+        split_mix_numel=8, matmul_block_bytes=8 * 4 * 8 * 9, narrow_mix_block_bytes=4 * 4 * 50
+    )
     monkeypatch.setattr(fast, "TUNING", tiny)
     layer = _layer(1, "matmul")
     converted = store_experts_in(copy.deepcopy(layer), torch.bfloat16)
     twin = _rounded_twin(layer)
     for batch in (1, 3):
-        x, routing = torch.randn(batch, 8, 7, 6), torch.rand(batch, 4)
+        x = torch.randn(batch, 8, 7, 6)
+        routing = torch.rand(batch, 4, requires_grad=True)
         assert batch == 1 or fast.matmul_blocks(routing, converted.weight, 1) > 1
         with torch.no_grad():
-            torch.testing.assert_close(
-                converted(x, routing), twin(x, routing), rtol=1e-5, atol=1e-5
-            )
+            torch.testing.assert_close(converted(x, routing), twin(x, routing), **EXACT)
+        got, want = converted(x, routing), twin(x, routing)
+        torch.testing.assert_close(got, want, **EXACT)
+        grads = [torch.autograd.grad(out.square().sum(), routing)[0] for out in (got, want)]
+        torch.testing.assert_close(*grads, **EXACT)
 
 
 def _routed_pair(channels):
