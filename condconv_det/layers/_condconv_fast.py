@@ -56,7 +56,7 @@ TUNING = _Tuning(
     split_mix_chunks=8,
     matmul_block_bytes=8 << 20,
     matmul_kernels_per_pixel=4,
-    narrow_mix_block_bytes=1 << 20,
+    narrow_mix_block_bytes=4 << 20,
 )
 
 
