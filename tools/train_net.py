@@ -3,6 +3,8 @@
 
     python tools/train_net.py --config-file configs/shapes/ssd_condconv_MNv1.yaml
     python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS model.pth \
+        MODEL.CONDCONV.EXPERT_DTYPE bfloat16                 # experts stored in bfloat16
     python tools/train_net.py --config-file CONFIG --resume          # continue the last run
     python tools/train_net.py --config-file CONFIG --num-gpus 2      # CPU-only: 2 gloo processes
     python tools/train_net.py --config-file configs/shapes/ssd_condconv_MNv1.yaml \\
@@ -23,7 +25,12 @@ from detectron2.utils import comm
 
 import condconv_det  # noqa: F401  (registers backbones, SSD and the bundled datasets)
 from condconv_det._compat import launch
-from condconv_det.config import config_key_sources, load_config, run_on_cpu_without_cuda
+from condconv_det.config import (
+    config_key_sources,
+    load_config,
+    run_on_cpu_without_cuda,
+    store_experts_for_inference,
+)
 from condconv_det.engine import Trainer, argument_parser
 from condconv_det.engine.coco_json_config import apply_coco_json_config
 from condconv_det.engine.output_dir import claim_output_dir
@@ -78,6 +85,7 @@ def main(args):
             empty_resume_dir=cfg.OUTPUT_DIR if args.resume else None,
         )
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        store_experts_for_inference(model.eval(), cfg)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -14,6 +14,7 @@ from .checks import (
     checked_config,
 )
 from .defaults import add_condconv_config, condconv_options
+from .inference import store_experts_for_inference
 from .loader import (
     MODEL_ZOO_PREFIX,
     CondConvCfgNode,
@@ -37,6 +38,7 @@ __all__ = [
     "get_cfg",
     "load_config",
     "run_on_cpu_without_cuda",
+    "store_experts_for_inference",
     "CondConvCfgNode",
     "KeySource",
     "MODEL_ZOO_PREFIX",

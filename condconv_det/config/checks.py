@@ -14,7 +14,13 @@ from typing import Callable, FrozenSet, Iterator, Optional, Tuple
 
 from detectron2.config import CfgNode as CN
 
-from condconv_det.layers import EXPERT_INITS, ROUTER_INITS, ROUTER_NORMS, ROUTING_ACTIVATIONS
+from condconv_det.layers import (
+    EXPERT_DTYPES,
+    EXPERT_INITS,
+    ROUTER_INITS,
+    ROUTER_NORMS,
+    ROUTING_ACTIVATIONS,
+)
 
 __all__ = [
     "check_condconv_config",
@@ -184,6 +190,12 @@ def check_condconv_config(cfg: CN) -> None:
         "MODEL.CONDCONV.ROUTER_INIT",
         c.ROUTER_INIT,
         f"must be one of {ROUTER_INITS}",
+    )
+    _require(
+        c.EXPERT_DTYPE in EXPERT_DTYPES,
+        "MODEL.CONDCONV.EXPERT_DTYPE",
+        c.EXPERT_DTYPE,
+        f"must be one of {tuple(EXPERT_DTYPES)}",
     )
     _require(
         c.ROUTING_STATS.PERIOD >= 1,

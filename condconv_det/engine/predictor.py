@@ -7,6 +7,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from condconv_det.checkpoint import load_weights_exact
+from condconv_det.config import store_experts_for_inference
 from condconv_det.data import build_test_augmentation
 
 __all__ = ["Predictor", "lower_score_thresholds"]
@@ -26,7 +27,8 @@ class Predictor:
     loader (:func:`~condconv_det.data.build_test_augmentation`), the image as the mappers give
     it (uint8), and the weights loaded with
     :func:`~condconv_det.checkpoint.load_weights_exact` (so ``MODEL.WEIGHTS`` may also be a
-    static checkpoint to upcycle, and a checkpoint of another model is refused).
+    static checkpoint to upcycle, and a checkpoint of another model is refused), then its
+    experts stored in ``MODEL.CONDCONV.EXPERT_DTYPE``.
 
     Args:
         cfg: a condconv_det config; ``MODEL.WEIGHTS`` "" keeps the random initialization.
@@ -37,6 +39,7 @@ class Predictor:
         self.model = build_model(self.cfg)
         self.model.eval()
         load_weights_exact(self.model, cfg.MODEL.WEIGHTS)
+        store_experts_for_inference(self.model, cfg)
         self.augmentations = T.AugmentationList(build_test_augmentation(cfg))
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ from condconv_det.checkpoint import (
     UnreadableCheckpointError,
     load_weights_exact,
 )
+from condconv_det.config import store_experts_for_inference
 from condconv_det.file_io import atomic_write
 
 from .compare import check_detector, check_network
@@ -36,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 def build_detector(cfg) -> nn.Module:
     """The config's detector on the CPU, in eval mode, with every parameter from
-    ``MODEL.WEIGHTS`` (:func:`~condconv_det.checkpoint.load_weights_exact`).
+    ``MODEL.WEIGHTS`` (:func:`~condconv_det.checkpoint.load_weights_exact`) and its experts
+    stored in ``MODEL.CONDCONV.EXPERT_DTYPE``.
 
     The CPU because a trace records the device of the tensors it creates (the anchors).
 
@@ -54,7 +56,7 @@ def build_detector(cfg) -> nn.Module:
         raise ExportInputError(
             f"{e}\nUse the config the checkpoint was trained with, and the same overrides."
         ) from e
-    return model
+    return store_experts_for_inference(model, cfg)
 
 
 def _capture_error(what: str, how: str, error: Exception, fix: str) -> ExportInputError:

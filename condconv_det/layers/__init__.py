@@ -2,6 +2,7 @@
 
 from .condconv import CONDCONV_PATHS, CondConv2d, cond_conv2d
 from .condconv_norm import CondConv2dNorm, msra_fill_experts
+from .expert_storage import EXPERT_DTYPES, store_experts_in
 from .routing import (
     EXPERT_INITS,
     ROUTER_INITS,
@@ -19,6 +20,7 @@ from .routing import (
 
 __all__ = [
     "CONDCONV_PATHS",
+    "EXPERT_DTYPES",
     "EXPERT_INITS",
     "ROUTER_INITS",
     "ROUTER_NORMS",
@@ -34,5 +36,6 @@ __all__ = [
     "reset_routers",
     "set_routing_temperature",
     "shared_expert_weights",
+    "store_experts_in",
     "uniform_start",
 ]

@@ -38,6 +38,8 @@ class _Tuning(NamedTuple):
             channels of about this many bytes, small enough to reuse one cached buffer.
         matmul_kernels_per_pixel: at batch > 1, "auto" computes a k x k convolution with
             "matmul" from this many output channels per output pixel on, else with "grouped".
+        narrow_mix_block_bytes: experts stored in bfloat16 are upcast for the mix in blocks of
+            columns of about this many bytes of float32 experts, small enough to stay cached.
     """
 
     split_mix_numel: int
@@ -45,6 +47,7 @@ class _Tuning(NamedTuple):
     split_mix_chunks: int
     matmul_block_bytes: int
     matmul_kernels_per_pixel: int
+    narrow_mix_block_bytes: int
 
 
 TUNING = _Tuning(
@@ -53,6 +56,7 @@ TUNING = _Tuning(
     split_mix_chunks=8,
     matmul_block_bytes=8 << 20,
     matmul_kernels_per_pixel=4,
+    narrow_mix_block_bytes=4 << 20,
 )
 
 
@@ -132,25 +136,37 @@ def mix_eager(
         routing_weights: (B, E).
         flat: (E, P), each expert's kernel flattened.
         bias: (E, O) or None.
-        in_weight_dtype: mix in ``flat``'s dtype under autocast, not in the autocast dtype.
+        in_weight_dtype: mix in :func:`mix_dtype` (the weights' dtype, or the routing's if
+            wider) under autocast, not in the autocast dtype.
 
     Returns:
-        ``routing_weights @ flat``, (B, P), and ``routing_weights @ bias``, (B, O), or None.
+        ``routing_weights @ flat``, (B, P), and ``routing_weights @ bias``, (B, O), or None,
+        in :func:`mix_dtype`.
     """
     device_type = flat.device.type
     if in_weight_dtype and torch.is_autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
-            return mix_eager(routing_weights.to(flat.dtype), flat, bias, False)
+            return mix_eager(routing_weights, flat, bias, False)
+    routing_weights = routing_weights.to(mix_dtype(routing_weights, flat))
     mixed = _mix_rows(routing_weights, flat)
     biases: Optional[torch.Tensor] = None
     if bias is not None:
-        biases = torch.mm(routing_weights, bias)
+        biases = torch.mm(routing_weights, bias.to(routing_weights.dtype))
     return mixed, biases
 
 
+def mix_dtype(routing_weights: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype of the kernel mix: the wider of the routing's and the weights' (float32 for
+    bfloat16 experts under float32 routing: ``CondConv2d.reduced_precision_experts``)."""
+    return torch.promote_types(routing_weights.dtype, weight.dtype)
+
+
 def _mix_rows(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """``routing_weights @ flat``, (B, E) x (E, P); a large batch of one on the CPU in column
-    blocks (:func:`_mix_split`)."""
+    """``routing_weights @ flat``, (B, E) x (E, P), in the routing's dtype; a large batch of one
+    on the CPU in column blocks (:func:`_mix_split`); experts in a narrower dtype than the
+    routing's (bfloat16 under float32) by :func:`_mix_narrow`."""
+    if flat.dtype != routing_weights.dtype:
+        return _mix_narrow(routing_weights, flat)
     numel = flat.shape[1]
     needs_grad = torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad)
     threshold = TUNING.split_mix_numel * (TUNING.split_mix_grad_factor if needs_grad else 1)
@@ -198,6 +214,36 @@ class _MixExperts(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_flat = torch.mm(routing_weights.t(), grad)  # (E, B) x (B, P)
         return grad_routing, grad_flat
+
+
+def _mix_narrow(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    """``routing_weights @ flat`` for experts stored in a narrower dtype than the routing's
+    (bfloat16 under float32): the experts are upcast and multiplied in the routing's dtype, so
+    the mixed kernel is accumulated and kept in float32 and the only rounding is the experts'.
+
+    On the CPU the experts are upcast in blocks of columns (``TUNING.narrow_mix_block_bytes``
+    of float32 experts each): one upcast copy of all of them would be a fresh buffer twice the
+    float32 experts' size, written, read back and, past the allocator's mmap threshold,
+    page-faulted anew on every call. A block stays in cache between its upcast and its product.
+    """
+    dtype = routing_weights.dtype
+    numel = flat.shape[1]
+    block = max(1, TUNING.narrow_mix_block_bytes // (flat.shape[0] * dtype.itemsize))
+    if (
+        numel <= block
+        or flat.device.type != "cpu"
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    ):
+        return torch.mm(routing_weights, flat.to(dtype))
+    blocks = flat.split(block, dim=1)
+    if torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad):
+        return torch.cat([torch.mm(routing_weights, b.to(dtype)) for b in blocks], dim=1)
+    mixed = torch.empty(routing_weights.shape[0], numel, dtype=dtype)
+    for out, b in zip(mixed.split(block, dim=1), blocks):
+        torch.mm(routing_weights, b.to(dtype), out=out)
+    return mixed
 
 
 def _mix_split(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
@@ -295,7 +341,8 @@ def matmul_blocks(routing_weights: torch.Tensor, weight: torch.Tensor, groups: i
         return 1
     if torch.compiler.is_compiling():
         return 1  # the compiler plans its own buffers; a Python loop would only unroll
-    kernel_bytes = routing_weights.shape[0] * weight[0].numel() * weight.element_size()
+    itemsize = mix_dtype(routing_weights, weight).itemsize  # of the mixed kernels
+    kernel_bytes = routing_weights.shape[0] * weight[0].numel() * itemsize
     return min(weight.shape[1], -(-kernel_bytes // TUNING.matmul_block_bytes))
 
 
@@ -335,11 +382,17 @@ def blocked_matmul_conv2d(
     bias_blocks = bias.chunk(blocks, dim=1) if bias is not None else [None] * len(weight_blocks)
     outs = []
     for weight_block, bias_block in zip(weight_blocks, bias_blocks):
-        # The mix in the weights' dtype, as mix_eager's.
+        # The mix in the weights' dtype (or the routing's, if wider), as mix_eager's.
         with _without_autocast(weight.device.type):
-            routing = routing_weights.to(weight.dtype)
-            kernels = torch.mm(routing, weight_block.reshape(num_experts, -1))
-            biases = torch.mm(routing, bias_block) if bias_block is not None else None
+            routing = routing_weights.to(mix_dtype(routing_weights, weight))
+            flat_block = weight_block.reshape(num_experts, -1)
+            if flat_block.dtype == routing.dtype:
+                kernels = torch.mm(routing, flat_block)
+            else:
+                kernels = _mix_narrow(routing, flat_block)
+            biases = None
+            if bias_block is not None:
+                biases = torch.mm(routing, bias_block.to(routing.dtype))
         kernels = kernels.reshape(batch, weight_block.shape[1], -1)
         if biases is not None:
             outs.append(torch.baddbmm(biases.unsqueeze(2), kernels, cols))
@@ -375,6 +428,10 @@ def experts_conv2d(
     kernel_shape = list(weight.shape[2:])
     stacked = weight.reshape([num_experts, groups, per_group] + kernel_shape)
     stacked = stacked.transpose(0, 1).reshape([groups * num_experts * per_group] + kernel_shape)
+    if torch.promote_types(stacked.dtype, routing_weights.dtype) != stacked.dtype:
+        # Experts stored in bfloat16 under float32 routing (CondConv2d.reduced_precision_experts)
+        # convolve in float32: E x a kernel upcast, for the tiny maps this path is for.
+        stacked = stacked.to(routing_weights.dtype)
     out = F.conv2d(x, stacked, None, stride, padding, dilation, groups)
     batch, out_h, out_w = out.shape[0], out.shape[2], out.shape[3]
     out = out.reshape(batch, groups, num_experts, per_group * out_h * out_w)

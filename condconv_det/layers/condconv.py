@@ -130,15 +130,20 @@ def _mix_kernels(
             (see :func:`._condconv_fast.mix_eager`).
 
     Returns:
-        Kernels (B, O, C/g, kh, kw) and biases (B, O) or None.
+        Kernels (B, O, C/g, kh, kw) and biases (B, O) or None, in the wider of the routing's and
+        the weights' dtypes (float32 for experts stored in bfloat16).
     """
     batch, num_experts = routing_weights.shape[0], weight.shape[0]
     flat = weight.reshape(num_experts, -1)
     if torch.jit.is_scripting():
-        kernels = torch.mm(routing_weights, flat)
+        # In the wider of the two dtypes: experts stored in bfloat16 are mixed in the routing's
+        # float32 (CondConv2d.reduced_precision_experts).
+        dtype = torch.promote_types(routing_weights.dtype, flat.dtype)
+        routing_weights = routing_weights.to(dtype)
+        kernels = torch.mm(routing_weights, flat.to(dtype))
         biases: Optional[torch.Tensor] = None
         if bias is not None:
-            biases = torch.mm(routing_weights, bias)
+            biases = torch.mm(routing_weights, bias.to(dtype))
     else:
         # The same products, with the CPU's fast batch-1 mix and the autocast rule.
         kernels, biases = fast.mix_eager(routing_weights, flat, bias, in_weight_dtype)
@@ -223,6 +228,10 @@ class CondConv2d(nn.Module):
             then cannot give one example's features another scale than another's, which batch
             norm, with statistics over the batch, cannot undo. Computed on the "grouped" path
             (on "matmul" when traced or exported) whatever ``path`` says.
+        reduced_precision_experts: True once :func:`.store_experts_in` has stored ``weight``
+            (and ``static_weight``) in bfloat16 for inference: half the bytes to read, mixed
+            into float32 kernels (float32 routing, float32 accumulation). Such a layer refuses
+            to run in training mode.
     """
 
     __constants__ = [
@@ -237,6 +246,7 @@ class CondConv2d(nn.Module):
         "padding_mode",
         "path",
         "normalize_kernel",
+        "reduced_precision_experts",
     ]
     _pre_pad: List[int]
     _min_input_size: Tuple[int, int]
@@ -288,6 +298,7 @@ class CondConv2d(nn.Module):
         self.padding_mode = padding_mode
         self.path = path
         self.normalize_kernel = bool(normalize_kernel)
+        self.reduced_precision_experts = False
         # Padding is resolved here to (top, bottom, left, right) so that forward only sees
         # ints: symmetric zero padding goes to the convolution itself, anything else is applied
         # with F.pad first.
@@ -397,7 +408,17 @@ class CondConv2d(nn.Module):
         if len(self._pre_pad) > 0:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._pre_pad, mode=mode)
-        routing_weights = routing_weights.to(self.weight.dtype)
+        if self.reduced_precision_experts:
+            if self.training:
+                raise RuntimeError(
+                    "CondConv2d: the experts are stored in bfloat16 for inference "
+                    "(store_experts_in); call model.eval(), or store_experts_in(model, "
+                    "torch.float32) to train"
+                )
+            # The kernels are mixed in float32 from the bfloat16 experts (see _mix_kernels).
+            routing_weights = routing_weights.to(torch.float32)
+        else:
+            routing_weights = routing_weights.to(self.weight.dtype)
         weight, bias = self.weight, self.bias
         static_weight = self.static_weight
         if static_weight is not None:
@@ -474,4 +495,6 @@ class CondConv2d(nn.Module):
             s += ", static_kernel=True"
         if self.normalize_kernel:
             s += ", normalize_kernel=True"
+        if self.reduced_precision_experts:
+            s += f", experts in {str(self.weight.dtype).replace('torch.', '')}"
         return s

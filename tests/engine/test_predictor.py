@@ -1,6 +1,7 @@
 """condconv_det.engine.predictor: the predictor's detections are the evaluation's (same
 preprocessing, loaded weights, boxes in the image's pixels), it refuses weights of another
-model, and a display threshold lowers the model's own where it is higher."""
+model, a display threshold lowers the model's own where it is higher, and
+MODEL.CONDCONV.EXPERT_DTYPE stores the experts in bfloat16."""
 
 import numpy as np
 import pytest
@@ -9,11 +10,12 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from condconv_det.checkpoint import CheckpointMismatchError
-from condconv_det.config import get_cfg
+from condconv_det.config import get_cfg, store_experts_for_inference
 from condconv_det.data import read_image
 from condconv_det.engine.predictor import Predictor, lower_score_thresholds
 from condconv_det.engine.trainer import build_mapper
-from tests.tiny_ssd import CONFIG
+from condconv_det.layers import CondConv2d
+from tests.tiny_ssd import CONFIG, calibrated_detector, random_images
 from tests.tiny_ssd import tiny_cfg as tiny_ssd_cfg
 
 
@@ -66,3 +68,30 @@ def test_low_threshold_lowers_the_models_threshold():
     lower_score_thresholds(cfg, 0.001)
     assert cfg.MODEL.SSD.SCORE_THRESH_TEST == 0.001
     assert cfg.MODEL.RETINANET.SCORE_THRESH_TEST == 0.001
+
+
+def test_bfloat16_experts_give_the_float32_detections(tmp_path):
+    """MODEL.CONDCONV.EXPERT_DTYPE bfloat16: the experts are stored in bfloat16 once the weights
+    are loaded, and the detections stay those of the float32 model up to that rounding."""
+    weights = str(tmp_path / "model.pth")
+    calibrated_detector(weights)
+    image = (random_images(1, seed=0)[0].permute(1, 2, 0)).to(torch.uint8).numpy()
+    predictors = {
+        dtype: Predictor(tiny_cfg("MODEL.WEIGHTS", weights, "MODEL.CONDCONV.EXPERT_DTYPE", dtype))
+        for dtype in ("float32", "bfloat16")
+    }
+    for dtype, predictor in predictors.items():
+        experts = [m for m in predictor.model.modules() if isinstance(m, CondConv2d)]
+        assert experts and all(m.weight.dtype == getattr(torch, dtype) for m in experts)
+    want, got = (predictors[d](image) for d in ("float32", "bfloat16"))
+    assert len(want) > 0
+    torch.testing.assert_close(got.scores[:10], want.scores[:10], rtol=0, atol=1e-2)
+
+
+def test_expert_dtype_is_checked():
+    with pytest.raises(ValueError, match="MODEL.CONDCONV.EXPERT_DTYPE must be one of"):
+        Predictor(tiny_cfg("MODEL.CONDCONV.EXPERT_DTYPE", "float16"))
+    model = build_model(tiny_cfg())
+    with pytest.raises(ValueError, match="EXPERT_DTYPE 'bfloat16' is for inference only"):
+        store_experts_for_inference(model, tiny_cfg("MODEL.CONDCONV.EXPERT_DTYPE", "bfloat16"))
+    assert store_experts_for_inference(model, tiny_cfg()) is model  # float32: left as it is

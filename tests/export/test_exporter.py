@@ -79,3 +79,26 @@ def test_network_that_does_not_export_is_refused_with_the_reason(fmt, tmp_path):
     assert "data-dependent" in str(error.value).split("\n")[1]
     assert "--onnx-exporter legacy" in str(error.value)
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [ExportOptions(), ExportOptions(format="onnx", onnx_exporter="legacy")],
+    ids=["torchscript", "onnx-legacy"],
+)
+def test_export_with_bfloat16_experts(tmp_path, options):
+    """MODEL.CONDCONV.EXPERT_DTYPE bfloat16: the written network holds the bfloat16 experts,
+    computes what the converted model computes, and stays within their rounding of float32."""
+    model = calibrated_detector(str(tmp_path / "model.pth"))
+    cfg = tiny_cfg()
+    cfg.merge_from_list(
+        ["MODEL.WEIGHTS", str(tmp_path / "model.pth"), "MODEL.CONDCONV.EXPERT_DTYPE", "bfloat16"]
+    )
+    info = export_model(cfg, str(tmp_path / "out"), options, batch_sizes=(1, 3))
+    assert (
+        max(d for diffs in info["network"]["max_abs_diff"].values() for d in diffs.values()) < 1e-3
+    )
+    if options.format == "torchscript":
+        network = torch.jit.load(str(tmp_path / "out" / "network.ts"))
+        assert any(p.dtype == torch.bfloat16 for p in network.parameters())
+        assert_network_matches(network, model, (2,), rtol=0.05, atol=0.05)

@@ -89,7 +89,12 @@ def test_static_twin_learns_and_eval_only_gives_the_same_ap(shapes, tmp_path):
 
 def test_condconv_eval_only_gives_the_in_training_ap(shapes, tmp_path):
     train_net = load_tool("train_net")
-    trained, evaluated = _train_and_eval_only(
-        train_net, str(tmp_path / "out"), "SOLVER.MAX_ITER", 40
-    )
+    out = str(tmp_path / "out")
+    trained, evaluated = _train_and_eval_only(train_net, out, "SOLVER.MAX_ITER", 40)
     assert evaluated == pytest.approx(trained, abs=1e-6, nan_ok=True)
+    # The experts stored in bfloat16 for the evaluation: the AP within their rounding.
+    weights = os.path.join(out, "model_final.pth")
+    extra = ("MODEL.WEIGHTS", weights, "MODEL.CONDCONV.EXPERT_DTYPE", "bfloat16")
+    args = _args(train_net, "--eval-only", *SMALL, "OUTPUT_DIR", out, *extra)
+    in_bfloat16 = train_net.main(args)["bbox"]
+    assert in_bfloat16["AP"] == pytest.approx(evaluated["AP"], abs=1.0)
