@@ -7,7 +7,7 @@ kernel. Batch norms (folded into the convs at inference) and element-wise ops ar
 detectron2 0.6's ``utils.analysis`` imports caffe2, so fvcore is used directly.
 """
 
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from fvcore.nn import FlopCountAnalysis
@@ -19,6 +19,7 @@ from condconv_det.layers import CondConv2d
 __all__ = [
     "madds_analysis",
     "count_parameters",
+    "expert_parameters",
     "DetectorAdapter",
     "eval_image_size",
     "analyze_detector",
@@ -41,15 +42,23 @@ def madds_analysis(model: nn.Module, inputs: Tuple) -> FlopCountAnalysis:
     return analysis
 
 
+def expert_parameters(model: nn.Module) -> List[nn.Parameter]:
+    """The expert weights and biases of every :class:`~condconv_det.layers.CondConv2d` in
+    ``model`` (subclasses included), each once: the ``(E, ...)`` tensors that the kernel mix
+    reads. A static kernel beside the experts (``static_weight``) is not an expert."""
+    params: Dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, CondConv2d):
+            for param in (module.weight, module.bias):
+                if param is not None:
+                    params.setdefault(id(param), param)
+    return list(params.values())
+
+
 def count_parameters(model: nn.Module) -> Dict[str, int]:
     """``total`` parameters and ``experts``: those in CondConv expert weights and biases."""
     total = sum(p.numel() for p in model.parameters())
-    experts = 0
-    for module in model.modules():
-        if isinstance(module, CondConv2d):
-            experts += module.weight.numel() + (
-                module.bias.numel() if module.bias is not None else 0
-            )
+    experts = sum(p.numel() for p in expert_parameters(model))
     return {"total": total, "experts": experts}
 
 

@@ -36,6 +36,7 @@ from typing import List, Optional
 import torch
 from tqdm import tqdm
 
+from condconv_det.benchmarking.floor import read_bandwidth
 from condconv_det.benchmarking.layer import (
     QUICK_SHAPES,
     SHAPES,
@@ -43,7 +44,6 @@ from condconv_det.benchmarking.layer import (
     TargetSummary,
     bench_case,
     format_row,
-    read_bandwidth,
     table_header,
     table_row,
 )

@@ -1,6 +1,7 @@
 """The layer benchmark (``tools/benchmark_layer.py``): :class:`~condconv_det.layers.CondConv2d`
 against the static conv of the same shape and timm's ``CondConv2d``, on conv shapes of
-MobileNetV2 and ResNet-50, with a floor set by the time it takes to read the experts."""
+MobileNetV2 and ResNet-50, with a floor set by the time it takes to read the experts
+(:mod:`.floor`)."""
 
 import copy
 import math
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from condconv_det.layers import CondConv2d
 
+from .floor import floor_seconds
 from .table import markdown_row
 from .timing import round_robin_times
 
@@ -26,7 +28,6 @@ __all__ = [
     "format_row",
     "geomean",
     "naive_loop",
-    "read_bandwidth",
     "table_header",
     "table_row",
     "timm_peer",
@@ -95,13 +96,6 @@ class LayerBenchmarkOptions:
     loop: bool = False
 
 
-def read_bandwidth(device: torch.device, min_time: float) -> float:
-    """Bytes per second for reading a buffer far larger than the caches (a reduction over it)."""
-    buf = torch.ones(64 * 1024 * 1024, device=device)  # 256 MiB of float32
-    seconds = round_robin_times({"read": lambda: buf.sum()}, device, min_time, 3)["read"]
-    return buf.numel() * buf.element_size() / seconds
-
-
 def naive_loop(x, routing, weight, bias, stride, padding, groups):
     """One mixed kernel and one conv per example, as the official TF implementation does."""
     num_experts = weight.shape[0]
@@ -144,7 +138,7 @@ class Case(NamedTuple):
 
     def floor(self, batch: int, bandwidth: float) -> float:
         """Seconds of the static conv plus one read of every expert per example."""
-        return self.times["static"] + batch * self.expert_bytes / bandwidth
+        return floor_seconds(self.times["static"], batch * self.expert_bytes, bandwidth)
 
 
 def bench_case(
