@@ -23,6 +23,13 @@ Every ratio printed is CondConv's cost over the static twin's (time, bytes or mu
 twins are timed round-robin and each time ratio is the median of the per-round ratios, so a slow
 phase of a shared machine slows both twins of a round alike.
 
+Floors: beside each time ratio, ``floor <t> x`` is the least the CondConv twin can take over the
+static twin on this machine and ``<t> x floor`` the CondConv twin's time over that floor, which
+hardly depends on the host. A floor is the static twin's time plus the bytes of the CondConv
+twin's experts moved beyond it, over the read bandwidth measured once at the start of the run:
+inference reads the experts once per call at any batch size; a training step (SGD with momentum)
+moves them 7 times (forward read, gradient write, the optimizer's 3 reads and 2 writes).
+
 Input sizes: SSD300 300x300 and SSDLite320 320x320 (their configs' fixed squares), the classifier
 224x224, RetinaNet 512x512 (a fixed square instead of the config's 800-pixel short side, which
 would take the full run far past ten minutes on two cores; CondConv's extra cost, mixing the
@@ -55,6 +62,7 @@ import warnings
 
 import torch
 
+from condconv_det.benchmarking.floor import read_bandwidth
 from condconv_det.benchmarking.model import (
     COLUMNS,
     COMPILED_COLUMNS,
@@ -180,13 +188,15 @@ def run(args) -> None:
 
     start = time.perf_counter()
     pairs = [PAIRS[name] for name in args.models]
+    # Once per run, before any model is built: the floors of every pair divide by it.
+    bandwidth = read_bandwidth(device, 0.05 if args.quick else 1.0)
     mode = "inference_mode" if args.inference_mode else "no_grad"
     print(
         f"# benchmark_model: {machine_name(device)}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, float32, eval under {mode}, "
         f"{'channels-last' if args.channels_last else 'contiguous (NCHW)'}, detectors "
         f"{'with' if args.with_postprocess else 'without'} postprocessing, "
-        f"train batch {args.train_batch}"
+        f"train batch {args.train_batch}, read bandwidth {bandwidth / 1e9:.1f} GB/s"
         + (", quick (tiny models)" if args.quick else "")
         + (
             f", torch.compile backend {args.compile_backend}"
@@ -197,7 +207,8 @@ def run(args) -> None:
     print(
         "# ratios (x): CondConv cost / static cost; S / C: static / CondConv; targets: "
         f"b1 x <= {TARGETS['latency']}, train x <= {TARGETS['train']}, "
-        f"peak x <= {TARGETS['memory']}"
+        f"peak x <= {TARGETS['memory']}; floor: static time + experts' bytes moved / read "
+        "bandwidth (eval 1x per call, train 7x per step)"
         + (
             "; compiled/eager: each twin's whole model, torch.compile'd over eager"
             if args.compile_detector
@@ -205,14 +216,17 @@ def run(args) -> None:
         ),
         flush=True,
     )
-    rows = []
+    rows, experts = [], []
     with tqdm(total=PROGRESS_STEPS * len(pairs), desc="benchmark_model", file=sys.stderr) as bar:
         for pair in pairs:
             result = benchmark_pair(pair, options, device, bar)
-            rows.append(table_row(pair, QUICK_SIZE if args.quick else pair.size, result))
+            size = QUICK_SIZE if args.quick else pair.size
+            rows.append(table_row(pair, size, result, bandwidth))
+            experts.append(f"{pair.name} {result.expert_bytes / 1e6:.1f} MB")
     header = COLUMNS + (COMPILED_COLUMNS if args.compile else [])
     header += WHOLE_COMPILED_COLUMNS if args.compile_detector else []
     print("\n".join(format_table(header, rows, args.markdown)))
+    print(f"# CondConv experts (weights and biases): {', '.join(experts)}")
     print(f"# total time {time.perf_counter() - start:.0f} s")
 
 

@@ -4,7 +4,9 @@ memory of that step and multiply-adds.
 
 Every ratio is CondConv's cost over the static twin's. The twins are timed round-robin and each
 time ratio is the median of the per-round ratios (:func:`~.timing.paired_times`), so a slow
-phase of a shared machine slows both twins of a round alike.
+phase of a shared machine slows both twins of a round alike. Each time also has a floor
+(:func:`model_floors`): the static twin's time plus the CondConv twin's expert bytes moved at
+the read bandwidth measured in the same run (:mod:`.floor`).
 """
 
 import os
@@ -15,6 +17,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequenc
 import torch
 from torch import nn
 
+from .floor import EVAL_EXPERT_PASSES, TRAIN_EXPERT_PASSES, expert_bytes, floor_seconds
 from .memory import model_state_bytes, peak_memory
 from .timing import paired_times, sync
 
@@ -29,6 +32,7 @@ __all__ = [
     "WHOLE_COMPILED_COLUMNS",
     "Bench",
     "CompiledTiming",
+    "ModelFloors",
     "ModelBenchmarkOptions",
     "Pair",
     "Result",
@@ -39,6 +43,7 @@ __all__ = [
     "build_detector_bench",
     "compile_model",
     "machine_name",
+    "model_floors",
     "profile_pair",
     "table_row",
     "time_compiled_whole",
@@ -382,6 +387,33 @@ class Result(NamedTuple):
     compiled_latency: Optional[Timing]
     compiled_batch8: Optional[Timing]
     whole_compiled: Optional[Dict[str, CompiledTiming]]  # by twin, with compile_detector
+    expert_bytes: int = 0  # the CondConv twin's expert weights and biases (floor.expert_bytes)
+
+
+class ModelFloors(NamedTuple):
+    """The least seconds the CondConv twin can take per call (:func:`model_floors`)."""
+
+    latency: float  # batch 1
+    batch8: float  # per batch of 8
+    train: float  # one training step
+
+
+def model_floors(result: Result, bandwidth: float) -> ModelFloors:
+    """The floors of a pair's CondConv twin: the static twin's measured time plus the experts'
+    bytes moved beyond it, at ``bandwidth`` bytes per second.
+
+    Inference moves the experts once per call at any batch size (``EVAL_EXPERT_PASSES``: the mix
+    reads each expert once for all the batch's routing vectors). A training step with SGD and
+    momentum moves them ``TRAIN_EXPERT_PASSES`` = 7 times: the forward's read, the gradient's
+    write, the optimizer's reads of weight, gradient and momentum and its writes of weight and
+    momentum.
+    """
+    eval_bytes = EVAL_EXPERT_PASSES * result.expert_bytes
+    return ModelFloors(
+        floor_seconds(result.latency.static, eval_bytes, bandwidth),
+        floor_seconds(result.batch8.static, eval_bytes, bandwidth),
+        floor_seconds(result.train.static, TRAIN_EXPERT_PASSES * result.expert_bytes, bandwidth),
+    )
 
 
 # benchmark_pair's steps: build, latency, throughput, training step, memory, whole-model compile,
@@ -499,6 +531,7 @@ def benchmark_pair(
         compiled_latency,
         compiled_batch8,
         whole_compiled,
+        expert_bytes(benches["condconv"].model),
     )
 
 
@@ -583,10 +616,16 @@ COLUMNS = [
     "MAdds x",
     "b1 ms S / C",
     "b1 x",
+    "floor b1 x",
+    "b1 x floor",
     "b8 img/s S / C",
     "b8 x",
+    "floor b8 x",
+    "b8 x floor",
     "train ms S / C",
     "train x",
+    "floor train x",
+    "train x floor",
     "peak MB S / C",
     "peak x",
     "state MB S / C",
@@ -598,12 +637,26 @@ COMPILED_COLUMNS = ["compiled b1 ms S / C", "compiled b1 x", "compiled b8 x"]
 WHOLE_COMPILED_COLUMNS = ["whole b1 ms S / C", "whole compiled b1 ms S / C", "compiled/eager S / C"]
 
 
-def table_row(pair: Pair, size: int, r: Result) -> List[str]:
+def table_row(pair: Pair, size: int, r: Result, bandwidth: Optional[float] = None) -> List[str]:
     """One pair's cells, in the order of ``COLUMNS`` (+ ``COMPILED_COLUMNS``, +
-    ``WHOLE_COMPILED_COLUMNS``)."""
+    ``WHOLE_COMPILED_COLUMNS``).
+
+    Args:
+        bandwidth: bytes per second read (:func:`~.floor.read_bandwidth`) for the floors; None
+            leaves the floor cells "-". ``floor <t> x`` is the floor over the static twin's
+            time, ``<t> x floor`` the CondConv twin's time over the floor, computed as
+            ``<t> x`` (the median of the per-round ratios) over ``floor <t> x``.
+    """
 
     def both(static: float, condconv: float, fmt: str) -> str:
         return f"{fmt.format(static)} / {fmt.format(condconv)}"
+
+    floor_cells = {name: ["-", "-"] for name in ("b1", "b8", "train")}
+    if bandwidth is not None:
+        timings = (r.latency, r.batch8, r.train)
+        for name, timing, floor in zip(floor_cells, timings, model_floors(r, bandwidth)):
+            over_static = floor / timing.static
+            floor_cells[name] = [f"{over_static:.2f}", f"{timing.ratio / over_static:.2f}"]
 
     mb = 1 / 2**20
     peak = {w: r.state[w] + r.step[w] for w in ("static", "condconv")}
@@ -613,10 +666,13 @@ def table_row(pair: Pair, size: int, r: Result) -> List[str]:
         f"{r.madds['condconv'] / r.madds['static']:.3f}",
         both(r.latency.static * 1e3, r.latency.condconv * 1e3, "{:.1f}"),
         _verdict(r.latency.ratio, "latency"),
+        *floor_cells["b1"],
         both(8 / r.batch8.static, 8 / r.batch8.condconv, "{:.2f}"),
         f"{r.batch8.ratio:.2f}",
+        *floor_cells["b8"],
         both(r.train.static * 1e3, r.train.condconv * 1e3, "{:.0f}"),
         _verdict(r.train.ratio, "train"),
+        *floor_cells["train"],
         both(peak["static"] * mb, peak["condconv"] * mb, "{:.0f}"),
         _verdict(peak["condconv"] / peak["static"], "memory"),
         both(r.state["static"] * mb, r.state["condconv"] * mb, "{:.0f}"),

@@ -1,5 +1,5 @@
 """condconv_det.benchmarking.model: channels-last kernels, the twins' timing ratio, a quick
-classifier pair measured end to end and the table's cells (no timing asserted)."""
+classifier pair measured end to end, the floors and the table's cells (no timing asserted)."""
 
 import pathlib
 import time
@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from condconv_det.benchmarking.floor import expert_bytes
 from condconv_det.benchmarking.model import (
     COLUMNS,
     COMPILED_COLUMNS,
@@ -16,14 +17,17 @@ from condconv_det.benchmarking.model import (
     WHOLE_COMPILED_COLUMNS,
     CompiledTiming,
     ModelBenchmarkOptions,
+    ModelFloors,
     Result,
     Timing,
     benchmark_pair,
+    model_floors,
     table_row,
     time_twins,
     to_channels_last,
 )
 from condconv_det.layers import CondConv2d
+from condconv_det.modeling.classifier import build_classifier
 
 MiB = 2**20
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs" / "COCO-Detection"
@@ -55,6 +59,9 @@ def test_benchmark_pair_without_progress_bar():
     assert result.compiled_latency is None and result.whole_compiled is None
     assert result.state["condconv"] > result.state["static"] > 0
     assert result.madds["condconv"] > result.madds["static"] > 0
+    # The quick CondConv twin: EfficientNet-B0 at width 0.25 with 2 experts.
+    quick_twin = build_classifier("efficientnet_b0", num_experts=2, width_mult=0.25)
+    assert result.expert_bytes == expert_bytes(quick_twin) > 0
 
 
 def _result(**kwargs) -> Result:
@@ -112,3 +119,27 @@ def test_table_row_compiled_columns():
 def test_detector_pairs_name_existing_configs(name):
     for spec in (PAIRS[name].static, PAIRS[name].condconv):
         assert spec.startswith("classifier:") or (CONFIGS / f"{spec}.yaml").is_file()
+
+
+def test_model_floors_add_the_experts_traffic_to_the_static_times():
+    # 1 MB of experts at 1 GB/s: 1 ms per read.
+    floors = model_floors(_result(expert_bytes=10**6), bandwidth=1e9)
+    assert isinstance(floors, ModelFloors)
+    # Inference reads the experts once, at batch 1 as at batch 8; a training step moves them 7x.
+    assert (floors.latency, floors.batch8, floors.train) == pytest.approx((0.011, 0.081, 0.107))
+    # A static pair (no experts) has floors equal to the static twin's times.
+    assert tuple(model_floors(_result(), bandwidth=1e9)) == pytest.approx((0.010, 0.08, 0.1))
+
+
+def test_table_row_floor_columns():
+    # 2.4 MB of experts at 1 GB/s: floors b1 0.010 + 0.0024 s, b8 0.08 + 0.0024 s, train
+    # 0.1 + 7 x 0.0024 s.
+    result = _result(expert_bytes=2_400_000)
+    row = dict(zip(COLUMNS, table_row(PAIRS["ssd300_MNv1"], 300, result, bandwidth=1e9)))
+    assert row["floor b1 x"] == "1.24" and row["b1 x floor"] == "0.93"  # 1.149 / 1.24
+    assert row["floor b8 x"] == "1.03" and row["b8 x floor"] == "1.21"  # 1.25 / 1.03
+    assert row["floor train x"] == "1.17" and row["train x floor"] == "1.71"  # 2.0 / 1.168
+    assert row["b1 x"] == "1.15 (pass)" and row["train x"] == "2.00 (miss)"  # unchanged
+    # Without a measured bandwidth the floor cells stay empty.
+    row = dict(zip(COLUMNS, table_row(PAIRS["ssd300_MNv1"], 300, result)))
+    assert [row[c] for c in COLUMNS if "floor" in c] == ["-"] * 6

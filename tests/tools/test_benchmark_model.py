@@ -34,6 +34,7 @@ def test_quick_markdown_table(capsys):
         f"torch {torch.__version__}" in lines[0]
         and "2 threads" in lines[0]
         and "float32" in lines[0]
+        and "read bandwidth" in lines[0]
     )
     assert "benchmark_model" in captured.err  # the progress bar
     header = _cells(lines[2])
@@ -41,6 +42,7 @@ def test_quick_markdown_table(capsys):
     rows = [_cells(line) for line in lines[4:] if line.startswith("| ")]
     assert [r[0] for r in rows] == ["ssd300_MNv1", "efficientnet_b0"]
     assert lines[-1].startswith("# total time")
+    assert lines[-2].startswith("# CondConv experts") and "efficientnet_b0" in lines[-2]
     for cells in rows:
         assert len(cells) == len(header)
         col = dict(zip(header, cells))
@@ -64,6 +66,12 @@ def test_quick_markdown_table(capsys):
         for name, target in [("b1 x", "latency"), ("train x", "train"), ("peak x", "memory")]:
             verdict = "pass" if _ratio(col[name]) <= TARGETS[target] else "miss"
             assert col[name].endswith(f"({verdict})"), (name, col[name])
+        # A floor is the static time plus the experts' traffic: not below the static time, and
+        # the time over the floor is the ratio to the static twin over the floor's.
+        for t in ("b1", "b8", "train"):
+            floor_x, x_floor = _ratio(col[f"floor {t} x"]), _ratio(col[f"{t} x floor"])
+            assert floor_x >= 1.0, (t, floor_x)
+            assert x_floor == pytest.approx(_ratio(col[f"{t} x"]) / floor_x, rel=0.02, abs=0.01)
 
 
 def test_quick_inference_mode_channels_last_plain_table(capsys):
