@@ -62,7 +62,11 @@ import warnings
 
 import torch
 
-from condconv_det.benchmarking.floor import read_bandwidth
+from condconv_det.benchmarking.floor import (
+    EVAL_EXPERT_PASSES,
+    TRAIN_EXPERT_PASSES,
+    read_bandwidth,
+)
 from condconv_det.benchmarking.model import (
     COLUMNS,
     COMPILED_COLUMNS,
@@ -208,7 +212,7 @@ def run(args) -> None:
         "# ratios (x): CondConv cost / static cost; S / C: static / CondConv; targets: "
         f"b1 x <= {TARGETS['latency']}, train x <= {TARGETS['train']}, "
         f"peak x <= {TARGETS['memory']}; floor: static time + experts' bytes moved / read "
-        "bandwidth (eval 1x per call, train 7x per step)"
+        f"bandwidth (eval {EVAL_EXPERT_PASSES}x per call, train {TRAIN_EXPERT_PASSES}x per step)"
         + (
             "; compiled/eager: each twin's whole model, torch.compile'd over eager"
             if args.compile_detector
