@@ -26,6 +26,12 @@ machine; implementations are timed round-robin so that a busy phase slows all al
     python tools/benchmark_layer.py --modes eval --inference-mode --channels-last
     python tools/benchmark_layer.py --paths single grouped matmul experts   # time each path too
     python tools/benchmark_layer.py --loop          # + the naive per-example loop
+    python tools/benchmark_layer.py --mix           # the batch-1 kernel mix alone vs bandwidth
+
+``--mix`` times, instead of the layer table, the batch-1 kernel mix alone on the layers with the
+largest experts, reading them from memory as inside a network (``condconv_det.benchmarking.mix``):
+the mix's read rate as a fraction of a plain reduction's over the same experts, timed with it
+round-robin (the read bandwidth), ours and as one matrix product.
 """
 
 import argparse
@@ -46,6 +52,14 @@ from condconv_det.benchmarking.layer import (
     format_row,
     table_header,
     table_row,
+)
+from condconv_det.benchmarking.mix import (
+    MIX_SHAPES,
+    QUICK_MIX_SHAPES,
+    bench_mix,
+    mix_header,
+    mix_row,
+    mix_summary,
 )
 from condconv_det.benchmarking.table import markdown_header
 from condconv_det.layers import CONDCONV_PATHS
@@ -90,6 +104,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="also time CondConv2d forced onto these paths ('single' needs batch 1)",
     )
     parser.add_argument("--loop", action="store_true", help="add the naive per-example loop")
+    parser.add_argument(
+        "--mix",
+        action="store_true",
+        help="instead of the layer table: the batch-1 kernel mix alone against the read bandwidth",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -98,7 +117,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "single" in args.paths and any(b != 1 for b in args.batches):
         parser.error("--paths single only runs at batch 1: add --batches 1 or drop 'single'")
     torch.set_num_threads(args.threads)
-    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.mix:
+        shapes = QUICK_MIX_SHAPES if args.quick else MIX_SHAPES
+    else:
+        shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shapes:
         shapes = [s for s in shapes if any(part in s.name for part in args.shapes)]
         if not shapes:
@@ -128,6 +150,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"threads, float32, {layout}, eval under {no_grad}, {args.stat} time, read bandwidth "
         f"{bandwidth / 1e9:.1f} GB/s"
     )
+    if args.mix:
+        return _mix_table(shapes, args.experts, device, options, args.markdown)
     header = table_header(options)
     print("\n".join(markdown_header(header)) if args.markdown else format_row(header, False))
 
@@ -146,6 +170,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         tqdm.write(format_row(row, args.markdown), file=sys.stdout)
         sys.stdout.flush()
     print(summary.line())
+    return 0
+
+
+def _mix_table(shapes, experts_list, device, options, markdown) -> int:
+    header = mix_header()
+    print("\n".join(markdown_header(header)) if markdown else format_row(header, False))
+    cases = []
+    todo = [(shape, experts) for shape in shapes for experts in experts_list]
+    for shape, experts in tqdm(todo, desc="benchmark_layer --mix", file=sys.stderr):
+        case = bench_mix(shape, experts, device, options.min_time, options.min_reps, options.stat)
+        cases.append(case)
+        tqdm.write(format_row(mix_row(shape, experts, case), markdown), file=sys.stdout)
+        sys.stdout.flush()
+    print(mix_summary(cases))
     return 0
 
 

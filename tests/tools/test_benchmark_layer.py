@@ -54,3 +54,13 @@ def test_single_path_needs_batch_one():
     tool = load_tool("benchmark_layer")
     with pytest.raises(SystemExit):
         tool.main(["--quick", "--paths", "single", "--batches", "1", "8"])
+
+
+def test_mix_table(capsys):
+    tool = load_tool("benchmark_layer")
+    assert tool.main(["--mix", "--quick", "--markdown", "--experts", "2", "4"]) == 0
+    lines, rows = _rows(capsys.readouterr().out)
+    header = [c.strip() for c in lines[1].strip("|").split("|")]
+    assert header[:5] == ["shape", "E", "experts MB", "read GB/s", "ours ms"]
+    assert [r[1] for r in rows] == ["2", "4"] and all(len(r) == len(header) for r in rows)
+    assert lines[-1].startswith("# mix summary: batch-1 mix at >= 0.8") and "on " in lines[-1]
