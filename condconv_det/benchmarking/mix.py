@@ -10,6 +10,7 @@ other layers evict them from the caches between two calls: it takes the next of 
 of the experts, together larger than the caches (:data:`COLD_BYTES`).
 """
 
+import itertools
 import math
 from typing import Dict, List, NamedTuple, Sequence
 
@@ -95,13 +96,11 @@ def bench_mix(
     )
 
     def cycling(mix):
-        state = {"next": 0}
+        each = itertools.cycle(flats)
 
         def call() -> None:
-            flat = flats[state["next"]]
-            state["next"] = (state["next"] + 1) % copies
             with torch.no_grad():
-                mix(flat)
+                mix(next(each))
 
         return call
 
