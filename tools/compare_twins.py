@@ -1,12 +1,17 @@
 #!/usr/bin/env python
 """The main job: train a CondConv detector and its static twin, then compare them side by side.
 
-    python tools/compare_twins.py                                   # the bundled shapes dataset
+    python tools/compare_twins.py                                   # the main job, one seed
     python tools/compare_twins.py --seeds 3                         # mean and spread over 3 seeds
     python tools/compare_twins.py --config-file configs/shapes/ssd_condconv_MNv1.yaml \\
-        MODEL.CONDCONV.STATIC_KERNEL False                          # a variant (ablation row)
+        MODEL.CONDCONV.STATIC_KERNEL True                           # a variant (ablation row)
     python tools/compare_twins.py --skip-train                      # re-read finished runs
-    python tools/compare_twins.py --from-static 1600                # both from a trained static
+    python tools/compare_twins.py --from-static 0                   # both twins from scratch
+
+By default both twins start from a static model trained as long as the config's schedule
+(``SOLVER.MAX_ITER``, with the overrides; ``--from-static`` sets another length): the static
+twin continues it and the CondConv twin is upcycled from it. The main job's config is
+``configs/shapes_large/ssd_condconv_MNv1.yaml``.
 
 The static twin is the same config with ``MODEL.CONDCONV.NUM_EXPERTS 0``. Each model trains in
 its own ``tools/train_net.py`` process (its log, with losses and ETA, is shown as it runs and kept
@@ -28,7 +33,7 @@ import time
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(ROOT, "configs", "shapes", "ssd_condconv_MNv1.yaml")
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "shapes_large", "ssd_condconv_MNv1.yaml")
 
 
 def parse_args(argv=None):
@@ -43,10 +48,11 @@ def parse_args(argv=None):
     parser.add_argument(
         "--from-static",
         type=int,
-        default=0,
+        default=None,
         metavar="ITERS",
         help="start both twins from the static model trained ITERS iterations (same seed): the "
-        "static twin continues it, the CondConv twin is upcycled from it (0: both from scratch)",
+        "static twin continues it, the CondConv twin is upcycled from it (default: the config's "
+        "SOLVER.MAX_ITER after the overrides; 0: both from scratch)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both runs")
     args = parser.parse_args(argv)
@@ -56,9 +62,24 @@ def parse_args(argv=None):
         parser.error(f"overrides come in KEY VALUE pairs, got {args.opts}")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    if args.from_static < 0:
+    if args.from_static is None:
+        try:
+            args.from_static = schedule_length(args.config_file, args.opts)
+        except (AssertionError, KeyError, ValueError) as e:  # yacs asserts on unknown keys
+            parser.error(f"{args.config_file} with the overrides {args.opts}: {e}")
+    elif args.from_static < 0:
         parser.error(f"--from-static must be >= 0 (iterations), got {args.from_static}")
     return args
+
+
+def schedule_length(config_file: str, opts: List[str]) -> int:
+    """``SOLVER.MAX_ITER`` of the config with the overrides: how long each twin trains."""
+    from condconv_det.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return int(cfg.SOLVER.MAX_ITER)
 
 
 def run_training(config_file: str, output_dir: str, opts: List[str], quiet: bool) -> float:

@@ -28,7 +28,8 @@ def test_side_by_side_table_from_finished_runs(tmp_path, capsys):
     tool = load_tool("compare_twins")
     _metrics(tmp_path / "condconv" / "seed0", 30.0)
     _metrics(tmp_path / "static" / "seed0", 27.5)
-    assert tool.main(["--config-file", CONFIG, "--output-dir", str(tmp_path), "--skip-train"]) == 0
+    argv = ["--config-file", CONFIG, "--output-dir", str(tmp_path), "--skip-train"]
+    assert tool.main(argv + ["--from-static", "0"]) == 0
     out = capsys.readouterr().out
     assert "| box AP | 30.0 | 27.5 | +2.5 |" in out
     assert "| box AP50 | 31.0 | 28.5 | +2.5 |" in out
@@ -50,6 +51,11 @@ def test_missing_run_says_to_train_first(tmp_path):
     tool = load_tool("compare_twins")
     with pytest.raises(FileNotFoundError, match="train first"):
         tool.main(["--config-file", CONFIG, "--output-dir", str(tmp_path), "--skip-train"])
+    with pytest.raises(FileNotFoundError, match="train first"):
+        tool.main(
+            ["--config-file", CONFIG, "--output-dir", str(tmp_path), "--skip-train"]
+            + ["--from-static", "0"]
+        )
 
 
 def test_bad_arguments_are_named(tmp_path, capsys):
@@ -95,6 +101,8 @@ def test_seeds_give_mean_spread_and_paired_difference(tmp_path, capsys):
                 "--seeds",
                 "3",
                 "--skip-train",
+                "--from-static",
+                "0",
                 *opts,
             ]
         )
@@ -174,3 +182,27 @@ def test_from_static_trains_one_static_base_per_seed_and_starts_both_twins_from_
     assert {r.output_dir for runs in scratch.values() for r in runs}.isdisjoint(
         d for d, _ in trained
     )
+
+
+def test_by_default_both_twins_start_from_a_static_model_trained_as_long(tmp_path):
+    tool = load_tool("compare_twins")
+    args = tool.parse_args(["--config-file", CONFIG, "--output-dir", str(tmp_path)])
+    assert args.from_static == 1600  # the config's SOLVER.MAX_ITER
+    args = tool.parse_args(["--config-file", CONFIG, "SOLVER.MAX_ITER", "70"])
+    assert args.from_static == 70  # ... after the overrides
+    assert tool.parse_args(["--config-file", CONFIG, "--from-static", "0"]).from_static == 0
+    # The main job's default config: the 0.25x upcycled recipe on the large shapes dataset.
+    main_job = tool.parse_args([])
+    assert main_job.config_file.endswith(os.path.join("shapes_large", "ssd_condconv_MNv1.yaml"))
+    assert main_job.from_static == 1600
+
+
+def test_a_bad_override_fails_before_any_training(tmp_path, monkeypatch, capsys):
+    tool = load_tool("compare_twins")
+    monkeypatch.setattr(tool, "run_training", lambda *a: pytest.fail("trained"))
+    with pytest.raises(SystemExit):
+        tool.main(
+            ["--config-file", CONFIG, "--output-dir", str(tmp_path), "SOLVER.NO_SUCH_KEY", "1"]
+        )
+    assert "SOLVER.NO_SUCH_KEY" in capsys.readouterr().err
+    assert not os.listdir(tmp_path)

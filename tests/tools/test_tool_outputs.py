@@ -101,7 +101,9 @@ def test_compare_twins_refuses_a_config_inside_a_run_folder(tmp_path):
     config.write_text("# the config.yaml a training run wrote\n")
     tool = load_tool("compare_twins")
     with pytest.raises(SystemExit) as info:
-        tool.main(["--config-file", str(config), "--output-dir", str(tmp_path)])
+        tool.main(
+            ["--config-file", str(config), "--output-dir", str(tmp_path), "--from-static", "0"]
+        )
     message = str(info.value)
     assert f"--output-dir would write into {str(run)!r}" in message
     assert f"holds --config-file {str(config)!r}" in message
