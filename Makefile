@@ -33,9 +33,9 @@ test-d2main: env
 	PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(D2MAIN)" $(PY) -c "import detectron2, os; print('detectron2 from', os.path.dirname(detectron2.__file__))"
 	PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(D2MAIN)" $(PY) -m pytest -q -p no:cacheprovider $(D2MAIN_SKIP) $(D2MAIN_TESTS)
 
-# The main job (configs/shapes_large/): SSD-MobileNetV1 0.25x trained as a static model on the
-# bundled shapes dataset (6400 images, generated on first use), then continued as its static
-# twin and upcycled into CondConv for the same iterations; both COCO AP tables with params /
+# The main job (configs/shapes/): SSD-MobileNetV1 0.5x trained as a static model on the bundled
+# shapes dataset (800 images, generated on first use), then continued as its static twin and
+# upcycled into CondConv for the same iterations; both COCO AP tables with params /
 # multiply-adds. DEMO_FLAGS="--seeds 3" for the mean and spread; DEMO_FLAGS="--from-static 0"
 # trains both twins from scratch instead.
 DEMO_FLAGS ?=

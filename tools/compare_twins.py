@@ -11,7 +11,7 @@
 By default both twins start from a static model trained as long as the config's schedule
 (``SOLVER.MAX_ITER``, with the overrides; ``--from-static`` sets another length): the static
 twin continues it and the CondConv twin is upcycled from it. The main job's config is
-``configs/shapes_large/ssd_condconv_MNv1.yaml``.
+``configs/shapes/ssd_condconv_MNv1.yaml``.
 
 The static twin is the same config with ``MODEL.CONDCONV.NUM_EXPERTS 0``. Each model trains in
 its own ``tools/train_net.py`` process (its log, with losses and ETA, is shown as it runs and kept
@@ -33,7 +33,7 @@ import time
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(ROOT, "configs", "shapes_large", "ssd_condconv_MNv1.yaml")
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "shapes", "ssd_condconv_MNv1.yaml")
 
 
 def parse_args(argv=None):

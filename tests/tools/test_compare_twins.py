@@ -191,9 +191,9 @@ def test_by_default_both_twins_start_from_a_static_model_trained_as_long(tmp_pat
     args = tool.parse_args(["--config-file", CONFIG, "SOLVER.MAX_ITER", "70"])
     assert args.from_static == 70  # ... after the overrides
     assert tool.parse_args(["--config-file", CONFIG, "--from-static", "0"]).from_static == 0
-    # The main job's default config: the 0.25x upcycled recipe on the large shapes dataset.
+    # The main job's default config: the 0.5x upcycled recipe on the plain shapes dataset.
     main_job = tool.parse_args([])
-    assert main_job.config_file.endswith(os.path.join("shapes_large", "ssd_condconv_MNv1.yaml"))
+    assert main_job.config_file.endswith(os.path.join("shapes", "ssd_condconv_MNv1.yaml"))
     assert main_job.from_static == 1600
 
 
