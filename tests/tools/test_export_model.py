@@ -100,10 +100,12 @@ def test_traced_network_matches_pytorch_at_any_batch(detector, torchscript_expor
     # Traced at 2; 5 was never seen by the tool's own checks.
     assert_network_matches(network, model, (1, 2, 3, 5), rtol=1e-4, atol=1e-4)
     # The examples of a batch are routed independently: example 0 alone = example 0 in a batch.
+    # (Batch 1 and batch 3 mix their kernels on different paths, whose float32 rounding differs
+    # by about 1e-5; routing shared across the batch would move the outputs by far more.)
     images = random_images(3, seed=7)
     with torch.no_grad():
         torch.testing.assert_close(
-            network(images[:1])[0][0], network(images)[0][0], atol=1e-5, rtol=1e-5
+            network(images[:1])[0][0], network(images)[0][0], atol=1e-4, rtol=1e-4
         )
 
 
