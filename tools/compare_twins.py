@@ -62,24 +62,16 @@ def parse_args(argv=None):
         parser.error(f"overrides come in KEY VALUE pairs, got {args.opts}")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    if args.from_static is None:
-        try:
-            args.from_static = schedule_length(args.config_file, args.opts)
-        except (AssertionError, KeyError, ValueError) as e:  # yacs asserts on unknown keys
-            parser.error(f"{args.config_file} with the overrides {args.opts}: {e}")
+    if args.from_static is None:  # as long as each twin trains
+        from condconv_det.config import load_config
+
+        try:  # a bad override fails here, before anything trains
+            args.from_static = int(load_config(args.config_file, args.opts).SOLVER.MAX_ITER)
+        except ValueError as e:
+            parser.error(f"{args.config_file}: {e}")
     elif args.from_static < 0:
         parser.error(f"--from-static must be >= 0 (iterations), got {args.from_static}")
     return args
-
-
-def schedule_length(config_file: str, opts: List[str]) -> int:
-    """``SOLVER.MAX_ITER`` of the config with the overrides: how long each twin trains."""
-    from condconv_det.config import get_cfg
-
-    cfg = get_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    return int(cfg.SOLVER.MAX_ITER)
 
 
 def run_training(config_file: str, output_dir: str, opts: List[str], quiet: bool) -> float:
@@ -112,11 +104,9 @@ def run_training(config_file: str, output_dir: str, opts: List[str], quiet: bool
 def model_figures(config_file: str, opts: List[str]) -> Dict[str, object]:
     """Parameters (all / in experts) and multiply-adds at the test input size."""
     from condconv_det.analysis import analyze_detector, count_parameters, eval_image_size
-    from condconv_det.config import get_cfg
+    from condconv_det.config import load_config
 
-    cfg = get_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts)
     model, analysis = analyze_detector(cfg)
     params = count_parameters(model)
     return {
