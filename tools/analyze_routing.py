@@ -8,7 +8,10 @@ captures the routing weights of every CondConv router for every image, and write
   holding that class, with the class's image count and the layer's mean routing entropy on them;
 - routing_overall.csv: per layer and expert, the mean weight over all images and whether the
   expert is unused (mean below --unused-threshold);
-- routing_layers.csv: per layer, the entropy and how much routing varies between classes;
+- routing_layers.csv: per layer, the entropy and how much routing varies between classes, and
+  how much the mixed kernel itself varies between images (its spread relative to the mean
+  kernel: upcycled experts that are near copies mix nearly one kernel whatever the routing)
+  and what part of that the class explains;
 - routing_heatmaps.png (classes x experts for an early, a middle and a late layer),
   routing_depth.png (entropy and class dependence by depth) and routing_summary.png (both).
 
@@ -48,6 +51,7 @@ from condconv_det.routing_analysis import (
     RoutingSummary,
     collect_routing,
     format_table,
+    routed_kernels,
     summarize_routing,
     write_csvs,
     write_plots,
@@ -147,7 +151,8 @@ def run(args: argparse.Namespace) -> RoutingSummary:
     classes = [image_classes(r, len(class_names)) for r in records]
     model = build_model_with_weights(cfg)
     routing = collect_routing(model, build_mapper(cfg, is_train=False), records, args.batch_size)
-    summary = summarize_routing(routing, classes, class_names, args.unused_threshold)
+    kernels = routed_kernels(model)
+    summary = summarize_routing(routing, classes, class_names, args.unused_threshold, kernels)
     os.makedirs(args.output, exist_ok=True)
     written = write_csvs(summary, args.output)
     title = f"{os.path.basename(args.config_file)} on {dataset}"

@@ -11,6 +11,9 @@ and class-specific in deep ones. ``tools/analyze_routing.py`` measures this with
 - :mod:`.summary`: :func:`routing_entropy` measures how spread out a routing vector is, and
   :func:`summarize_routing` reduces per-image routing to per-class means, entropies and the
   between-class variance.
+- :mod:`.kernels`: :func:`routed_kernels` reads the experts each router drives, and
+  :func:`kernel_spread` measures how much the mixed kernel varies between images (routing can
+  vary while the kernel barely does, when the experts are near copies).
 - :mod:`.report`: the summary as CSVs, plots and a text table.
 - :mod:`.dataset`: the images of a registered detectron2 dataset and the classes each holds.
 
@@ -18,6 +21,7 @@ All but :mod:`.dataset` need only torch and numpy (matplotlib for the plots), an
 imported here: ``from condconv_det.routing_analysis.dataset import load_records``.
 """
 
+from .kernels import KernelSpread, RoutedKernel, kernel_spread, routed_kernels
 from .recorder import RoutingRecorder, collect_routing, find_routers
 from .report import CSV_FILES, PLOT_FILES, format_table, write_csvs, write_plots
 from .summary import (
@@ -30,13 +34,17 @@ from .summary import (
 
 __all__ = [
     "CSV_FILES",
+    "KernelSpread",
     "PLOT_FILES",
     "RoutingAnalysisError",
     "RoutingRecorder",
+    "RoutedKernel",
     "RoutingSummary",
     "collect_routing",
     "find_routers",
     "format_table",
+    "kernel_spread",
+    "routed_kernels",
     "routing_entropy",
     "spread_over_depth",
     "summarize_routing",

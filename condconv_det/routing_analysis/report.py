@@ -36,7 +36,8 @@ def _write_csv(path: str, rows: List[Dict[str, object]]) -> None:
 def write_csvs(summary: RoutingSummary, out_dir: str) -> List[str]:
     """Writes :data:`CSV_FILES` into ``out_dir``: per layer, class and expert (routing.csv), per
     layer and expert over all images (routing_overall.csv), per layer (routing_layers.csv).
-    Layers by depth; a class without images has empty cells.
+    Layers by depth; a class without images has empty cells, and so have the kernel columns
+    of a summary made without the kernels.
 
     Returns:
         the paths written.
@@ -80,6 +81,8 @@ def write_csvs(summary: RoutingSummary, out_dir: str) -> List[str]:
                 between_class_var=_cell(summary.between_class_var[layer]),
                 class_share=_cell(summary.class_share[layer]),
                 unused_experts=int(unused.sum()),
+                kernel_spread=_cell(summary.kernel_spread.get(layer, math.nan)),
+                kernel_class_share=_cell(summary.kernel_class_share.get(layer, math.nan)),
             )
         )
     paths = []
@@ -124,6 +127,10 @@ def _plot_depth(ax, summary: RoutingSummary) -> None:
     share = [summary.class_share[layer] for layer in summary.layers]
     ax.plot(depth, norm_entropy, "o-", color="tab:blue", label="entropy / log E")
     ax.plot(depth, share, "s-", color="tab:red", label="between-class share of variance")
+    if summary.kernel_class_share:
+        kernel_share = [summary.kernel_class_share.get(layer, math.nan) for layer in summary.layers]
+        ax.plot(depth, kernel_share, "^--", color="tab:green", label="... of the mixed kernel")
+        share = share + [s for s in kernel_share if not math.isnan(s)]
     ax.set_xlabel("router depth", fontsize=8)
     # The share can pass 1 on few images: an image counts for each of its classes.
     ax.set_ylim(0, max(1.05, max(share) + 0.05))
@@ -193,18 +200,32 @@ def write_plots(
 
 def format_table(summary: RoutingSummary) -> str:
     """A text table of the summary, one row per layer: entropy over log E, the class share of
-    the variance, unused experts; above it the image count per class."""
+    the variance, unused experts, and with the kernels their spread over images (relative to
+    the mean kernel) and its class share; above it the image count per class."""
     lines = [
         f"\n{summary.num_images} images; per class: "
         + ", ".join(f"{n} {c}" for c, n in zip(summary.class_names, summary.class_counts))
     ]
-    header = ("depth", "layer", "E", "entropy/logE", "class share", "unused")
-    lines.append("{:>5}  {:<32} {:>2} {:>12} {:>11} {:>6}".format(*header))
+    header = ["depth", "layer", "E", "entropy/logE", "class share", "unused"]
+    row = "{:>5}  {:<32} {:>2} {:>12} {:>11} {:>6}"
+    if summary.kernel_spread:
+        header += ["kernel spread", "kernel class share"]
+        row += " {:>13} {:>18}"
+    lines.append(row.format(*header))
     for depth, layer in enumerate(summary.layers):
         num_experts = len(summary.overall_mean[layer])
-        lines.append(
-            f"{depth:>5}  {_short(layer):<32} {num_experts:>2} "
-            f"{summary.overall_entropy[layer] / math.log(max(num_experts, 2)):>12.3f} "
-            f"{summary.class_share[layer]:>11.3f} {int(summary.unused[layer].sum()):>6}"
-        )
+        cells = [
+            depth,
+            _short(layer),
+            num_experts,
+            f"{summary.overall_entropy[layer] / math.log(max(num_experts, 2)):.3f}",
+            f"{summary.class_share[layer]:.3f}",
+            int(summary.unused[layer].sum()),
+        ]
+        if summary.kernel_spread:
+            cells += [
+                f"{summary.kernel_spread.get(layer, math.nan):.2e}",
+                f"{summary.kernel_class_share.get(layer, math.nan):.3f}",
+            ]
+        lines.append(row.format(*cells))
     return "\n".join(lines)

@@ -4,8 +4,8 @@ per-image routing reduced to per-class and per-layer statistics (:func:`summariz
 Only numpy and torch.
 """
 
-from dataclasses import dataclass
-from typing import Collection, Dict, List, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Collection, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +68,11 @@ class RoutingSummary:
             averaged over experts: the part of the routing's spread that goes with the class
             (0: class-agnostic; about 1: routing fixed by the class; it can exceed 1 on few
             images, since an image counts for each of its classes).
+        kernel_spread: {layer: float} how far the per-image mixed kernels lie from their mean,
+            relative to its norm (:class:`~condconv_det.routing_analysis.kernels.KernelSpread`);
+            empty when the summary was made without the model's kernels.
+        kernel_class_share: {layer: float} the part of the kernels' spread that the class
+            explains; empty likewise.
     """
 
     layers: List[str]
@@ -81,6 +86,8 @@ class RoutingSummary:
     unused: Dict[str, np.ndarray]
     between_class_var: Dict[str, float]
     class_share: Dict[str, float]
+    kernel_spread: Dict[str, float] = field(default_factory=dict)
+    kernel_class_share: Dict[str, float] = field(default_factory=dict)
 
 
 def summarize_routing(
@@ -88,6 +95,7 @@ def summarize_routing(
     image_classes: Sequence[Collection[int]],
     class_names: Sequence[str],
     unused_threshold: float = 0.01,
+    kernels: Optional[Mapping[str, Sequence]] = None,
 ) -> RoutingSummary:
     """Reduces per-image routing weights to the statistics of :class:`RoutingSummary`.
 
@@ -96,6 +104,9 @@ def summarize_routing(
         image_classes: N collections of the class indices (0..C-1) present in each image.
         class_names: the C class names.
         unused_threshold: an expert whose mean weight over all images is below it is unused.
+        kernels: {layer: the kernels its router drives}
+            (:func:`~condconv_det.routing_analysis.kernels.routed_kernels`); with them the
+            summary holds the spread of the mixed kernels too.
 
     Returns:
         the summary.
@@ -149,6 +160,12 @@ def summarize_routing(
         summary.class_share[layer] = float(
             np.mean(np.divide(between, total, out=np.zeros_like(total), where=total > 0))
         )
+        if kernels is not None:
+            from .kernels import kernel_spread  # it imports the layers; the rest needs none
+
+            spread = kernel_spread(weights, list(kernels.get(layer, ())), member)
+            summary.kernel_spread[layer] = spread.relative_std
+            summary.kernel_class_share[layer] = spread.class_share
     return summary
 
 
