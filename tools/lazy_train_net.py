@@ -103,6 +103,7 @@ def do_train(args, cfg) -> Dict[str, Any]:
         cfg.train.output_dir,
         match=cfg.train.get("weights_match", "strict"),
         upcycle_noise=cfg.train.get("upcycle_noise", 0.01),
+        upcycle_routers=cfg.train.get("upcycle_routers", "uniform"),
         **checkpointables,
     )
 

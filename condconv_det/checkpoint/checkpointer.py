@@ -21,7 +21,7 @@ from .strict import (
     mismatch_report,
     state_dict_differences,
 )
-from .upcycle import _condconv_keys, _routers, upcycle_state_dict
+from .upcycle import UPCYCLE_ROUTERS, _condconv_keys, _routers, upcycle_state_dict
 
 __all__ = ["CondConvCheckpointer", "load_weights_exact"]
 
@@ -33,8 +33,9 @@ class CondConvCheckpointer(DetectionCheckpointer):
 
     A kernel whose shape is one expert's (``(O, I/g, kh, kw)`` for a ``(E, O, I/g, kh, kw)``
     CondConv weight) is upcycled as :func:`upcycle_state_dict` does; the routers then start
-    at uniform routing unless the checkpoint has them. detectron2's own checkpointer would
-    skip such kernels with a shape warning, leaving the CondConv layers untrained.
+    at uniform routing (or keep their initialisation, ``upcycle_routers``) unless the
+    checkpoint has them. detectron2's own checkpointer would skip such kernels with a shape
+    warning, leaving the CondConv layers untrained.
 
     Checkpoints and ``last_checkpoint`` are written atomically
     (:func:`condconv_det.file_io.atomic_write`): fvcore truncates the file and then writes
@@ -49,20 +50,28 @@ class CondConvCheckpointer(DetectionCheckpointer):
         *,
         match: str = "strict",
         upcycle_noise: float = 0.01,
+        upcycle_routers: str = "uniform",
         **kwargs: Any,
     ):
         """As ``DetectionCheckpointer``; ``match`` is how a checkpoint given to :meth:`load`
         must fit the model (:data:`WEIGHTS_MATCHES`, ``MODEL.WEIGHTS_MATCH``). Resuming a
         run (:meth:`resume_or_load` with ``resume=True``) always needs a checkpoint that
-        fits exactly. ``upcycle_noise`` is :func:`upcycle_state_dict`'s ``noise``
-        (``MODEL.CONDCONV.UPCYCLE_NOISE``)."""
+        fits exactly. ``upcycle_noise`` and ``upcycle_routers`` are
+        :func:`upcycle_state_dict`'s ``noise`` and ``routers`` (``MODEL.CONDCONV.UPCYCLE_NOISE``,
+        ``UPCYCLE_ROUTERS``)."""
         if match not in WEIGHTS_MATCHES:
             raise ValueError(f"MODEL.WEIGHTS_MATCH must be one of {WEIGHTS_MATCHES}, got {match!r}")
         if not upcycle_noise >= 0:
             raise ValueError(f"MODEL.CONDCONV.UPCYCLE_NOISE must be >= 0, got {upcycle_noise!r}")
+        if upcycle_routers not in UPCYCLE_ROUTERS:
+            raise ValueError(
+                f"MODEL.CONDCONV.UPCYCLE_ROUTERS must be one of {UPCYCLE_ROUTERS}, "
+                f"got {upcycle_routers!r}"
+            )
         super().__init__(model, save_dir, **kwargs)
         self.match = match
         self.upcycle_noise = upcycle_noise
+        self.upcycle_routers = upcycle_routers
         self._loading: Optional[str] = None
         self._model_loaded = False
 
@@ -198,17 +207,22 @@ class CondConvCheckpointer(DetectionCheckpointer):
         ]
         if static_keys:
             upcycled = upcycle_state_dict(
-                {k: weights.pop(k) for k in static_keys}, self.model, noise=self.upcycle_noise
+                {k: weights.pop(k) for k in static_keys},
+                self.model,
+                noise=self.upcycle_noise,
+                routers=self.upcycle_routers,
             )
             for key, value in upcycled.items():
                 weights.setdefault(key, value)
-            # Routers the upcycling leaves alone (beside a static kernel) keep their init.
+            # Routers the upcycling leaves alone (beside a static kernel, or asked to) keep
+            # their init.
             for name, router in _routers(self.model).items():
                 for key, value in router.state_dict().items():
                     weights.setdefault(f"{name}.{key}" if name else key, value)
             self.logger.info(
-                f"Upcycled {len(static_keys)} static kernels into CondConv experts "
-                "(uniform routing: the model computes what the static checkpoint does)."
+                f"Upcycled {len(static_keys)} static kernels into CondConv experts (routers "
+                f"{'at their initialisation' if self.upcycle_routers == 'init' else 'uniform'}: "
+                "the model computes what the static checkpoint does)."
             )
         self._check_fit(model_sd, weights)
         incompatible = super()._load_model(checkpoint)

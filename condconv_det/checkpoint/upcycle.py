@@ -9,6 +9,12 @@ moves the mixed kernel as far as the static kernel's step
 Identical experts would stay identical under gradient descent, so each expert also gets a small
 perturbation ``D_i`` with ``sum_i D_i = 0``: the mix is still exactly ``W``, but the routers'
 gradients differ per expert from the first step.
+
+With ``routers="init"`` the routers keep their initialisation instead: softmax routing then
+differs per image from the first step, while its shares still sum to one, so the mix of copies
+of ``W`` is ``W`` for every image (exactly with ``noise=0``); each expert learns from the
+images routed to it, as in sparse upcycling. Beside a static kernel the routers always keep
+theirs (the experts start at zero, so any routing computes the static kernel).
 """
 
 import math
@@ -19,7 +25,11 @@ from torch import nn
 
 from condconv_det.layers import CondConv2d, CondConvRouter, shared_expert_weights, uniform_start
 
-__all__ = ["upcycle_state_dict"]
+__all__ = ["UPCYCLE_ROUTERS", "upcycle_state_dict"]
+
+UPCYCLE_ROUTERS = ("uniform", "init")
+"""Where upcycled routers start (``MODEL.CONDCONV.UPCYCLE_ROUTERS``): the same routing for
+every input, or their own initialisation."""
 
 
 def _routers(model: nn.Module) -> Dict[str, CondConvRouter]:
@@ -33,6 +43,7 @@ def upcycle_state_dict(
     prefix: str = "",
     noise: float = 0.01,
     seed: int = 0,
+    routers: str = "uniform",
 ) -> Dict[str, torch.Tensor]:
     """A state dict for ``model`` (CondConv or static) from a static model's state dict.
 
@@ -43,10 +54,21 @@ def upcycle_state_dict(
         prefix: prepended to ``static``'s names to get ``model``'s (e.g. ``backbone.bottom_up.``).
         noise: std of the zero-sum expert perturbation, relative to each kernel's std.
         seed: seed of that perturbation.
+        routers: :data:`UPCYCLE_ROUTERS`: "uniform" sets every router to the same routing for
+            all inputs; "init" leaves them out (they keep their initialisation), which needs
+            softmax routing (or static kernels) for the model to start as the static one.
 
     Returns:
-        the state dict of ``model``'s keys that ``static`` covers, plus the routers'.
+        the state dict of ``model``'s keys that ``static`` covers, plus the routers' unless
+        they keep their initialisation.
+
+    Raises:
+        ValueError: an unknown ``routers``, or "init" with sigmoid routing and no static kernel.
     """
+    if routers not in UPCYCLE_ROUTERS:
+        raise ValueError(
+            f"MODEL.CONDCONV.UPCYCLE_ROUTERS must be one of {UPCYCLE_ROUTERS}, got {routers!r}"
+        )
     generator = torch.Generator().manual_seed(seed)
     target = model.state_dict()
     out: Dict[str, torch.Tensor] = {}
@@ -79,6 +101,16 @@ def upcycle_state_dict(
     if any(c.static_weight is not None for c in condconvs.values()):
         # Zero experts make the routing irrelevant at the start; the routers keep their own
         # (e.g. Glorot) initialisation, which differs between experts so that they specialise.
+        return out
+    if routers == "init":
+        sigmoid = [n for n, r in _routers(model).items() if r.activation != "softmax"]
+        if sigmoid:
+            raise ValueError(
+                f"MODEL.CONDCONV.UPCYCLE_ROUTERS 'init' needs softmax routing: router "
+                f"{sigmoid[0]!r} uses {_routers(model)[sigmoid[0]].activation}, whose shares do "
+                "not sum to one, so the upcycled model would not compute the static one. Set "
+                "MODEL.CONDCONV.ROUTING_ACTIVATION softmax, or UPCYCLE_ROUTERS uniform."
+            )
         return out
     for name, router in _routers(model).items():
         weight = torch.zeros_like(router.fc.weight)

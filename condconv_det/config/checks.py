@@ -14,6 +14,7 @@ from typing import Callable, FrozenSet, Iterator, Optional, Tuple
 
 from detectron2.config import CfgNode as CN
 
+from condconv_det.checkpoint.upcycle import UPCYCLE_ROUTERS
 from condconv_det.layers import (
     EXPERT_DTYPES,
     EXPERT_INITS,
@@ -152,6 +153,20 @@ def check_condconv_config(cfg: CN) -> None:
         "MODEL.CONDCONV.UPCYCLE_NOISE",
         c.UPCYCLE_NOISE,
         "must be >= 0 (the expert perturbation's std relative to the kernel's)",
+    )
+    _require(
+        c.UPCYCLE_ROUTERS in UPCYCLE_ROUTERS,
+        "MODEL.CONDCONV.UPCYCLE_ROUTERS",
+        c.UPCYCLE_ROUTERS,
+        f"must be one of {UPCYCLE_ROUTERS}",
+    )
+    _require(
+        c.UPCYCLE_ROUTERS != "init" or c.ROUTING_ACTIVATION == "softmax" or c.STATIC_KERNEL,
+        "MODEL.CONDCONV.UPCYCLE_ROUTERS",
+        c.UPCYCLE_ROUTERS,
+        "needs MODEL.CONDCONV.ROUTING_ACTIVATION softmax (or STATIC_KERNEL True): with sigmoid "
+        "routing the experts' shares do not sum to one, and the upcycled model would not start "
+        "as the static one",
     )
     _require(
         cfg.SOLVER.ROUTER_LR_FACTOR >= 0,

@@ -67,6 +67,13 @@ def add_condconv_config(cfg: CN) -> None:
     # the static one did whatever its size; it decides how fast the routing can tell the
     # experts apart (docs/training.md).
     _C.MODEL.CONDCONV.UPCYCLE_NOISE = 0.01
+    # When MODEL.WEIGHTS upcycles a static checkpoint: where the routers start. "uniform": zero
+    # weights, the same routing for every input (with sigmoid routing at 1/sqrt(E)). "init":
+    # they keep their initialisation (ROUTER_INIT), so routing differs per image from the first
+    # step and each expert learns from the images routed to it (as sparse upcycling does); the
+    # upcycled model still computes the static one, since the experts' shares sum to one, so it
+    # needs softmax routing (or STATIC_KERNEL, whose routers always keep their initialisation).
+    _C.MODEL.CONDCONV.UPCYCLE_ROUTERS = "uniform"
     # Dropout on the pooled routing input, in [0, 1).
     _C.MODEL.CONDCONV.ROUTING_DROPOUT = 0.0
     # Initial router weights: "glorot" (the official code's) or "zeros" (every example starts

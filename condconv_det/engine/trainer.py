@@ -343,6 +343,7 @@ class Trainer(OptimizerStateMixin, DefaultTrainer):
             cfg.OUTPUT_DIR,
             match=cfg.MODEL.WEIGHTS_MATCH,
             upcycle_noise=cfg.MODEL.CONDCONV.UPCYCLE_NOISE,
+            upcycle_routers=cfg.MODEL.CONDCONV.UPCYCLE_ROUTERS,
             **checkpointables,
         )
 

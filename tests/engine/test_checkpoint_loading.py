@@ -174,6 +174,41 @@ def test_upcycle_noise_sets_the_experts_apart_and_the_model_still_computes_the_s
         CondConvCheckpointer(Routed(), upcycle_noise=-0.1)
 
 
+def test_upcycled_softmax_routers_can_keep_their_init_and_the_model_computes_the_static_one(
+    tmp_path,
+):
+    from condconv_det.config import get_cfg
+    from condconv_det.engine import Trainer
+
+    torch.manual_seed(0)
+    static = torch.nn.Conv2d(8, 8, 3, padding=1)
+    path = _save(torch.nn.ModuleDict({"conv": static}), tmp_path / "static.pth")
+    x = torch.randn(3, 8, 6, 6)
+    cfg = get_cfg()
+    cfg.MODEL.WEIGHTS_MATCH, cfg.MODEL.CONDCONV.UPCYCLE_NOISE = "pretrained", 0.0
+    cfg.MODEL.CONDCONV.UPCYCLE_ROUTERS = "init"
+    model = Routed(experts=4)
+    model.router = CondConvRouter(8, 4, activation="softmax")
+    router = {k: v.clone() for k, v in model.router.state_dict().items()}
+    Trainer.build_checkpointer(model, cfg).load(path)
+    assert all(torch.equal(v, router[k]) for k, v in model.router.state_dict().items())
+    routing = model.router(x)
+    assert (routing.max(dim=0).values - routing.min(dim=0).values).max() > 0.01  # per image
+    model.head = torch.nn.Identity()
+    torch.testing.assert_close(model(x), static(x), rtol=1e-5, atol=1e-5)
+    # The default: every router at the same routing for all inputs.
+    cfg.MODEL.CONDCONV.UPCYCLE_ROUTERS = "uniform"
+    Trainer.build_checkpointer(model, cfg).load(path)
+    assert not model.router.fc.weight.any()
+    # Sigmoid shares do not sum to one: keeping the routers would not give the static model.
+    sigmoid = Routed(experts=4)
+    cfg.MODEL.CONDCONV.UPCYCLE_ROUTERS = "init"
+    with pytest.raises(ValueError, match="UPCYCLE_ROUTERS 'init' needs softmax routing"):
+        Trainer.build_checkpointer(sigmoid, cfg).load(path)
+    with pytest.raises(ValueError, match="UPCYCLE_ROUTERS must be one of"):
+        CondConvCheckpointer(Routed(), upcycle_routers="keep")
+
+
 def test_resume_falls_back_to_the_newest_checkpoint_that_can_be_read(tmp_path, caplog):
     model = Routed()
     checkpointer = CondConvCheckpointer(model, str(tmp_path))

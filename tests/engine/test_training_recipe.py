@@ -254,3 +254,13 @@ def test_routing_start_holds_the_routers_until_then_and_resume_keeps_it(shapes, 
 def test_a_negative_upcycle_noise_fails_when_the_config_is_checked(tmp_path):
     with pytest.raises(ValueError, match="MODEL.CONDCONV.UPCYCLE_NOISE must be >= 0"):
         check_condconv_config(_cfg(tmp_path, 5, "MODEL.CONDCONV.UPCYCLE_NOISE", -0.5))
+
+
+def test_upcycled_routers_at_their_init_need_softmax_routing_or_a_static_kernel(tmp_path):
+    key = "MODEL.CONDCONV.UPCYCLE_ROUTERS"
+    with pytest.raises(ValueError, match=f"{key} must be one of"):
+        check_condconv_config(_cfg(tmp_path, 5, key, "glorot"))
+    with pytest.raises(ValueError, match=f"{key} needs .*ROUTING_ACTIVATION softmax.*got 'init'"):
+        check_condconv_config(_cfg(tmp_path, 5, key, "init"))
+    for opts in (("ROUTING_ACTIVATION", "softmax"), ("STATIC_KERNEL", True)):
+        check_condconv_config(_cfg(tmp_path, 5, key, "init", f"MODEL.CONDCONV.{opts[0]}", opts[1]))
