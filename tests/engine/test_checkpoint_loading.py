@@ -148,15 +148,20 @@ def test_an_unknown_match_is_refused():
         CondConvCheckpointer(Routed(), match="loose")
 
 
+def _static_conv_checkpoint(tmp_path):
+    """A static 3x3 conv saved under the name of :class:`Routed`'s CondConv layer."""
+    torch.manual_seed(0)
+    static = torch.nn.Conv2d(8, 8, 3, padding=1)
+    return static, _save(torch.nn.ModuleDict({"conv": static}), tmp_path / "static.pth")
+
+
 def test_upcycle_noise_sets_the_experts_apart_and_the_model_still_computes_the_static_one(
     tmp_path,
 ):
     from condconv_det.config import get_cfg
     from condconv_det.engine import Trainer
 
-    torch.manual_seed(0)
-    static = torch.nn.Conv2d(8, 8, 3, padding=1)
-    path = _save(torch.nn.ModuleDict({"conv": static}), tmp_path / "static.pth")
+    static, path = _static_conv_checkpoint(tmp_path)
     x = torch.randn(2, 8, 6, 6)
     spreads = []
     for noise in (0.0, 0.01, 0.5):
@@ -180,9 +185,7 @@ def test_upcycled_softmax_routers_can_keep_their_init_and_the_model_computes_the
     from condconv_det.config import get_cfg
     from condconv_det.engine import Trainer
 
-    torch.manual_seed(0)
-    static = torch.nn.Conv2d(8, 8, 3, padding=1)
-    path = _save(torch.nn.ModuleDict({"conv": static}), tmp_path / "static.pth")
+    static, path = _static_conv_checkpoint(tmp_path)
     x = torch.randn(3, 8, 6, 6)
     cfg = get_cfg()
     cfg.MODEL.WEIGHTS_MATCH, cfg.MODEL.CONDCONV.UPCYCLE_NOISE = "pretrained", 0.0
