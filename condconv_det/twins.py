@@ -8,7 +8,10 @@ are trained once.
 
 Each run lives in ``<output_dir>/<twin>[-<key>]/seed<k>/`` with a ``twin_run.json`` that records
 what it was trained with; ``<key>`` is a short hash of the overrides (none without overrides). A
-finished run with the same record is reused rather than trained again.
+finished run with the same record is reused rather than trained again. The record holds what the
+config file sets (its ``_BASE_`` files' included), not its text, so a comment or a reformatting
+does not retire finished runs, and a ``MODEL.WEIGHTS`` path relative to the run's folder, so the
+whole output folder can move.
 """
 
 import hashlib
@@ -54,6 +57,22 @@ class TwinRun:
 
     @property
     def record(self) -> Dict:
+        from condconv_det.config import config_file_values
+
+        values = json.dumps(config_file_values(self.config_file), sort_keys=True, default=str)
+        opts = list(self.opts)
+        for i in range(0, len(opts) - 1, 2):
+            if opts[i] == "MODEL.WEIGHTS" and os.path.isabs(opts[i + 1]):
+                opts[i + 1] = os.path.relpath(opts[i + 1], os.path.abspath(self.output_dir))
+        return {
+            "twin": self.twin,
+            "config_file": os.path.basename(self.config_file),
+            "config_values_sha256": hashlib.sha256(values.encode()).hexdigest(),
+            "opts": opts,
+        }
+
+    def _older_record(self) -> Dict:
+        """The record as earlier versions wrote it: the config file's bytes, absolute paths."""
         with open(self.config_file, "rb") as f:
             config_sha = hashlib.sha256(f.read()).hexdigest()
         return {
@@ -69,11 +88,12 @@ class TwinRun:
         if not os.path.isfile(path):
             return False
         with open(path) as f:
-            if json.load(f) != self.record:
-                raise FileExistsError(
-                    f"{self.output_dir} holds a {self.twin} run trained with other settings "
-                    f"(see its {_RECORD}); remove it or pass another --output-dir."
-                )
+            recorded = json.load(f)
+        if recorded != self.record and recorded != self._older_record():
+            raise FileExistsError(
+                f"{self.output_dir} holds a {self.twin} run trained with other settings "
+                f"(see its {_RECORD}); remove it or pass another --output-dir."
+            )
         try:
             final_results(self.output_dir)
         except (FileNotFoundError, RuntimeError):

@@ -15,6 +15,7 @@ __all__ = [
     "CondConvCfgNode",
     "KeySource",
     "MODEL_ZOO_PREFIX",
+    "config_file_values",
     "config_key_sources",
     "get_cfg",
     "load_config",
@@ -104,6 +105,16 @@ def _merge_order(filename: str) -> List[Tuple[str, Dict[str, Any]]]:
     for base in [] if bases is None else bases if isinstance(bases, list) else [bases]:
         order += _merge_order(_base_path(filename, base))
     return order + [(filename, loaded)]
+
+
+def config_file_values(filename: str) -> Dict[str, Any]:
+    """The keys a config file sets, its ``_BASE_`` files' included, merged as fvcore merges them
+    (a file's own keys win over its bases'): what the file means, whatever its comments,
+    formatting or key order. detectron2's and condconv_det's defaults are not in it."""
+    values: Dict[str, Any] = {}
+    for _, keys in _merge_order(filename):
+        _merge_dict(keys, values)
+    return values
 
 
 def _base_path(filename: str, base: str) -> str:

@@ -131,6 +131,58 @@ def test_a_run_of_other_settings_is_not_overwritten(tmp_path):
         run.is_finished()
 
 
+def test_finished_runs_survive_comments_in_the_config_and_a_moved_output_folder(tmp_path):
+    from condconv_det.twins import twin_runs
+
+    config = tmp_path / "variant.yaml"
+    config.write_text(f'_BASE_: "{os.path.abspath(CONFIG)}"\nSOLVER:\n  MAX_ITER: 10\n')
+
+    def finished(output_dir, write=False):
+        runs = twin_runs(str(config), [], [0], str(output_dir), from_static=10)
+        for run in (r for twin in runs.values() for r in twin):
+            if write:
+                run.write_record()
+                _metrics(run.output_dir, 30.0)
+            assert run.is_finished()
+        return runs
+
+    runs = finished(tmp_path / "out", write=True)
+    # The CondConv twin starts from its base's weights: recorded relative to its own folder.
+    with open(os.path.join(runs["CondConv"][0].output_dir, "twin_run.json")) as f:
+        recorded = json.load(f)["opts"]
+    weights = recorded[recorded.index("MODEL.WEIGHTS") + 1]
+    assert weights.startswith("..") and weights.endswith(os.path.join("seed0", "model_final.pth"))
+    config.write_text(
+        "# the same settings, commented and laid out otherwise\n"
+        f"SOLVER: {{MAX_ITER: 10}}  # ten\n_BASE_: '{os.path.abspath(CONFIG)}'\n"
+    )
+    os.rename(tmp_path / "out", tmp_path / "moved")
+    finished(tmp_path / "moved")
+    config.write_text(f'_BASE_: "{os.path.abspath(CONFIG)}"\nSOLVER:\n  MAX_ITER: 11\n')
+    with pytest.raises(FileExistsError, match="trained with other settings"):
+        finished(tmp_path / "moved")
+
+
+def test_runs_recorded_by_earlier_versions_are_reused(tmp_path):
+    import hashlib
+
+    from condconv_det.twins import twin_runs
+
+    run = twin_runs(CONFIG, [], [0], str(tmp_path))["static"][0]
+    with open(CONFIG, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    older = {"twin": "static", "config_file": os.path.basename(CONFIG), "config_sha256": sha}
+    _metrics(run.output_dir, 30.0)
+    for opts, finished in ((run.opts, True), (run.opts[:-1] + ["1"], False)):
+        with open(os.path.join(run.output_dir, "twin_run.json"), "w") as f:
+            json.dump({**older, "opts": opts}, f)
+        if finished:
+            assert run.is_finished()
+        else:
+            with pytest.raises(FileExistsError, match="trained with other settings"):
+                run.is_finished()
+
+
 def test_from_static_trains_one_static_base_per_seed_and_starts_both_twins_from_it(
     tmp_path, capsys, monkeypatch
 ):
