@@ -116,7 +116,9 @@ def upcycle_state_dict(
         weight = torch.zeros_like(router.fc.weight)
         bias = torch.zeros_like(router.fc.bias)
         if router.activation == "sigmoid":
-            bias.fill_(_logit(uniform_start("sigmoid", router.num_experts)))
+            # The logits are divided by the temperature: the bias is scaled back by it, so the
+            # routing is r0 at the router's temperature now (a schedule then moves it on).
+            bias.fill_(_logit(uniform_start("sigmoid", router.num_experts)) * router.temperature)
         out[f"{name}.fc.weight"], out[f"{name}.fc.bias"] = weight, bias
     return out
 

@@ -179,6 +179,18 @@ def test_upcycle_noise_sets_the_experts_apart_and_the_model_still_computes_the_s
         CondConvCheckpointer(Routed(), upcycle_noise=-0.1)
 
 
+def test_upcycled_sigmoid_routing_starts_at_its_uniform_value_whatever_the_temperature(tmp_path):
+    static, path = _static_conv_checkpoint(tmp_path)
+    x = torch.randn(2, 8, 6, 6)
+    for temperature in (1.0, 0.5, 3.0):
+        model = Routed(experts=8)
+        model.router = CondConvRouter(8, 8, temperature=temperature)
+        CondConvCheckpointer(model, match="pretrained").load(path)
+        torch.testing.assert_close(model.router(x), torch.full((2, 8), 8**-0.5))  # 1 / sqrt(E)
+        model.head = torch.nn.Identity()
+        torch.testing.assert_close(model(x), static(x), rtol=1e-5, atol=1e-5)
+
+
 def test_upcycled_softmax_routers_can_keep_their_init_and_the_model_computes_the_static_one(
     tmp_path,
 ):
