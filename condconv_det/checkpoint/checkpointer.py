@@ -21,7 +21,7 @@ from .strict import (
     mismatch_report,
     state_dict_differences,
 )
-from .upcycle import UPCYCLE_ROUTERS, _condconv_keys, _routers, upcycle_state_dict
+from .upcycle import _condconv_keys, _routers, check_upcycle_routers, upcycle_state_dict
 
 __all__ = ["CondConvCheckpointer", "load_weights_exact"]
 
@@ -63,11 +63,7 @@ class CondConvCheckpointer(DetectionCheckpointer):
             raise ValueError(f"MODEL.WEIGHTS_MATCH must be one of {WEIGHTS_MATCHES}, got {match!r}")
         if not upcycle_noise >= 0:
             raise ValueError(f"MODEL.CONDCONV.UPCYCLE_NOISE must be >= 0, got {upcycle_noise!r}")
-        if upcycle_routers not in UPCYCLE_ROUTERS:
-            raise ValueError(
-                f"MODEL.CONDCONV.UPCYCLE_ROUTERS must be one of {UPCYCLE_ROUTERS}, "
-                f"got {upcycle_routers!r}"
-            )
+        check_upcycle_routers(upcycle_routers)
         super().__init__(model, save_dir, **kwargs)
         self.match = match
         self.upcycle_noise = upcycle_noise

@@ -25,11 +25,20 @@ from torch import nn
 
 from condconv_det.layers import CondConv2d, CondConvRouter, shared_expert_weights, uniform_start
 
-__all__ = ["UPCYCLE_ROUTERS", "upcycle_state_dict"]
+__all__ = ["UPCYCLE_ROUTERS", "check_upcycle_routers", "upcycle_state_dict"]
 
 UPCYCLE_ROUTERS = ("uniform", "init")
 """Where upcycled routers start (``MODEL.CONDCONV.UPCYCLE_ROUTERS``): the same routing for
 every input, or their own initialisation."""
+
+
+def check_upcycle_routers(routers: str) -> None:
+    """Raises ``ValueError`` naming ``MODEL.CONDCONV.UPCYCLE_ROUTERS`` unless ``routers`` is one
+    of :data:`UPCYCLE_ROUTERS`."""
+    if routers not in UPCYCLE_ROUTERS:
+        raise ValueError(
+            f"MODEL.CONDCONV.UPCYCLE_ROUTERS must be one of {UPCYCLE_ROUTERS}, got {routers!r}"
+        )
 
 
 def _routers(model: nn.Module) -> Dict[str, CondConvRouter]:
@@ -65,10 +74,7 @@ def upcycle_state_dict(
     Raises:
         ValueError: an unknown ``routers``, or "init" with sigmoid routing and no static kernel.
     """
-    if routers not in UPCYCLE_ROUTERS:
-        raise ValueError(
-            f"MODEL.CONDCONV.UPCYCLE_ROUTERS must be one of {UPCYCLE_ROUTERS}, got {routers!r}"
-        )
+    check_upcycle_routers(routers)
     generator = torch.Generator().manual_seed(seed)
     target = model.state_dict()
     out: Dict[str, torch.Tensor] = {}
