@@ -57,9 +57,18 @@ class TwinRun:
 
     @property
     def record(self) -> Dict:
+        return self._record(static_settings_only=self.twin != "CondConv")
+
+    def _record(self, static_settings_only: bool) -> Dict:
+        """What the run is trained with. A static run's record leaves out what the config file
+        sets under :data:`CONDCONV_ONLY_PREFIXES`, which a static model does not read, so that
+        changing a CondConv-only setting in the file does not retire finished static runs."""
         from condconv_det.config import config_file_values
 
-        values = json.dumps(config_file_values(self.config_file), sort_keys=True, default=str)
+        settings = config_file_values(self.config_file)
+        if static_settings_only:
+            settings = _without_condconv_only(settings)
+        values = json.dumps(settings, sort_keys=True, default=str)
         opts = list(self.opts)
         for i in range(0, len(opts) - 1, 2):
             if opts[i] == "MODEL.WEIGHTS" and os.path.isabs(opts[i + 1]):
@@ -89,7 +98,9 @@ class TwinRun:
             return False
         with open(path) as f:
             recorded = json.load(f)
-        if recorded != self.record and recorded != self._older_record():
+        # Earlier versions recorded every setting of the file, then the file's bytes.
+        accepted = (self.record, self._record(static_settings_only=False), self._older_record())
+        if recorded not in accepted:
             raise FileExistsError(
                 f"{self.output_dir} holds a {self.twin} run trained with other settings "
                 f"(see its {_RECORD}); remove it or pass another --output-dir."
@@ -106,6 +117,17 @@ class TwinRun:
         atomic_write(
             os.path.join(self.output_dir, _RECORD), lambda f: json.dump(record, f, indent=2), "w"
         )
+
+
+def _without_condconv_only(values: Dict, prefix: str = "") -> Dict:
+    """The nested config values without the keys under :data:`CONDCONV_ONLY_PREFIXES`."""
+    kept = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if name.startswith(CONDCONV_ONLY_PREFIXES) or f"{name}.".startswith(CONDCONV_ONLY_PREFIXES):
+            continue
+        kept[key] = _without_condconv_only(value, f"{name}.") if isinstance(value, dict) else value
+    return kept
 
 
 def _split_opts(opts: Sequence[str]) -> Tuple[List[str], List[str]]:

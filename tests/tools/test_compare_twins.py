@@ -163,6 +163,45 @@ def test_finished_runs_survive_comments_in_the_config_and_a_moved_output_folder(
         finished(tmp_path / "moved")
 
 
+def test_a_condconv_only_setting_changed_in_the_config_retires_only_the_condconv_runs(tmp_path):
+    from condconv_det.twins import twin_runs
+
+    config = tmp_path / "variant.yaml"
+    base = f'_BASE_: "{os.path.abspath(CONFIG)}"\n'
+    config.write_text(base + "MODEL:\n  CONDCONV:\n    EXPERT_DROPOUT: 0.1\n")
+
+    def runs():
+        return twin_runs(str(config), [], [0], str(tmp_path / "out"), from_static=10)
+
+    for run in (r for twin in runs().values() for r in twin):
+        run.write_record()
+        _metrics(run.output_dir, 30.0)
+    config.write_text(
+        base + "MODEL:\n  CONDCONV:\n    EXPERT_DROPOUT: 0.2\nSOLVER:\n  ROUTER_LR_FACTOR: 2.0\n"
+    )
+    changed = runs()
+    assert changed["base"][0].is_finished() and changed["static"][0].is_finished()
+    with pytest.raises(FileExistsError, match="trained with other settings"):
+        changed["CondConv"][0].is_finished()
+    # A setting both twins read still retires the static runs.
+    config.write_text(
+        base + "MODEL:\n  CONDCONV:\n    EXPERT_DROPOUT: 0.2\nSOLVER:\n  BASE_LR: 0.01\n"
+    )
+    with pytest.raises(FileExistsError, match="trained with other settings"):
+        runs()["static"][0].is_finished()
+
+
+def test_static_runs_recorded_with_every_setting_of_the_file_are_reused(tmp_path):
+    from condconv_det.twins import twin_runs
+
+    run = twin_runs(CONFIG, [], [0], str(tmp_path))["static"][0]
+    _metrics(run.output_dir, 30.0)
+    with open(os.path.join(run.output_dir, "twin_run.json"), "w") as f:
+        json.dump(run._record(static_settings_only=False), f)
+    assert run._record(static_settings_only=False) != run.record
+    assert run.is_finished()
+
+
 def test_runs_recorded_by_earlier_versions_are_reused(tmp_path):
     import hashlib
 
