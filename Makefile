@@ -17,7 +17,7 @@ lint: env
 	$(VENV)/bin/ruff format --check .
 
 test: env lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 # The tests that touch detectron2's engine, checkpointer, data loading, configs and export, run
 # against detectron2's main branch: a pure-Python snapshot put first on the path (it shadows the
@@ -31,7 +31,7 @@ D2MAIN_SKIP := --ignore=tests/tools/test_benchmark_layer.py
 test-d2main: env
 	@test -f "$(D2MAIN)/detectron2/__init__.py" || { echo "no detectron2 main at $(D2MAIN): set D2MAIN to a checkout of its main branch"; exit 2; }
 	PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(D2MAIN)" $(PY) -c "import detectron2, os; print('detectron2 from', os.path.dirname(detectron2.__file__))"
-	PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(D2MAIN)" $(PY) -m pytest -q -p no:cacheprovider $(D2MAIN_SKIP) $(D2MAIN_TESTS)
+	PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(D2MAIN)" $(PY) -m pytest -q --durations=20 -p no:cacheprovider $(D2MAIN_SKIP) $(D2MAIN_TESTS)
 
 # The main job (configs/shapes/): SSD-MobileNetV1 0.5x trained as a static model on the bundled
 # shapes dataset (800 images, generated on first use), then continued as its static twin and
