@@ -194,6 +194,7 @@ def test_lazy_data_equals_its_yaml_twin(name, shapes):
     assert lazy_cfg.dataloader.evaluator.dataset_name == test.dataset.names
     assert train.total_batch_size == yaml_cfg.SOLVER.IMS_PER_BATCH
     assert train.num_workers == test.num_workers == yaml_cfg.DATALOADER.NUM_WORKERS
+    assert train.get("aspect_ratio_grouping", True) == yaml_cfg.DATALOADER.ASPECT_RATIO_GROUPING
 
     # Each mapper maps an image as its twin does, random augmentations drawn from the same seed.
     records = DatasetCatalog.get("shapes_plain_train")[:3]
@@ -211,6 +212,35 @@ def test_lazy_data_equals_its_yaml_twin(name, shapes):
             if is_train:
                 assert torch.equal(a["instances"].gt_boxes.tensor, b["instances"].gt_boxes.tensor)
                 assert torch.equal(a["instances"].gt_classes, b["instances"].gt_classes)
+
+
+def test_the_shapes_loaders_batch_in_the_worker_and_give_the_grouped_loaders_batches(shapes):
+    """Every shapes image is resized to one square size: both twins' train loaders batch in the
+    worker (which then prefetches whole batches, where the grouped loader prefetches two
+    images), and they yield the batches that the aspect-ratio grouped loader does."""
+    from detectron2.utils.env import seed_all_rng
+
+    from condconv_det.engine import Trainer
+
+    yaml_cfg = _yaml("shapes/ssd_condconv_MNv1")
+    lazy_cfg = _lazy("shapes/ssd_condconv_MNv1")
+    batch = yaml_cfg.SOLVER.IMS_PER_BATCH
+    for loader in (Trainer.build_train_loader(yaml_cfg), instantiate(lazy_cfg.dataloader.train)):
+        assert isinstance(loader, torch.utils.data.DataLoader) and loader.batch_size == batch
+
+    def batches(grouping):
+        cfg = yaml_cfg.clone()
+        cfg.DATALOADER.NUM_WORKERS = 0
+        cfg.DATALOADER.ASPECT_RATIO_GROUPING = grouping
+        seed_all_rng(0)
+        loader = iter(Trainer.build_train_loader(cfg))
+        return [next(loader) for _ in range(3)]  # 24 images of the 16: past one epoch
+
+    grouped, batched = batches(True), batches(False)
+    assert [len(b) for b in batched] == [batch] * 3
+    for a, b in zip((x for b in grouped for x in b), (x for b in batched for x in b)):
+        assert a["file_name"] == b["file_name"] and torch.equal(a["image"], b["image"])
+        assert torch.equal(a["instances"].gt_boxes.tensor, b["instances"].gt_boxes.tensor)
 
 
 # ---------------------------------------------------------------------------------------------

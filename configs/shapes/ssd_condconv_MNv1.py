@@ -38,6 +38,7 @@ dataloader.train.mapper.augmentations = [
 ]
 dataloader.train.total_batch_size = 8
 dataloader.train.num_workers = 1
+dataloader.train.aspect_ratio_grouping = False  # square images: as Base-SSD-shapes.yaml
 dataloader.test.dataset.names = "shapes_plain_val"
 dataloader.test.mapper.augmentations = [L(T.Resize)(shape=[128, 128])]
 dataloader.test.num_workers = 1
