@@ -119,12 +119,17 @@ class TwinRun:
         )
 
 
+def _condconv_only(key: str) -> bool:
+    """Whether a config key (a leaf, or a node such as ``MODEL.CONDCONV``) is CondConv-only."""
+    return f"{key}.".startswith(CONDCONV_ONLY_PREFIXES)
+
+
 def _without_condconv_only(values: Dict, prefix: str = "") -> Dict:
     """The nested config values without the keys under :data:`CONDCONV_ONLY_PREFIXES`."""
     kept = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
-        if name.startswith(CONDCONV_ONLY_PREFIXES) or f"{name}.".startswith(CONDCONV_ONLY_PREFIXES):
+        if _condconv_only(name):
             continue
         kept[key] = _without_condconv_only(value, f"{name}.") if isinstance(value, dict) else value
     return kept
@@ -135,9 +140,7 @@ def _split_opts(opts: Sequence[str]) -> Tuple[List[str], List[str]]:
     if len(opts) % 2:
         raise ValueError(f"overrides come in KEY VALUE pairs, got {list(opts)}")
     pairs = list(zip(opts[0::2], opts[1::2]))
-    static = [
-        str(x) for k, v in pairs if not str(k).startswith(CONDCONV_ONLY_PREFIXES) for x in (k, v)
-    ]
+    static = [str(x) for k, v in pairs if not _condconv_only(str(k)) for x in (k, v)]
     return [str(o) for o in opts], static + ["MODEL.CONDCONV.NUM_EXPERTS", "0"]
 
 
