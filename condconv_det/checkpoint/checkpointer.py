@@ -196,10 +196,15 @@ class CondConvCheckpointer(DetectionCheckpointer):
             )
             checkpoint["matching_heuristics"] = False
         weights = checkpoint["model"]
+        # In the model's order, not the set's: the upcycling noise is drawn from one seeded
+        # generator key after key, and a set of strings is ordered by the process's hash seed,
+        # which would give each run other experts.
         static_keys = [
             k
-            for k in condconv
-            if k in weights and tuple(weights[k].shape) == tuple(model_sd[k].shape[1:])
+            for k in model_sd
+            if k in condconv
+            and k in weights
+            and tuple(weights[k].shape) == tuple(model_sd[k].shape[1:])
         ]
         if static_keys:
             upcycled = upcycle_state_dict(

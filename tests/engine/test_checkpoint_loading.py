@@ -179,6 +179,29 @@ def test_upcycle_noise_sets_the_experts_apart_and_the_model_still_computes_the_s
         CondConvCheckpointer(Routed(), upcycle_noise=-0.1)
 
 
+def test_upcycling_draws_the_noise_layer_after_layer_in_the_models_order(tmp_path):
+    # The same experts in every process: the order of the kernels, not the process's hash seed
+    # (which orders a set of names), decides which noise each layer gets.
+    from condconv_det.checkpoint import upcycle_state_dict
+    from condconv_det.config import get_cfg
+    from condconv_det.engine import Trainer
+
+    names = [f"block{i}" for i in range(8)]
+    model = torch.nn.ModuleDict({n: CondConv2d(4, 4, 3, num_experts=4) for n in names})
+    torch.manual_seed(0)
+    static = {f"{n}.weight": torch.randn(4, 4, 3, 3) for n in names}
+    static.update({f"{n}.bias": torch.randn(4) for n in names})
+    path = _save(torch.nn.Module(), tmp_path / "static.pth")
+    torch.save({"model": static}, path)
+    cfg = get_cfg()
+    cfg.MODEL.WEIGHTS_MATCH = "pretrained"
+    Trainer.build_checkpointer(model, cfg).load(path)
+    in_order = {k: static[k] for k in model.state_dict() if k in static}
+    expected = upcycle_state_dict(in_order, model, noise=cfg.MODEL.CONDCONV.UPCYCLE_NOISE)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
 def test_upcycled_sigmoid_routing_starts_at_its_uniform_value_whatever_the_temperature(tmp_path):
     static, path = _static_conv_checkpoint(tmp_path)
     x = torch.randn(2, 8, 6, 6)
