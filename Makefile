@@ -16,8 +16,14 @@ lint: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Test files run in parallel worker processes (pytest-xdist), one per core up to 4, each file's
+# tests in one worker so that a file's trained-model fixtures are built once. PYTEST_WORKERS=0
+# runs everything in this process.
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 4 ] && n=4; echo $$n)
+PYTEST_FLAGS := -q --durations=20 -n $(PYTEST_WORKERS) --dist loadfile
+
 test: env lint
-	$(PY) -m pytest -q --durations=20 tests
+	$(PY) -m pytest $(PYTEST_FLAGS) tests
 
 # The tests that touch detectron2's engine, checkpointer, data loading, configs and export, run
 # against detectron2's main branch: a pure-Python snapshot put first on the path (it shadows the
@@ -31,7 +37,7 @@ D2MAIN_SKIP := --ignore=tests/tools/test_benchmark_layer.py
 test-d2main: env
 	@test -f "$(D2MAIN)/detectron2/__init__.py" || { echo "no detectron2 main at $(D2MAIN): set D2MAIN to a checkout of its main branch"; exit 2; }
 	PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(D2MAIN)" $(PY) -c "import detectron2, os; print('detectron2 from', os.path.dirname(detectron2.__file__))"
-	PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(D2MAIN)" $(PY) -m pytest -q --durations=20 -p no:cacheprovider $(D2MAIN_SKIP) $(D2MAIN_TESTS)
+	PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$(D2MAIN)" $(PY) -m pytest $(PYTEST_FLAGS) -p no:cacheprovider $(D2MAIN_SKIP) $(D2MAIN_TESTS)
 
 # The main job (configs/shapes/): SSD-MobileNetV1 0.5x trained as a static model on the bundled
 # shapes dataset (800 images, generated on first use), then continued as its static twin and

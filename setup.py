@@ -23,6 +23,8 @@ setup(
     extras_require={
         "test": [
             "pytest>=7",
+            # make test runs the test files in parallel worker processes (one per core, up to 4).
+            "pytest-xdist>=3",
             "onnx>=1.14",
             "onnxruntime>=1.16",
             "onnxscript>=0.1",
