@@ -191,7 +191,7 @@ def test_upcycling_draws_the_noise_layer_after_layer_in_the_models_order(tmp_pat
     torch.manual_seed(0)
     static = {f"{n}.weight": torch.randn(4, 4, 3, 3) for n in names}
     static.update({f"{n}.bias": torch.randn(4) for n in names})
-    path = _save(torch.nn.Module(), tmp_path / "static.pth")
+    path = str(tmp_path / "static.pth")
     torch.save({"model": static}, path)
     cfg = get_cfg()
     cfg.MODEL.WEIGHTS_MATCH = "pretrained"
