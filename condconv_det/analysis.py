@@ -11,7 +11,7 @@ from typing import Dict, List, Tuple
 
 import torch
 from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import matmul_flop_jit
+from fvcore.nn.jit_handles import get_shape, matmul_flop_jit
 from torch import nn
 
 from condconv_det.layers import CondConv2d
@@ -32,14 +32,23 @@ def madds_analysis(model: nn.Module, inputs: Tuple) -> FlopCountAnalysis:
     ``.total()`` is the number of multiply-adds; ``.by_module()`` breaks it down.
     """
     analysis = FlopCountAnalysis(model, inputs)
-    # The kernel mix is a plain matrix product, which fvcore does not count by default.
+    # The kernel mix is a plain matrix product, which fvcore does not count by default; a
+    # CondConv layer with a bias applies its kernels with baddbmm, which it does not know.
     analysis.set_op_handle("aten::mm", matmul_flop_jit)
+    analysis.set_op_handle("aten::baddbmm", _baddbmm_madds)
     # Batch norms fold into the convolutions at inference; a handle of None would not replace
     # fvcore's default one, so count them as zero explicitly.
     analysis.set_op_handle("aten::batch_norm", lambda inputs, outputs: 0)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     return analysis
+
+
+def _baddbmm_madds(inputs, outputs) -> int:
+    """``baddbmm(bias, a, b)``: the batched product's multiply-adds; the bias added to its
+    result is element-wise, not counted."""
+    (batch, rows, inner), (_, _, cols) = get_shape(inputs[1]), get_shape(inputs[2])
+    return batch * rows * inner * cols
 
 
 def expert_parameters(model: nn.Module) -> List[nn.Parameter]:

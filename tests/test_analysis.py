@@ -8,13 +8,17 @@ from condconv_det.layers import RoutedCondConv2d
 from condconv_det.modeling.classifier import build_classifier
 
 
+@pytest.mark.parametrize("kernel_size", [1, 3])
+@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_condconv_layer_counted_as_routing_plus_mix_plus_conv(batch):
-    c, o, k, e, h = 16, 32, 3, 4, 10
-    layer = RoutedCondConv2d(c, o, k, padding=1, num_experts=e, bias=False).eval()
+def test_condconv_layer_counted_as_routing_plus_mix_plus_conv(batch, bias, kernel_size):
+    c, o, k, e, h = 16, 32, kernel_size, 4, 10
+    layer = RoutedCondConv2d(c, o, k, padding=k // 2, num_experts=e, bias=bias).eval()
     madds = madds_analysis(layer, (torch.randn(batch, c, h, h),)).total()
     kernel = o * c * k * k
     per_example = c * e + e * kernel + kernel * h * h  # routing FC + kernel mix + conv
+    if bias:
+        per_example += e * o  # the biases' mix (their addition is element-wise, not counted)
     assert madds == batch * per_example
 
 
