@@ -35,9 +35,14 @@ __all__ = [
 
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
+# The experts of SSD's extra layers and predictors, set outside MODEL.CONDCONV: the static twin
+# is trained with 0 where the CondConv twin has them.
+SSD_EXPERT_KEYS = ("MODEL.SSD.EXTRA_NUM_EXPERTS", "MODEL.SSD.HEAD_NUM_EXPERTS")
+
 # Overrides that only a CondConv model reads; the static twin is trained without them.
 CONDCONV_ONLY_PREFIXES = (
     "MODEL.CONDCONV.",
+    *SSD_EXPERT_KEYS,
     "SOLVER.ROUTER_LR_FACTOR",
     "SOLVER.WEIGHT_DECAY_ROUTER",
 )
@@ -69,7 +74,7 @@ class TwinRun:
         if static_settings_only:
             settings = _without_condconv_only(settings)
         values = json.dumps(settings, sort_keys=True, default=str)
-        opts = list(self.opts)
+        opts = _without_ssd_experts_off(self.opts) if static_settings_only else list(self.opts)
         for i in range(0, len(opts) - 1, 2):
             if opts[i] == "MODEL.WEIGHTS" and os.path.isabs(opts[i + 1]):
                 opts[i + 1] = os.path.relpath(opts[i + 1], os.path.abspath(self.output_dir))
@@ -135,13 +140,31 @@ def _without_condconv_only(values: Dict, prefix: str = "") -> Dict:
     return kept
 
 
-def _split_opts(opts: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """(CondConv twin's overrides, static twin's overrides)."""
+def _split_opts(config_file: str, opts: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(CondConv twin's overrides, static twin's overrides). The static twin's end with 0
+    experts, also in SSD's extra layers and predictors where the CondConv twin has some there
+    (from the overrides or the config file)."""
+    from condconv_det.config import config_file_values
+
     if len(opts) % 2:
         raise ValueError(f"overrides come in KEY VALUE pairs, got {list(opts)}")
-    pairs = list(zip(opts[0::2], opts[1::2]))
-    static = [str(x) for k, v in pairs if not _condconv_only(str(k)) for x in (k, v)]
-    return [str(o) for o in opts], static + ["MODEL.CONDCONV.NUM_EXPERTS", "0"]
+    pairs = [(str(k), str(v)) for k, v in zip(opts[0::2], opts[1::2])]
+    static = [x for k, v in pairs if not _condconv_only(k) for x in (k, v)]
+    static += ["MODEL.CONDCONV.NUM_EXPERTS", "0"]
+    ssd = config_file_values(config_file).get("MODEL", {}).get("SSD", {})
+    overridden = dict(pairs)
+    for key in SSD_EXPERT_KEYS:
+        experts = overridden.get(key, ssd.get(key.rsplit(".", 1)[1], 0))
+        if int(experts) != 0:
+            static += [key, "0"]
+    return [x for pair in pairs for x in pair], static
+
+
+def _without_ssd_experts_off(opts: Sequence[str]) -> List[str]:
+    """A static run's overrides without the pairs that set SSD's experts to 0: they make a
+    static run the same as one of a config without them, so its folder and record are too."""
+    pairs = zip(opts[0::2], opts[1::2])
+    return [x for k, v in pairs if not (k in SSD_EXPERT_KEYS and v == "0") for x in (k, v)]
 
 
 def _key(opts: Sequence[str]) -> str:
@@ -163,12 +186,12 @@ def twin_runs(
     (:class:`~condconv_det.checkpoint.CondConvCheckpointer`), and both then train for the
     config's schedule: the same data, iterations and starting function for both.
     """
-    condconv_opts, static_opts = _split_opts(opts)
+    condconv_opts, static_opts = _split_opts(config_file, opts)
     runs: Dict[str, List[TwinRun]] = {}
     bases: Dict[int, TwinRun] = {}
     if from_static > 0:
         base_opts = static_opts + ["SOLVER.MAX_ITER", str(from_static)]
-        folder = f"base-{_key(base_opts)}"
+        folder = f"base-{_key(_without_ssd_experts_off(base_opts))}"
         runs["base"] = [
             TwinRun(
                 "base",
@@ -183,7 +206,7 @@ def twin_runs(
     for twin, twin_opts in (("CondConv", condconv_opts), ("static", static_opts)):
         base = twin.lower()
         # The static twin without overrides: only NUM_EXPERTS 0.
-        extra = twin_opts if twin == "CondConv" else twin_opts[:-2]
+        extra = twin_opts if twin == "CondConv" else _without_ssd_experts_off(twin_opts)[:-2]
         if from_static > 0:
             extra = extra + ["from_static", str(from_static)]
         folder = base if not extra else f"{base}-{_key(extra)}"

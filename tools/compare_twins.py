@@ -13,14 +13,16 @@ By default both twins start from a static model trained as long as the config's 
 twin continues it and the CondConv twin is upcycled from it. The main job's config is
 ``configs/shapes/ssd_condconv_MNv1.yaml``.
 
-The static twin is the same config with ``MODEL.CONDCONV.NUM_EXPERTS 0``. Each model trains in
-its own ``tools/train_net.py`` process (its log, with losses and ETA, is shown as it runs and kept
-in ``<output-dir>/<twin>/seed<k>/log.txt``); the final COCO evaluations are then printed side by
+The static twin is the same config with ``MODEL.CONDCONV.NUM_EXPERTS 0`` (and, for SSD, 0 in
+``MODEL.SSD.EXTRA_NUM_EXPERTS`` and ``HEAD_NUM_EXPERTS``). Each model trains in its own
+``tools/train_net.py`` process (its log, with losses and ETA, is shown as it runs and kept in
+``<output-dir>/<twin>/seed<k>/log.txt``); the final COCO evaluations are then printed side by
 side, as the mean and spread over the seeds, with the seed-by-seed difference, parameters and
 multiply-adds. Extra ``KEY VALUE`` pairs apply to both runs; those that only a CondConv model
-reads (``MODEL.CONDCONV.*``, the routers' solver settings) are left out of the static twin's, so
-the static runs are shared by every variant and trained once. Finished runs are reused. A
---config-file inside a run's folder is refused: training writes its own config.yaml there.
+reads (``MODEL.CONDCONV.*``, SSD's expert counts, the routers' solver settings) are left out of
+the static twin's, so the static runs are shared by every variant and trained once. Finished
+runs are reused. A --config-file inside a run's folder is refused: training writes its own
+config.yaml there.
 """
 
 import _tool_env  # noqa: F401  (first: process settings made before torch is imported)

@@ -297,3 +297,39 @@ def test_a_bad_override_fails_before_any_training(tmp_path, monkeypatch, capsys)
         )
     assert "SOLVER.NO_SUCH_KEY" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("where", ["override", "config file"])
+def test_the_static_twin_has_no_experts_in_ssds_extra_layers_and_predictors(tmp_path, where):
+    from detectron2.modeling import build_model
+
+    from condconv_det.config import load_config
+    from condconv_det.layers import CondConv2d
+    from condconv_det.twins import twin_runs
+
+    ssd_experts = ["MODEL.SSD.EXTRA_NUM_EXPERTS", "2", "MODEL.SSD.HEAD_NUM_EXPERTS", "2"]
+    config, opts = CONFIG, ssd_experts
+    if where == "config file":
+        config = tmp_path / "variant.yaml"
+        config.write_text(
+            f'_BASE_: "{os.path.abspath(CONFIG)}"\n'
+            "MODEL:\n  SSD:\n    EXTRA_NUM_EXPERTS: 2\n    HEAD_NUM_EXPERTS: 2\n"
+        )
+        config, opts = str(config), []
+    plain = twin_runs(CONFIG, [], [0], str(tmp_path / "out"), from_static=10)
+    runs = twin_runs(config, opts, [0], str(tmp_path / "out"), from_static=10)
+
+    def condconv_layers(run):
+        cfg = load_config(run.config_file, run.opts + ["MODEL.DEVICE", "cpu"])
+        names = [n for n, m in build_model(cfg).named_modules() if isinstance(m, CondConv2d)]
+        return {part for n in names for part in ("head.", "backbone.p6.") if part in n}
+
+    assert condconv_layers(runs["CondConv"][0]) == {"head.", "backbone.p6."}
+    for twin in ("base", "static"):
+        run = runs[twin][0]
+        assert condconv_layers(run) == set()
+        # The same run as the static twin of the config without SSD experts, so it is shared.
+        assert run.output_dir == plain[twin][0].output_dir
+        if where == "override":
+            assert run.record == plain[twin][0].record
+    assert runs["CondConv"][0].record != plain["CondConv"][0].record
