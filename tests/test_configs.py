@@ -8,7 +8,7 @@ from detectron2 import model_zoo
 from detectron2.modeling import build_model
 
 from condconv_det.config import get_cfg
-from condconv_det.layers import CondConv2d
+from condconv_det.layers import CondConv2d, CondConvRouter
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("Base-"))
@@ -37,6 +37,25 @@ def test_config_builds_a_model(path):
     assert out["instances"].image_size == (128, 160)
 
 
+@pytest.mark.parametrize(
+    "path",
+    [p for p in FILES if "COCO-Detection" in str(p) and "condconv" in p.name],
+    ids=lambda p: p.name,
+)
+def test_coco_configs_carry_the_chosen_recipe(path):
+    # The main job's recipe (docs/training.md): the paper's sigmoid routing without annealing,
+    # DropExpert 0.1 in every router of the built model.
+    cfg = _load(path)
+    c = cfg.MODEL.CONDCONV
+    assert (c.ROUTING_ACTIVATION, c.ROUTING_TEMPERATURE, c.TEMPERATURE_SCHEDULE.ITERS) == (
+        "sigmoid",
+        1.0,
+        0,
+    )
+    routers = [m for m in build_model(cfg).modules() if isinstance(m, CondConvRouter)]
+    assert routers and {r.expert_dropout for r in routers} == {0.1}
+
+
 @pytest.mark.parametrize("path", [p for p in FILES if "condconv" in p.name], ids=lambda p: p.name)
 def test_static_twin_differs_only_in_experts(path):
     twin = path.with_name(path.name.replace("condconv", "static"))
@@ -59,6 +78,9 @@ def test_model_zoo_base_changes_only_the_backbone():
     # The ImageNet R-50 fills the bottom-up only: FPN and heads start as initialised.
     assert ours.MODEL.WEIGHTS_MATCH == "pretrained"
     zoo.MODEL.WEIGHTS_MATCH = ours.MODEL.WEIGHTS_MATCH
+    # ... and the CondConv recipe of the other COCO configs: DropExpert 0.1.
+    assert ours.MODEL.CONDCONV.EXPERT_DROPOUT == 0.1
+    zoo.MODEL.CONDCONV.EXPERT_DROPOUT = ours.MODEL.CONDCONV.EXPERT_DROPOUT
     assert ours.dump() == zoo.dump()
 
 

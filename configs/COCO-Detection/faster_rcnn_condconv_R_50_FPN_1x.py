@@ -29,6 +29,7 @@ model.backbone.bottom_up = L(ResNet)(
         stride_in_1x1=True,  # MSRA's (Caffe) ResNet strides in the first 1x1 conv
         out_features="${..out_features}",
         router_init="glorot",
+        condconv_options=dict(expert_dropout=0.1),  # DropExpert, as the YAML twin
     ),
     out_features=["res2", "res3", "res4", "res5"],
     freeze_at=2,

@@ -20,6 +20,7 @@ model.backbone.bottom_up = L(MobileNet)(
     out_features=["res3", "res4", "res5"],
     freeze_at=2,
     router_init="glorot",
+    condconv_options=dict(expert_dropout=0.1),  # DropExpert, as the YAML twin's base
 )
 # P6 grows from res5: the 320 channels of MobileNetV2's last table row at width 1.0.
 model.backbone.top_block.update(in_channels=320, in_feature="res5")

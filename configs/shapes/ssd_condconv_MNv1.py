@@ -20,8 +20,6 @@ model.backbone.bottom_up.update(width_mult=0.5, out_features=["res3", "res4", "r
 # Trained from scratch in a stack without residuals: every example starts at the same routing
 # (docs/training.md; 0.1 AP with the official Glorot init in this recipe).
 model.backbone.router_init = "zeros"
-# DropExpert on the routing (MODEL.CONDCONV.EXPERT_DROPOUT 0.1 in the YAML twin).
-model.backbone.bottom_up.condconv_options = dict(expert_dropout=0.1)
 # Start at stride 8 (16x16) with smaller boxes; two extra layers (p6, p7).
 model.backbone.update(in_features=["res3", "res4", "res5"], extra_channels=[256, 128], norm="BN")
 model.head.input_shape = [ShapeSpec(channels=c) for c in (128, 256, 512, 256, 128)]

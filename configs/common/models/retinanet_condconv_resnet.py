@@ -28,6 +28,8 @@ model.backbone.bottom_up = L(ResNet)(
         stride_in_1x1=False,  # torchvision's ResNet strides in the 3x3 conv
         out_features="${..out_features}",
         router_init="glorot",
+        # DropExpert 0.1 (MODEL.CONDCONV.EXPERT_DROPOUT in Base-RetinaNet-CondConv.yaml).
+        condconv_options=dict(expert_dropout=0.1),
     ),
     out_features=["res3", "res4", "res5"],
     freeze_at=2,

@@ -31,6 +31,8 @@ model = L(SSD)(
             out_features=["res4", "res5"],
             freeze_at=0,  # SSD fine-tunes the whole backbone, batch norms included
             router_init="${..router_init}",
+            # DropExpert 0.1 (MODEL.CONDCONV.EXPERT_DROPOUT in Base-SSD-CondConv.yaml).
+            condconv_options=dict(expert_dropout=0.1),
         ),
         # 19x19 and 10x10 at 300x300, then extra layers at 5x5, 3x3, 2x2, 1x1 (p6..p9).
         in_features=["res4", "res5"],
