@@ -1,7 +1,8 @@
 """CondConv against its static twin: the runs of both, over seeds, and their comparison.
 
-A twin pair is one config trained twice, with ``MODEL.CONDCONV.NUM_EXPERTS`` as the config says
-(CondConv) and 0 (static), under the same overrides and seed. The CondConv-only settings
+A twin pair is one config trained twice, with ``MODEL.CONDCONV.NUM_EXPERTS`` (and SSD's
+``EXTRA_NUM_EXPERTS`` / ``HEAD_NUM_EXPERTS``) as the config says (CondConv) and 0 (static), under
+the same overrides and seed. The CondConv-only settings
 (:data:`CONDCONV_ONLY_PREFIXES`) do nothing in a static model, so the static twin is trained
 without them: the static runs of several CondConv variants (an ablation) are the same runs, and
 are trained once.
@@ -140,29 +141,25 @@ def _without_condconv_only(values: Dict, prefix: str = "") -> Dict:
     return kept
 
 
-def _split_opts(config_file: str, opts: Sequence[str]) -> Tuple[List[str], List[str]]:
+def _split_opts(opts: Sequence[str]) -> Tuple[List[str], List[str]]:
     """(CondConv twin's overrides, static twin's overrides). The static twin's end with 0
-    experts, also in SSD's extra layers and predictors where the CondConv twin has some there
-    (from the overrides or the config file)."""
-    from condconv_det.config import config_file_values
-
+    experts: ``MODEL.CONDCONV.NUM_EXPERTS``, then SSD's extra layers and predictors, whatever the
+    config file or the overrides set there."""
     if len(opts) % 2:
         raise ValueError(f"overrides come in KEY VALUE pairs, got {list(opts)}")
     pairs = [(str(k), str(v)) for k, v in zip(opts[0::2], opts[1::2])]
     static = [x for k, v in pairs if not _condconv_only(k) for x in (k, v)]
     static += ["MODEL.CONDCONV.NUM_EXPERTS", "0"]
-    ssd = config_file_values(config_file).get("MODEL", {}).get("SSD", {})
-    overridden = dict(pairs)
-    for key in SSD_EXPERT_KEYS:
-        experts = overridden.get(key, ssd.get(key.rsplit(".", 1)[1], 0))
-        if int(experts) != 0:
-            static += [key, "0"]
+    static += [x for key in SSD_EXPERT_KEYS for x in (key, "0")]
     return [x for pair in pairs for x in pair], static
 
 
 def _without_ssd_experts_off(opts: Sequence[str]) -> List[str]:
-    """A static run's overrides without the pairs that set SSD's experts to 0: they make a
-    static run the same as one of a config without them, so its folder and record are too."""
+    """A static run's overrides without the pairs that set SSD's experts to 0, as its folder
+    name and record hold them: earlier versions did not pass them, and a static model of a
+    config without SSD experts is the same run with or without them. (Where the config file
+    sets SSD experts, its values in the record differ from an earlier version's, which trained
+    the static twin with them: such a run is not reused.)"""
     pairs = zip(opts[0::2], opts[1::2])
     return [x for k, v in pairs if not (k in SSD_EXPERT_KEYS and v == "0") for x in (k, v)]
 
@@ -186,7 +183,7 @@ def twin_runs(
     (:class:`~condconv_det.checkpoint.CondConvCheckpointer`), and both then train for the
     config's schedule: the same data, iterations and starting function for both.
     """
-    condconv_opts, static_opts = _split_opts(config_file, opts)
+    condconv_opts, static_opts = _split_opts(opts)
     runs: Dict[str, List[TwinRun]] = {}
     bases: Dict[int, TwinRun] = {}
     if from_static > 0:
@@ -205,7 +202,7 @@ def twin_runs(
         bases = {run.seed: run for run in runs["base"]}
     for twin, twin_opts in (("CondConv", condconv_opts), ("static", static_opts)):
         base = twin.lower()
-        # The static twin without overrides: only NUM_EXPERTS 0.
+        # The static twin's folder is named by its overrides, not by the zeroed expert counts.
         extra = twin_opts if twin == "CondConv" else _without_ssd_experts_off(twin_opts)[:-2]
         if from_static > 0:
             extra = extra + ["from_static", str(from_static)]

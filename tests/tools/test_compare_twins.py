@@ -77,7 +77,11 @@ def test_seeds_give_mean_spread_and_paired_difference(tmp_path, capsys):
     # The static twin is trained without the CondConv-only key, and with 0 experts.
     static_opts = runs["static"][0].opts
     assert "MODEL.CONDCONV.STATIC_KERNEL" not in static_opts
-    assert static_opts[-4:] == ["MODEL.CONDCONV.NUM_EXPERTS", "0", "SEED", "0"]
+    assert static_opts[-8:] == [
+        *("MODEL.CONDCONV.NUM_EXPERTS", "0"),
+        *("MODEL.SSD.EXTRA_NUM_EXPERTS", "0", "MODEL.SSD.HEAD_NUM_EXPERTS", "0"),
+        *("SEED", "0"),
+    ]
     assert "SOLVER.MAX_ITER" in static_opts
     # ... so its runs are the same for another CondConv variant with the same solver.
     other = twin_runs(
@@ -299,7 +303,7 @@ def test_a_bad_override_fails_before_any_training(tmp_path, monkeypatch, capsys)
     assert not os.listdir(tmp_path)
 
 
-@pytest.mark.parametrize("where", ["override", "config file"])
+@pytest.mark.parametrize("where", ["override", "config file", "config file, override 0"])
 def test_the_static_twin_has_no_experts_in_ssds_extra_layers_and_predictors(tmp_path, where):
     from detectron2.modeling import build_model
 
@@ -307,15 +311,15 @@ def test_the_static_twin_has_no_experts_in_ssds_extra_layers_and_predictors(tmp_
     from condconv_det.layers import CondConv2d
     from condconv_det.twins import twin_runs
 
-    ssd_experts = ["MODEL.SSD.EXTRA_NUM_EXPERTS", "2", "MODEL.SSD.HEAD_NUM_EXPERTS", "2"]
-    config, opts = CONFIG, ssd_experts
-    if where == "config file":
+    config, opts = CONFIG, ["MODEL.SSD.EXTRA_NUM_EXPERTS", "2", "MODEL.SSD.HEAD_NUM_EXPERTS", "2"]
+    if where != "override":
         config = tmp_path / "variant.yaml"
         config.write_text(
             f'_BASE_: "{os.path.abspath(CONFIG)}"\n'
             "MODEL:\n  SSD:\n    EXTRA_NUM_EXPERTS: 2\n    HEAD_NUM_EXPERTS: 2\n"
         )
-        config, opts = str(config), []
+        config = str(config)
+        opts = [] if where == "config file" else ["MODEL.SSD.EXTRA_NUM_EXPERTS", "0"]
     plain = twin_runs(CONFIG, [], [0], str(tmp_path / "out"), from_static=10)
     runs = twin_runs(config, opts, [0], str(tmp_path / "out"), from_static=10)
 
@@ -324,12 +328,14 @@ def test_the_static_twin_has_no_experts_in_ssds_extra_layers_and_predictors(tmp_
         names = [n for n, m in build_model(cfg).named_modules() if isinstance(m, CondConv2d)]
         return {part for n in names for part in ("head.", "backbone.p6.") if part in n}
 
-    assert condconv_layers(runs["CondConv"][0]) == {"head.", "backbone.p6."}
+    expected = {"head."} if opts[-1:] == ["0"] else {"head.", "backbone.p6."}
+    assert condconv_layers(runs["CondConv"][0]) == expected
     for twin in ("base", "static"):
         run = runs[twin][0]
         assert condconv_layers(run) == set()
-        # The same run as the static twin of the config without SSD experts, so it is shared.
+        # Named as the static run of the config without SSD experts: with the same overrides
+        # (here none) it is that run, shared by both comparisons; from another config file its
+        # record differs (the file's name), so one output folder does not mix the two.
         assert run.output_dir == plain[twin][0].output_dir
-        if where == "override":
-            assert run.record == plain[twin][0].record
+        assert (run.record == plain[twin][0].record) == (where == "override")
     assert runs["CondConv"][0].record != plain["CondConv"][0].record
