@@ -312,6 +312,35 @@ def test_router_init_keyword_reaches_every_router():
         make_condconv_resnet_stages(18, router_init="normal")
 
 
+def test_condconv_options_reach_the_ssd_extra_layers_and_predictors_as_in_yaml():
+    # The YAML builders give MODEL.CONDCONV's options to every CondConv of an SSD; the lazy SSD
+    # takes the backbone's condconv_options for its extra layers and predictors as well.
+    def dropouts(model):
+        parts = ("backbone.bottom_up.", "backbone.p6.", "head.")
+        return {
+            part: r.expert_dropout
+            for n, r in model.named_modules()
+            if isinstance(r, CondConvRouter)
+            for part in parts
+            if n.startswith(part)
+        }
+
+    lazy_cfg = _lazy("COCO-Detection/ssd300_condconv_MNv1")
+    lazy_cfg.model.backbone.num_experts = 2
+    lazy_cfg.model.head.num_experts = 2
+    lazy_cfg.model.backbone.bottom_up.condconv_options = dict(expert_dropout=0.3)
+    yaml_cfg = _yaml("COCO-Detection/ssd300_condconv_MNv1")
+    yaml_cfg.merge_from_list(
+        ["MODEL.SSD.EXTRA_NUM_EXPERTS", 2, "MODEL.SSD.HEAD_NUM_EXPERTS", 2]
+        + ["MODEL.CONDCONV.EXPERT_DROPOUT", 0.3, "MODEL.MOBILENET.NORM", "BN"]
+        + ["MODEL.SSD.NORM", "BN"]
+    )
+    lazy_cfg.model.backbone.bottom_up.norm = lazy_cfg.model.backbone.norm = "BN"
+    expected = {"backbone.bottom_up.": 0.3, "backbone.p6.": 0.3, "head.": 0.3}
+    assert dropouts(instantiate(lazy_cfg.model)) == expected
+    assert dropouts(build_model(yaml_cfg)) == expected
+
+
 # ---------------------------------------------------------------------------------------------
 # tools/lazy_train_net.py
 

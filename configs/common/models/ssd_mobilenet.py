@@ -31,7 +31,8 @@ model = L(SSD)(
             out_features=["res4", "res5"],
             freeze_at=0,  # SSD fine-tunes the whole backbone, batch norms included
             router_init="${..router_init}",
-            # DropExpert 0.1 (MODEL.CONDCONV.EXPERT_DROPOUT in Base-SSD-CondConv.yaml).
+            # DropExpert 0.1 (MODEL.CONDCONV.EXPERT_DROPOUT in Base-SSD-CondConv.yaml); the
+            # extra layers and the predictors take the same options, as the YAML builders do.
             condconv_options=dict(expert_dropout=0.1),
         ),
         # 19x19 and 10x10 at 300x300, then extra layers at 5x5, 3x3, 2x2, 1x1 (p6..p9).
@@ -40,6 +41,7 @@ model = L(SSD)(
         depthwise=False,
         norm="SyncBN",
         num_experts=0,
+        condconv_options="${.bottom_up.condconv_options}",
         # Re-initialises every router of the backbone (MODEL.CONDCONV.ROUTER_INIT): "glorot" (the
         # official code's) or "zeros" (every example starts with the same routing).
         router_init="glorot",
@@ -55,6 +57,7 @@ model = L(SSD)(
         # CondConv predictors (MODEL.SSD.HEAD_NUM_EXPERTS), routers initialised as the backbone's.
         num_experts=0,
         router_init="${..backbone.router_init}",
+        condconv_options="${..backbone.bottom_up.condconv_options}",
     ),
     default_box_generator=L(DefaultBoxGenerator)(
         aspect_ratios=[[2.0, 3.0]] * 6, min_scale=0.2, max_scale=0.95, clip=True
