@@ -97,8 +97,8 @@ class TwinRun:
             "opts": self.opts,
         }
 
-    def is_finished(self) -> bool:
-        """Whether the run is there, with this record and a final evaluation."""
+    def check_record(self) -> bool:
+        """Whether the folder holds this run's record; raises if it holds another run's."""
         path = os.path.join(self.output_dir, _RECORD)
         if not os.path.isfile(path):
             return False
@@ -111,6 +111,12 @@ class TwinRun:
                 f"{self.output_dir} holds a {self.twin} run trained with other settings "
                 f"(see its {_RECORD}); remove it or pass another --output-dir."
             )
+        return True
+
+    def is_finished(self) -> bool:
+        """Whether the run is there, with this record and a final evaluation."""
+        if not self.check_record():
+            return False
         try:
             final_results(self.output_dir)
         except (FileNotFoundError, RuntimeError):

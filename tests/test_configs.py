@@ -54,6 +54,29 @@ def test_coco_configs_carry_the_chosen_recipe(path):
     )
     routers = [m for m in build_model(cfg).modules() if isinstance(m, CondConvRouter)]
     assert routers and {r.expert_dropout for r in routers} == {0.1}
+    # The paper's single-layer router: the hidden layer is the bundled main job's.
+    assert {r.hidden_ratio for r in routers} == {0.0}
+
+
+@pytest.mark.parametrize(
+    "name, hidden_ratio, expert_dropout",
+    [
+        ("shapes/ssd_condconv_MNv1.yaml", 0.25, 0.1),
+        ("digits/ssd_condconv_MNv1.yaml", 0.25, 0.1),
+        ("shapes_large/ssd_condconv_MNv1.yaml", 0.0, 0.0),
+    ],
+)
+def test_bundled_main_job_configs_carry_their_measured_routers(name, hidden_ratio, expert_dropout):
+    # docs/training.md: the main job (and the digits, which inherit it) route through a hidden
+    # layer of a quarter of the input channels; shapes_large keeps what it was measured with.
+    model = build_model(_load(CONFIGS / name))
+    routers = [m for m in model.modules() if isinstance(m, CondConvRouter)]
+    assert routers and {r.expert_dropout for r in routers} == {expert_dropout}
+    for r in routers:
+        if hidden_ratio:
+            assert r.reduce.out_features == r.in_channels * hidden_ratio == r.fc.in_features
+        else:
+            assert r.reduce is None and r.fc.in_features == r.in_channels
 
 
 @pytest.mark.parametrize("path", [p for p in FILES if "condconv" in p.name], ids=lambda p: p.name)

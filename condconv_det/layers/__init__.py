@@ -14,6 +14,7 @@ from .routing import (
     configure_condconv,
     reset_routers,
     set_routing_temperature,
+    set_up_routers,
     shared_expert_weights,
     uniform_start,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "msra_fill_experts",
     "reset_routers",
     "set_routing_temperature",
+    "set_up_routers",
     "shared_expert_weights",
     "store_experts_in",
     "uniform_start",

@@ -1,7 +1,7 @@
 """Routing functions for CondConv and the self-routing drop-in for ``nn.Conv2d``."""
 
 import math
-from typing import Optional, Union
+from typing import Any, Dict, Iterable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ __all__ = [
     "configure_condconv",
     "reset_routers",
     "set_routing_temperature",
+    "set_up_routers",
 ]
 
 # "sigmoid": the paper's routing, r = sigmoid(FC(GAP(x))); the weights need not sum to one,
@@ -310,6 +311,31 @@ def reset_routers(module: nn.Module, init: str) -> nn.Module:
     for m in module.modules():
         if isinstance(m, CondConvRouter):
             m.reset_parameters(init)
+    return module
+
+
+def set_up_routers(
+    module: nn.Module,
+    router_init: Optional[str] = None,
+    condconv_options: Optional[Dict[str, Any]] = None,
+    configured: Optional[Iterable[nn.Module]] = None,
+) -> nn.Module:
+    """What a model's builders do once its layers exist; returns ``module``.
+
+    Every router inside ``module`` is re-initialised as ``router_init`` says (None: each keeps
+    its own), then :func:`configure_condconv` applies ``condconv_options`` to ``configured``
+    (default: ``module`` itself). Routers that it rebuilds (for another hidden layer or norm)
+    start as ``router_init`` too, unless the options name their own ``router_init``: a hidden
+    layer set in the options must not turn zero-initialised routers back to Glorot's.
+    """
+    if router_init is not None:
+        reset_routers(module, router_init)
+    if condconv_options:
+        options = dict(condconv_options)
+        if router_init is not None:
+            options.setdefault("router_init", router_init)
+        for m in (module,) if configured is None else configured:
+            configure_condconv(m, **options)
     return module
 
 

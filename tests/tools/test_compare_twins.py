@@ -195,6 +195,26 @@ def test_a_condconv_only_setting_changed_in_the_config_retires_only_the_condconv
         runs()["static"][0].is_finished()
 
 
+def test_skip_train_does_not_report_runs_trained_with_other_settings(tmp_path, capsys):
+    from condconv_det.twins import twin_runs
+
+    tool = load_tool("compare_twins")
+    config = tmp_path / "variant.yaml"
+    base = f'_BASE_: "{os.path.abspath(CONFIG)}"\n'
+    config.write_text(base + "MODEL:\n  CONDCONV:\n    ROUTER_HIDDEN_RATIO: 0.25\n")
+    out = str(tmp_path / "out")
+    for run in (r for twin in twin_runs(str(config), [], [0], out).values() for r in twin):
+        run.write_record()
+        _metrics(run.output_dir, 30.0)
+    argv = ["--config-file", str(config), "--output-dir", out, "--skip-train", "--from-static", "0"]
+    assert tool.main(argv) == 0
+    assert "| box AP | 30.0 | 30.0 | +0.0 |" in capsys.readouterr().out
+    # The config changed after training: its CondConv runs are another model's.
+    config.write_text(base + "MODEL:\n  CONDCONV:\n    ROUTER_HIDDEN_RATIO: 0.0\n")
+    with pytest.raises(FileExistsError, match="condconv.*trained with other settings"):
+        tool.main(argv)
+
+
 def test_static_runs_recorded_with_every_setting_of_the_file_are_reused(tmp_path):
     from condconv_det.twins import twin_runs
 

@@ -27,8 +27,7 @@ from condconv_det.layers import (
     CondConv2dNorm,
     CondConvRouter,
     check_router_init,
-    configure_condconv,
-    reset_routers,
+    set_up_routers,
 )
 
 from ..conv import ROUTING_SCOPES
@@ -675,10 +674,7 @@ class MobileNet(Backbone):
             self._out_feature_channels["head"] = head_channels
             self._out_feature_strides["head"] = 32
         self._out_features = list(out_features)
-        if router_init is not None:
-            reset_routers(self, router_init)
-        if condconv_options:
-            configure_condconv(self, **condconv_options)
+        set_up_routers(self, router_init, condconv_options)
         self.freeze(freeze_at)  # last: parameters the options add are frozen too
 
     def block_names(self) -> List[str]:

@@ -20,9 +20,8 @@ from condconv_det.layers import (
     CondConv2dNorm,
     CondConvRouter,
     check_router_init,
-    configure_condconv,
     msra_fill_experts,
-    reset_routers,
+    set_up_routers,
 )
 
 from ..conv import ROUTING_SCOPES
@@ -334,10 +333,7 @@ def make_condconv_resnet_stages(
         out_channels *= 2
         bottleneck_channels *= 2
     for block in (b for stage in stages for b in stage):
-        if router_init is not None:
-            reset_routers(block, router_init)
-        if condconv_options:
-            configure_condconv(block, **condconv_options)
+        set_up_routers(block, router_init, condconv_options)
     return stages
 
 

@@ -21,7 +21,7 @@ from condconv_det.config import (
     checked_config,
     condconv_options,
 )
-from condconv_det.layers import check_router_init, configure_condconv, reset_routers
+from condconv_det.layers import check_router_init, set_up_routers
 
 from ..conv import make_ssd_conv
 from .mobilenet import build_condconv_mobilenet_backbone
@@ -134,10 +134,11 @@ class SSDBackbone(Backbone):
             self._out_feature_strides[name] = stride
             channels = out_channels
         self._out_features = self.in_features + self.extra_names
-        if router_init is not None:
-            reset_routers(self, router_init)
-        for name in self.extra_names if condconv_options else ():
-            configure_condconv(getattr(self, name), **condconv_options)
+        # The bottom-up's routers are re-initialised too; the options reach the extra layers
+        # only (the bottom-up was built with its own).
+        set_up_routers(
+            self, router_init, condconv_options, [getattr(self, n) for n in self.extra_names]
+        )
 
     @property
     def size_divisibility(self) -> int:

@@ -8,7 +8,7 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from condconv_det.config import condconv_options
-from condconv_det.layers import check_router_init, configure_condconv, reset_routers
+from condconv_det.layers import check_router_init, set_up_routers
 
 from ..conv import make_ssd_conv
 from .default_boxes import DefaultBoxGenerator
@@ -75,10 +75,7 @@ class SSDHead(nn.Module):
         )
         self.cls_score = _predictors(channels, num_anchors, num_classes + 1, **common)
         self.bbox_pred = _predictors(channels, num_anchors, 4, **common)
-        if router_init is not None:
-            reset_routers(self, router_init)
-        if condconv_options:
-            configure_condconv(self, **condconv_options)
+        set_up_routers(self, router_init, condconv_options)
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
