@@ -159,9 +159,11 @@ def main(argv=None) -> int:
                         run_training(args.config_file, run.output_dir, run.opts, args.quiet)
                     )
             if twin != "base":
-                # A run trained with other settings (a config changed since) is not reported as
-                # this config's; a run without a record (made by hand) is read as it is.
-                run.check_record()
+                if args.skip_train:
+                    # Training checked the record above. A run trained with other settings (a
+                    # config changed since) is not reported as this config's; a run without a
+                    # record (made by hand) is read as it is.
+                    run.check_record()
                 rows.setdefault(twin, []).append(final_results(run.output_dir))
         if twin == "base":
             continue
