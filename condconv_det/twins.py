@@ -180,6 +180,7 @@ def twin_runs(
     seeds: Sequence[int],
     output_dir: str,
     from_static: int = 0,
+    twin_opts: Sequence[str] = (),
 ) -> Dict[str, List[TwinRun]]:
     """The runs of both twins, by twin ("CondConv", "static"), one per seed.
 
@@ -188,12 +189,15 @@ def twin_runs(
     static twin continues it, the CondConv twin is upcycled from it
     (:class:`~condconv_det.checkpoint.CondConvCheckpointer`), and both then train for the
     config's schedule: the same data, iterations and starting function for both.
+    ``twin_opts`` are overrides for both twins that the static model they start from does not
+    get (a longer warm-up or schedule of the continued training); they follow ``opts``, as if
+    given there, but leave the base's folder as it is, so that finished bases are reused.
     """
-    condconv_opts, static_opts = _split_opts(opts)
+    condconv_opts, static_opts = _split_opts(list(opts) + list(twin_opts))
     runs: Dict[str, List[TwinRun]] = {}
     bases: Dict[int, TwinRun] = {}
     if from_static > 0:
-        base_opts = static_opts + ["SOLVER.MAX_ITER", str(from_static)]
+        base_opts = _split_opts(opts)[1] + ["SOLVER.MAX_ITER", str(from_static)]
         folder = f"base-{_key(_without_ssd_experts_off(base_opts))}"
         runs["base"] = [
             TwinRun(

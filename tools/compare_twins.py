@@ -7,6 +7,7 @@
         MODEL.CONDCONV.STATIC_KERNEL True                           # a variant (ablation row)
     python tools/compare_twins.py --skip-train                      # re-read finished runs
     python tools/compare_twins.py --from-static 0                   # both twins from scratch
+    python tools/compare_twins.py --twin-opt SOLVER.WARMUP_ITERS 200  # both twins, not the base
 
 By default both twins start from a static model trained as long as the config's schedule
 (``SOLVER.MAX_ITER``, with the overrides; ``--from-static`` sets another length): the static
@@ -56,6 +57,16 @@ def parse_args(argv=None):
         "static twin continues it, the CondConv twin is upcycled from it (default: the config's "
         "SOLVER.MAX_ITER after the overrides; 0: both from scratch)",
     )
+    parser.add_argument(
+        "--twin-opt",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="an override for both twins that the static model they start from does not get, "
+        "e.g. a longer warm-up or schedule of the continued training (repeatable; before the "
+        "KEY VALUE overrides)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both runs")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.config_file):
@@ -64,13 +75,17 @@ def parse_args(argv=None):
         parser.error(f"overrides come in KEY VALUE pairs, got {args.opts}")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    if args.from_static is None:  # as long as each twin trains
-        from condconv_det.config import load_config
+    from condconv_det.config import load_config
 
-        try:  # a bad override fails here, before anything trains
-            args.from_static = int(load_config(args.config_file, args.opts).SOLVER.MAX_ITER)
-        except ValueError as e:
-            parser.error(f"{args.config_file}: {e}")
+    twin_opts = [x for pair in args.twin_opt for x in pair]
+    try:  # a bad override fails here, before anything trains
+        cfg = load_config(args.config_file, args.opts)
+        if twin_opts:
+            load_config(args.config_file, args.opts + twin_opts)
+    except ValueError as e:
+        parser.error(f"{args.config_file}: {e}")
+    if args.from_static is None:  # as long as each twin trains (before any --twin-opt)
+        args.from_static = int(cfg.SOLVER.MAX_ITER)
     elif args.from_static < 0:
         parser.error(f"--from-static must be >= 0 (iterations), got {args.from_static}")
     return args
@@ -124,8 +139,14 @@ def main(argv=None) -> int:
     from condconv_det.twins import final_results, format_table, twin_runs
 
     args = parse_args(argv)
+    twin_opts = [x for pair in args.twin_opt for x in pair]
     runs = twin_runs(
-        args.config_file, args.opts, range(args.seeds), args.output_dir, args.from_static
+        args.config_file,
+        args.opts,
+        range(args.seeds),
+        args.output_dir,
+        args.from_static,
+        twin_opts,
     )
     if not args.skip_train:
         # Training writes its config.yaml, checkpoints and logs into each run's folder.

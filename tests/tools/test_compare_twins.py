@@ -359,3 +359,38 @@ def test_the_static_twin_has_no_experts_in_ssds_extra_layers_and_predictors(tmp_
         assert run.output_dir == plain[twin][0].output_dir
         assert (run.record == plain[twin][0].record) == (where == "override")
     assert runs["CondConv"][0].record != plain["CondConv"][0].record
+
+
+def test_twin_opts_change_both_twins_and_leave_the_static_base_shared(
+    tmp_path, monkeypatch, capsys
+):
+    tool = load_tool("compare_twins")
+    trained = []
+
+    def fake_training(config_file, output_dir, opts, quiet):
+        trained.append((os.path.relpath(output_dir, tmp_path), dict(zip(opts[0::2], opts[1::2]))))
+        _metrics(output_dir, 30.0 if "condconv" in output_dir else 27.5)  # bases: finished too
+        return 1.0
+
+    monkeypatch.setattr(tool, "run_training", fake_training)
+    argv = ["--config-file", CONFIG, "--output-dir", str(tmp_path), "--from-static", "40"]
+    assert tool.main(argv + ["SOLVER.MAX_ITER", "60"]) == 0
+    plain = dict(trained)
+    trained.clear()
+    twin_opt = ["--twin-opt", "SOLVER.WARMUP_ITERS", "20", "--twin-opt", "SOLVER.MAX_ITER", "80"]
+    assert tool.main(argv + twin_opt + ["SOLVER.MAX_ITER", "60"]) == 0
+    # The base is the finished one: not trained again. Both twins are new runs with the
+    # twin-only overrides after the others (the last value of a key wins).
+    assert sorted(folder.split(os.sep)[0][:6] for folder, _ in trained) == ["condco", "static"]
+    assert not set(dict(trained)) & set(plain)
+    for folder, opts in trained:
+        assert opts["SOLVER.WARMUP_ITERS"] == "20" and opts["SOLVER.MAX_ITER"] == "80"
+        base = [f for f in plain if f.startswith("base-")][0]
+        assert opts["MODEL.WEIGHTS"] == os.path.join(str(tmp_path), base, "model_final.pth")
+    # Without --from-static the default length is the overrides' schedule, not --twin-opt's.
+    args = tool.parse_args(["--config-file", CONFIG] + twin_opt)
+    assert args.from_static == 1600 and args.twin_opt[1] == ["SOLVER.MAX_ITER", "80"]
+    monkeypatch.setattr(tool, "run_training", lambda *a: pytest.fail("trained"))
+    with pytest.raises(SystemExit):
+        tool.main(argv + ["--twin-opt", "SOLVER.NO_SUCH_KEY", "1"])
+    assert "SOLVER.NO_SUCH_KEY" in capsys.readouterr().err
