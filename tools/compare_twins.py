@@ -11,8 +11,9 @@
 
 By default both twins start from a static model trained as long as the config's schedule
 (``SOLVER.MAX_ITER``, with the overrides; ``--from-static`` sets another length): the static
-twin continues it and the CondConv twin is upcycled from it. The main job's config is
-``configs/shapes/ssd_condconv_MNv1.yaml``.
+twin continues it and the CondConv twin is upcycled from it. ``--twin-opt KEY VALUE`` changes
+both twins but not that static model (a longer warm-up or schedule after it), which is reused.
+The main job's config is ``configs/shapes/ssd_condconv_MNv1.yaml``.
 
 The static twin is the same config with ``MODEL.CONDCONV.NUM_EXPERTS 0`` (and, for SSD, 0 in
 ``MODEL.SSD.EXTRA_NUM_EXPERTS`` and ``HEAD_NUM_EXPERTS``). Each model trains in its own
@@ -77,11 +78,11 @@ def parse_args(argv=None):
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     from condconv_det.config import load_config
 
-    twin_opts = [x for pair in args.twin_opt for x in pair]
+    args.twin_opts = [x for pair in args.twin_opt for x in pair]
     try:  # a bad override fails here, before anything trains
         cfg = load_config(args.config_file, args.opts)
-        if twin_opts:
-            load_config(args.config_file, args.opts + twin_opts)
+        if args.twin_opts:
+            load_config(args.config_file, args.opts + args.twin_opts)
     except ValueError as e:
         parser.error(f"{args.config_file}: {e}")
     if args.from_static is None:  # as long as each twin trains (before any --twin-opt)
@@ -139,14 +140,13 @@ def main(argv=None) -> int:
     from condconv_det.twins import final_results, format_table, twin_runs
 
     args = parse_args(argv)
-    twin_opts = [x for pair in args.twin_opt for x in pair]
     runs = twin_runs(
         args.config_file,
         args.opts,
         range(args.seeds),
         args.output_dir,
         args.from_static,
-        twin_opts,
+        args.twin_opts,
     )
     if not args.skip_train:
         # Training writes its config.yaml, checkpoints and logs into each run's folder.
@@ -197,6 +197,8 @@ def main(argv=None) -> int:
         if args.from_static
         else ""
     )
+    if args.twin_opts and args.from_static:
+        start += f" and then with {' '.join(args.twin_opts)}"
     print(
         f"\nCOCO box AP on the test set of {os.path.relpath(args.config_file, ROOT)}{seeds}{start}:"
     )

@@ -379,6 +379,8 @@ def test_twin_opts_change_both_twins_and_leave_the_static_base_shared(
     trained.clear()
     twin_opt = ["--twin-opt", "SOLVER.WARMUP_ITERS", "20", "--twin-opt", "SOLVER.MAX_ITER", "80"]
     assert tool.main(argv + twin_opt + ["SOLVER.MAX_ITER", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "from the static model of 40 iterations and then with SOLVER.WARMUP_ITERS 20" in out
     # The base is the finished one: not trained again. Both twins are new runs with the
     # twin-only overrides after the others (the last value of a key wins).
     assert sorted(folder.split(os.sep)[0][:6] for folder, _ in trained) == ["condco", "static"]
