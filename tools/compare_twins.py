@@ -80,14 +80,13 @@ def parse_args(argv=None):
 
     args.twin_opts = [x for pair in args.twin_opt for x in pair]
     try:  # a bad override fails here, before anything trains
-        cfg = load_config(args.config_file, args.opts)
         if args.twin_opts:
             load_config(args.config_file, args.opts + args.twin_opts)
+        if args.from_static is None:  # as long as each twin trains (before any --twin-opt)
+            args.from_static = int(load_config(args.config_file, args.opts).SOLVER.MAX_ITER)
     except ValueError as e:
         parser.error(f"{args.config_file}: {e}")
-    if args.from_static is None:  # as long as each twin trains (before any --twin-opt)
-        args.from_static = int(cfg.SOLVER.MAX_ITER)
-    elif args.from_static < 0:
+    if args.from_static < 0:
         parser.error(f"--from-static must be >= 0 (iterations), got {args.from_static}")
     return args
 
