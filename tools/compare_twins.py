@@ -9,10 +9,12 @@
     python tools/compare_twins.py --from-static 0                   # both twins from scratch
     python tools/compare_twins.py --twin-opt SOLVER.WARMUP_ITERS 200  # both twins, not the base
 
-By default both twins start from a static model trained as long as the config's schedule
-(``SOLVER.MAX_ITER``, with the overrides; ``--from-static`` sets another length): the static
-twin continues it and the CondConv twin is upcycled from it. ``--twin-opt KEY VALUE`` changes
-both twins but not that static model (a longer warm-up or schedule after it), which is reused.
+By default both twins start from a static model trained ``MODEL.CONDCONV.UPCYCLE_FROM_ITERS``
+iterations (where that is None, as long as the config's schedule, ``SOLVER.MAX_ITER``, with the
+overrides; ``--from-static`` sets another length): the static twin continues it and the
+CondConv twin is upcycled from it; both then train ``SOLVER.MAX_ITER`` iterations.
+``--twin-opt KEY VALUE`` changes both twins but not that static model (a longer warm-up or
+schedule after it), which is reused.
 The main job's config is ``configs/shapes/ssd_condconv_MNv1.yaml``.
 
 The static twin is the same config with ``MODEL.CONDCONV.NUM_EXPERTS 0`` (and, for SSD, 0 in
@@ -56,7 +58,8 @@ def parse_args(argv=None):
         metavar="ITERS",
         help="start both twins from the static model trained ITERS iterations (same seed): the "
         "static twin continues it, the CondConv twin is upcycled from it (default: the config's "
-        "SOLVER.MAX_ITER after the overrides; 0: both from scratch)",
+        "MODEL.CONDCONV.UPCYCLE_FROM_ITERS, or where that is None its SOLVER.MAX_ITER, after "
+        "the overrides; 0: both from scratch)",
     )
     parser.add_argument(
         "--twin-opt",
@@ -82,13 +85,23 @@ def parse_args(argv=None):
     try:  # a bad override fails here, before anything trains
         if args.twin_opts:
             load_config(args.config_file, args.opts + args.twin_opts)
-        if args.from_static is None:  # as long as each twin trains (before any --twin-opt)
-            args.from_static = int(load_config(args.config_file, args.opts).SOLVER.MAX_ITER)
+        if args.from_static is None:
+            args.from_static = default_from_static(load_config(args.config_file, args.opts))
     except ValueError as e:
         parser.error(f"{args.config_file}: {e}")
     if args.from_static < 0:
         parser.error(f"--from-static must be >= 0 (iterations), got {args.from_static}")
     return args
+
+
+def default_from_static(cfg) -> int:
+    """The static model's length the config sets: MODEL.CONDCONV.UPCYCLE_FROM_ITERS, or as long
+    as each twin trains (SOLVER.MAX_ITER, before any --twin-opt) where that is None."""
+    from condconv_det.config.checks import check_condconv_config
+
+    check_condconv_config(cfg)  # a bad value fails naming its key, before anything trains
+    iters = cfg.MODEL.CONDCONV.UPCYCLE_FROM_ITERS
+    return int(cfg.SOLVER.MAX_ITER if iters is None else iters)
 
 
 def run_training(config_file: str, output_dir: str, opts: List[str], quiet: bool) -> float:

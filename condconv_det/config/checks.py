@@ -169,6 +169,14 @@ def check_condconv_config(cfg: CN) -> None:
         "as the static one",
     )
     _require(
+        c.UPCYCLE_FROM_ITERS is None
+        or (type(c.UPCYCLE_FROM_ITERS) is int and c.UPCYCLE_FROM_ITERS >= 0),
+        "MODEL.CONDCONV.UPCYCLE_FROM_ITERS",
+        c.UPCYCLE_FROM_ITERS,
+        "must be None (as long as SOLVER.MAX_ITER) or a number of iterations >= 0 (0: from "
+        "scratch)",
+    )
+    _require(
         cfg.SOLVER.ROUTER_LR_FACTOR >= 0,
         "SOLVER.ROUTER_LR_FACTOR",
         cfg.SOLVER.ROUTER_LR_FACTOR,

@@ -74,6 +74,12 @@ def add_condconv_config(cfg: CN) -> None:
     # upcycled model still computes the static one, since the experts' shares sum to one, so it
     # needs softmax routing (or STATIC_KERNEL, whose routers always keep their initialisation).
     _C.MODEL.CONDCONV.UPCYCLE_ROUTERS = "uniform"
+    # The main job (tools/compare_twins.py, whose --from-static overrides it): how many
+    # iterations the static model that both twins start from is trained, from scratch, before
+    # the static twin continues it and the CondConv twin is upcycled from it; both then train
+    # SOLVER.MAX_ITER iterations. None: as long as SOLVER.MAX_ITER; 0: both twins from scratch.
+    # tools/train_net.py does not read it (a run starts from MODEL.WEIGHTS).
+    _C.MODEL.CONDCONV.UPCYCLE_FROM_ITERS = None
     # Dropout on the pooled routing input, in [0, 1).
     _C.MODEL.CONDCONV.ROUTING_DROPOUT = 0.0
     # Initial router weights: "glorot" (the official code's) or "zeros" (every example starts

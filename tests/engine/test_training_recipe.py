@@ -140,6 +140,7 @@ def test_no_schedule_hook_by_default(shapes, tmp_path):
         ("MODEL.CONDCONV.ROUTER_NORM", "GN", "ROUTER_NORM must be one of"),
         ("MODEL.CONDCONV.EXPERT_DROPOUT", 1.0, "EXPERT_DROPOUT must be in [0, 1)"),
         ("MODEL.CONDCONV.EXPERT_INIT", "orthogonal", "EXPERT_INIT must be one of"),
+        ("MODEL.CONDCONV.UPCYCLE_FROM_ITERS", -1, "UPCYCLE_FROM_ITERS must be None (as long"),
         ("SOLVER.ROUTER_LR_FACTOR", -1.0, "SOLVER.ROUTER_LR_FACTOR must be >= 0"),
         ("SOLVER.WEIGHT_DECAY_ROUTER", -1e-4, "SOLVER.WEIGHT_DECAY_ROUTER must be >= 0"),
         ("SOLVER.OPTIMIZER", "LAMB", "SOLVER.OPTIMIZER must be one of"),

@@ -299,17 +299,27 @@ def test_from_static_trains_one_static_base_per_seed_and_starts_both_twins_from_
     )
 
 
-def test_by_default_both_twins_start_from_a_static_model_trained_as_long(tmp_path):
+def test_the_static_model_both_twins_start_from_is_trained_as_the_config_says(capsys):
     tool = load_tool("compare_twins")
-    args = tool.parse_args(["--config-file", CONFIG, "--output-dir", str(tmp_path)])
-    assert args.from_static == 1600  # the config's SOLVER.MAX_ITER
-    args = tool.parse_args(["--config-file", CONFIG, "SOLVER.MAX_ITER", "70"])
-    assert args.from_static == 70  # ... after the overrides
-    assert tool.parse_args(["--config-file", CONFIG, "--from-static", "0"]).from_static == 0
-    # The main job's default config: the 0.5x upcycled recipe on the plain shapes dataset.
+    # The main job's default config: the 0.5x upcycled recipe on the plain shapes dataset, both
+    # twins trained 2400 iterations from the static model trained 1600.
     main_job = tool.parse_args([])
     assert main_job.config_file.endswith(os.path.join("shapes", "ssd_condconv_MNv1.yaml"))
     assert main_job.from_static == 1600
+    from condconv_det.config import load_config
+
+    assert load_config(main_job.config_file).SOLVER.MAX_ITER == 2400
+    args = tool.parse_args(["--config-file", CONFIG, "MODEL.CONDCONV.UPCYCLE_FROM_ITERS", "70"])
+    assert args.from_static == 70  # ... after the overrides
+    assert tool.parse_args(["--config-file", CONFIG, "--from-static", "0"]).from_static == 0
+    # Where the key is None, the static model trains as long as each twin.
+    unset = ["MODEL.CONDCONV.UPCYCLE_FROM_ITERS", "None"]
+    args = tool.parse_args(["--config-file", CONFIG, *unset, "SOLVER.MAX_ITER", "90"])
+    assert args.from_static == 90
+    # A bad value fails naming the key.
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--config-file", CONFIG, "MODEL.CONDCONV.UPCYCLE_FROM_ITERS", "-5"])
+    assert "MODEL.CONDCONV.UPCYCLE_FROM_ITERS must be None" in capsys.readouterr().err
 
 
 def test_a_bad_override_fails_before_any_training(tmp_path, monkeypatch, capsys):
@@ -390,8 +400,9 @@ def test_twin_opts_change_both_twins_and_leave_the_static_base_shared(
         base = [f for f in plain if f.startswith("base-")][0]
         assert opts["MODEL.WEIGHTS"] == os.path.join(str(tmp_path), base, "model_final.pth")
     # Without --from-static the default length is the overrides' schedule, not --twin-opt's.
-    args = tool.parse_args(["--config-file", CONFIG] + twin_opt)
-    assert args.from_static == 1600 and args.twin_opt[1] == ["SOLVER.MAX_ITER", "80"]
+    unset = ["MODEL.CONDCONV.UPCYCLE_FROM_ITERS", "None"]
+    args = tool.parse_args(["--config-file", CONFIG] + twin_opt + unset)
+    assert args.from_static == 2400 and args.twin_opt[1] == ["SOLVER.MAX_ITER", "80"]
     monkeypatch.setattr(tool, "run_training", lambda *a: pytest.fail("trained"))
     with pytest.raises(SystemExit):
         tool.main(argv + ["--twin-opt", "SOLVER.NO_SUCH_KEY", "1"])
