@@ -31,7 +31,8 @@ machine; implementations are timed round-robin so that a busy phase slows all al
 ``--mix`` times, instead of the layer table, the batch-1 kernel mix alone on the layers with the
 largest experts, reading them from memory as inside a network (``condconv_det.benchmarking.mix``):
 the mix's read rate as a fraction of a plain reduction's over the same experts, timed with it
-round-robin (the read bandwidth), ours and as one matrix product.
+round-robin (the read bandwidth), ours and as one matrix product; and the mix of the same experts
+stored in bfloat16 and in int8 (one scale per expert), each as a multiple of the float32 mix's time.
 """
 
 import argparse
@@ -60,6 +61,7 @@ from condconv_det.benchmarking.mix import (
     mix_header,
     mix_row,
     mix_summary,
+    reduced_precision_summary,
 )
 from condconv_det.benchmarking.table import markdown_header
 from condconv_det.layers import CONDCONV_PATHS
@@ -184,6 +186,7 @@ def _mix_table(shapes, experts_list, device, options, markdown) -> int:
         tqdm.write(format_row(mix_row(shape, experts, case), markdown), file=sys.stdout)
         sys.stdout.flush()
     print(mix_summary(cases))
+    print(reduced_precision_summary(cases))
     return 0
 
 

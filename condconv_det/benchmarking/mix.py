@@ -8,15 +8,23 @@ slow phase of a shared machine slows both alike and their ratio is the fraction 
 bandwidth the mix reaches. Each call reads its experts from memory, as inside a network whose
 other layers evict them from the caches between two calls: it takes the next of several copies
 of the experts, together larger than the caches (:data:`COLD_BYTES`).
+
+Beside the float32 mix it times the two reduced-precision stores of the experts that would halve
+or quarter the bytes read: bfloat16 (the layer's ``store_experts_in(model, torch.bfloat16)``) and
+int8 with one scale per expert (:func:`quantize_experts_int8`, a candidate the layer does not
+offer), each mixed into a float32 kernel, so that whether they pay is measured on the same
+experts in the same run.
 """
 
 import itertools
 import math
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
+from torch import nn
 
-from condconv_det.layers._condconv_fast import mix_eager
+from condconv_det.layers import CondConv2d
+from condconv_det.layers._condconv_fast import mix_eager, mix_narrow
 
 from .layer import SHAPES, ConvShape
 from .timing import round_robin_times
@@ -25,13 +33,22 @@ __all__ = [
     "COLD_BYTES",
     "MIX_SHAPES",
     "QUICK_MIX_SHAPES",
+    "REDUCED_PRECISION",
     "TARGET_MIX_BANDWIDTH",
     "MixCase",
     "bench_mix",
     "mix_header",
+    "mix_int8",
     "mix_row",
     "mix_summary",
+    "quantize_experts_int8",
+    "reduced_precision_summary",
+    "round_experts_to_int8",
 ]
+
+# The reduced-precision stores the mix benchmark times, with the time each would take if the mix
+# read its bytes at the float32 mix's rate (the fraction of the float32 experts' bytes).
+REDUCED_PRECISION = {"bfloat16": 0.5, "int8": 0.25}
 
 # The copies of the experts a timed call cycles through add up to at least this many bytes: twice
 # the 32 MiB last-level cache of the x86 machines the tables were measured on, so that every call
@@ -50,10 +67,62 @@ MIX_SHAPES = [s for s in SHAPES if s.name.startswith("r50")] + [
 QUICK_MIX_SHAPES = [ConvShape("quick pw 1x1 64->64", 64, 64, 1, 1, 1, 8)]
 
 
+def quantize_experts_int8(flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Experts ``(E, P)`` as int8 with one float32 scale per expert: ``flat ~ scales * q``.
+
+    Symmetric, to the nearest step: expert ``i``'s largest magnitude maps to 127. An expert of
+    zeros gets scale 1 (its values stay 0).
+
+    Returns:
+        ``q`` (E, P) int8 and ``scales`` (E, 1) float32.
+    """
+    scales = flat.detach().abs().amax(dim=1, keepdim=True).float() / 127.0
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+    q = torch.round(flat.detach().float() / scales).clamp_(-127, 127).to(torch.int8)
+    return q, scales
+
+
+def round_experts_to_int8(module: nn.Module) -> nn.Module:
+    """Rounds the experts (and static kernels) of every :class:`.CondConv2d` in ``module`` to
+    int8 with one scale per expert (:func:`quantize_experts_int8`), in place, and keeps them in
+    float32: the module then computes what a store of int8 experts would, so that its accuracy
+    can be measured with any evaluation. Returns ``module``.
+
+    Raises:
+        ValueError: experts that are not float32 (e.g. already stored in bfloat16).
+    """
+    for layer in module.modules():
+        if not isinstance(layer, CondConv2d):
+            continue
+        for name in ("weight", "static_weight"):
+            param = getattr(layer, name)
+            if param is None:
+                continue
+            if param.dtype != torch.float32:
+                raise ValueError(
+                    f"round_experts_to_int8: {name} of a CondConv2d is {param.dtype}; round the "
+                    "float32 experts (before store_experts_in)"
+                )
+            # One scale per expert; the static kernel is one more expert, with a scale of its own.
+            rows = param.shape[0] if name == "weight" else 1
+            q, scales = quantize_experts_int8(param.detach().reshape(rows, -1))
+            with torch.no_grad():
+                param.copy_((scales * q.float()).reshape(param.shape))
+    return module
+
+
+def mix_int8(routing_weights: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The float32 mix of int8 experts: ``(r * scales^T) @ q``, the per-expert scales folded into
+    the routing, the int8 experts upcast in blocks as the layer upcasts bfloat16 ones (each block
+    cached between its upcast and its product), accumulated in float32."""
+    return mix_narrow(routing_weights * scales.reshape(1, -1), q)
+
+
 class MixCase(NamedTuple):
     """Seconds per call: the batch-1 mix, ours (``"ours"``) and as one matrix product (``"one
-    product"``, what timm and the official code compute), and a plain reduction over the same
-    experts (``"read"``); and the bytes of the experts each call reads."""
+    product"``, what timm and the official code compute), a plain reduction over the same
+    experts (``"read"``), and the mix of the same experts stored in bfloat16 and in int8
+    (``"bfloat16"``, ``"int8"``); and the bytes of the float32 experts each call reads."""
 
     times: Dict[str, float]
     expert_bytes: int
@@ -66,6 +135,10 @@ class MixCase(NamedTuple):
         """The fraction of the read bandwidth (the reduction's) the mix ``name`` reaches."""
         return self.times["read"] / self.times[name]
 
+    def vs_float32(self, name: str) -> float:
+        """The time of the mix ``name`` over the float32 mix's (ours)."""
+        return self.times[name] / self.times["ours"]
+
 
 def bench_mix(
     shape: ConvShape,
@@ -76,7 +149,8 @@ def bench_mix(
     stat: str = "median",
     cold_bytes: int = COLD_BYTES,
 ) -> MixCase:
-    """Times the batch-1 eval mix of one layer's experts (float32), reading them from memory.
+    """Times the batch-1 eval mix of one layer's experts (float32, and stored in bfloat16 and in
+    int8), reading them from memory.
 
     Args:
         shape: the conv whose experts are mixed.
@@ -94,9 +168,17 @@ def bench_mix(
     torch.testing.assert_close(
         mix_eager(routing, flats[0], None, False)[0], torch.mm(routing, flats[0])
     )
+    # As many copies of the narrower experts, so that they too are read from memory.
+    bf16 = [flat.to(torch.bfloat16) for flat in flats[: max(1, math.ceil(copies / 2))]]
+    int8 = [quantize_experts_int8(flat) for flat in flats[: max(1, math.ceil(copies / 4))]]
+    torch.testing.assert_close(
+        mix_eager(routing, bf16[0], None, False)[0], torch.mm(routing, bf16[0].float())
+    )
+    q, scales = int8[0]
+    torch.testing.assert_close(mix_int8(routing, q, scales), torch.mm(routing, scales * q.float()))
 
-    def cycling(mix):
-        each = itertools.cycle(flats)
+    def cycling(mix, stores=flats):
+        each = itertools.cycle(stores)
 
         def call() -> None:
             with torch.no_grad():
@@ -108,6 +190,8 @@ def bench_mix(
         "read": cycling(lambda flat: flat.sum()),
         "ours": cycling(lambda flat: mix_eager(routing, flat, None, False)),
         "one product": cycling(lambda flat: torch.mm(routing, flat)),
+        "bfloat16": cycling(lambda flat: mix_eager(routing, flat, None, False), bf16),
+        "int8": cycling(lambda store: mix_int8(routing, *store), int8),
     }
     return MixCase(round_robin_times(steps, device, min_time, min_reps, stat), expert_bytes)
 
@@ -116,6 +200,10 @@ def mix_header() -> List[str]:
     return ["shape", "E", "experts MB", "read GB/s", "ours ms", "ours x read bw"] + [
         "one product ms",
         "one product x read bw",
+        "bfloat16 ms",
+        "bfloat16 x float32",
+        "int8 ms",
+        "int8 x float32",
     ]
 
 
@@ -130,6 +218,10 @@ def mix_row(shape: ConvShape, experts: int, case: MixCase) -> List[str]:
         f"{case.fraction('ours'):.2f}",
         f"{case.times['one product'] * 1e3:.3f}",
         f"{case.fraction('one product'):.2f}",
+        f"{case.times['bfloat16'] * 1e3:.3f}",
+        f"{case.vs_float32('bfloat16'):.2f}",
+        f"{case.times['int8'] * 1e3:.3f}",
+        f"{case.vs_float32('int8'):.2f}",
     ]
 
 
@@ -142,3 +234,15 @@ def mix_summary(cases: Sequence[MixCase]) -> str:
         f"# mix summary: batch-1 mix at >= {TARGET_MIX_BANDWIDTH} of the read bandwidth on "
         f"{met}/{len(fractions)} rows (lowest {low})"
     )
+
+
+def reduced_precision_summary(cases: Sequence[MixCase]) -> str:
+    """The line under the mix table on the reduced-precision stores: each one's time over the
+    float32 mix's, lowest and highest over the rows, against what reading only its bytes at the
+    float32 mix's rate would give."""
+    parts = []
+    for name, ideal in REDUCED_PRECISION.items():
+        ratios = [c.vs_float32(name) for c in cases]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "-"
+        parts.append(f"{name} experts {spread}x the float32 mix's time (its bytes alone: {ideal})")
+    return "# reduced precision: " + "; ".join(parts)

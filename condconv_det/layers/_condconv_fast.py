@@ -7,6 +7,7 @@ path with a per-example loop):
 - :func:`auto_path`: which path ``path="auto"`` takes for a call;
 - :func:`mix_eager`: the kernel mix outside TorchScript, in the weights' dtype under autocast
   and, for a large batch of one, split into column blocks (:class:`_MixExperts`);
+- :func:`mix_narrow`: the float32 mix of experts stored in a narrower dtype, upcast in blocks;
 - :func:`matmul_conv2d` and :func:`blocked_matmul_conv2d`: the "matmul" path;
 - :func:`experts_conv2d`: the "experts" path.
 
@@ -164,9 +165,9 @@ def mix_dtype(routing_weights: torch.Tensor, weight: torch.Tensor) -> torch.dtyp
 def _mix_rows(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     """``routing_weights @ flat``, (B, E) x (E, P), in the routing's dtype; a large batch of one
     on the CPU in column blocks (:func:`_mix_split`); experts in a narrower dtype than the
-    routing's (bfloat16 under float32) by :func:`_mix_narrow`."""
+    routing's (bfloat16 under float32) by :func:`mix_narrow`."""
     if flat.dtype != routing_weights.dtype:
-        return _mix_narrow(routing_weights, flat)
+        return mix_narrow(routing_weights, flat)
     numel = flat.shape[1]
     needs_grad = torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad)
     threshold = TUNING.split_mix_numel * (TUNING.split_mix_grad_factor if needs_grad else 1)
@@ -216,7 +217,7 @@ class _MixExperts(torch.autograd.Function):
         return grad_routing, grad_flat
 
 
-def _mix_narrow(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+def mix_narrow(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     """``routing_weights @ flat`` for experts stored in a narrower dtype than the routing's
     (bfloat16 under float32): the experts are upcast and multiplied in the routing's dtype, so
     the mixed kernel is accumulated and kept in float32 and the only rounding is the experts'.
@@ -389,7 +390,7 @@ def blocked_matmul_conv2d(
             if flat_block.dtype == routing.dtype:
                 kernels = torch.mm(routing, flat_block)
             else:
-                kernels = _mix_narrow(routing, flat_block)
+                kernels = mix_narrow(routing, flat_block)
             biases = None
             if bias_block is not None:
                 biases = torch.mm(routing, bias_block.to(routing.dtype))

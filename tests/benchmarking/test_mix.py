@@ -10,15 +10,20 @@ from condconv_det.benchmarking.mix import (
     MixCase,
     bench_mix,
     mix_header,
+    mix_int8,
     mix_row,
     mix_summary,
+    quantize_experts_int8,
+    reduced_precision_summary,
+    round_experts_to_int8,
 )
+from condconv_det.layers import CondConv2d, store_experts_in
 
 
 def test_bench_mix_times_ours_and_one_product_on_the_experts_bytes():
     shape = ConvShape("pw 1x1 16->8", 16, 8, 1, 1, 1, 4)
     case = bench_mix(shape, 4, torch.device("cpu"), 0.0, 2, cold_bytes=1 << 16)
-    assert set(case.times) == {"read", "ours", "one product"}
+    assert set(case.times) == {"read", "ours", "one product", "bfloat16", "int8"}
     assert all(t > 0 for t in case.times.values())
     assert case.expert_bytes == 4 * 8 * 16 * 4  # E x out x in float32
     assert case.bandwidth("ours") == pytest.approx(case.expert_bytes / case.times["ours"])
@@ -27,9 +32,14 @@ def test_bench_mix_times_ours_and_one_product_on_the_experts_bytes():
 
 def test_mix_row_follows_the_header():
     shape = ConvShape("s", 8, 8, 3, 1, 1, 6)
-    case = MixCase({"read": 1.6e-3, "ours": 2e-3, "one product": 4e-3}, 40_000_000)
-    row = mix_row(shape, 8, case)
-    assert row == ["s", "8", "40.0", "25.0", "2.000", "0.80", "4.000", "0.40"]
+    times = {"read": 1.6e-3, "ours": 2e-3, "one product": 4e-3, "bfloat16": 5e-3, "int8": 1e-3}
+    row = mix_row(shape, 8, MixCase(times, 40_000_000))
+    assert row == ["s", "8", "40.0", "25.0", "2.000", "0.80", "4.000", "0.40"] + [
+        "5.000",
+        "2.50",
+        "1.000",
+        "0.50",
+    ]
     assert len(row) == len(mix_header())
 
 
@@ -40,3 +50,74 @@ def test_mix_summary_counts_the_rows_at_the_target():
     line = mix_summary([fast, slow])
     assert f">= {TARGET_MIX_BANDWIDTH} of the read bandwidth on 1/2 rows" in line
     assert line.endswith(f"(lowest {TARGET_MIX_BANDWIDTH / 2:.2f})")
+
+
+def test_reduced_precision_summary_gives_each_store_s_spread_over_the_float32_mix():
+    a = MixCase({"ours": 1.0, "bfloat16": 3.0, "int8": 2.0}, 100)
+    b = MixCase({"ours": 2.0, "bfloat16": 5.0, "int8": 1.0}, 100)
+    line = reduced_precision_summary([a, b])
+    assert "bfloat16 experts 2.50-3.00x the float32 mix's time (its bytes alone: 0.5)" in line
+    assert "int8 experts 0.50-2.00x the float32 mix's time (its bytes alone: 0.25)" in line
+
+
+def test_int8_experts_round_each_expert_to_127_steps_of_its_own_scale():
+    torch.manual_seed(0)
+    flat = torch.randn(3, 1000) * torch.tensor([[0.01], [1.0], [100.0]])
+    flat[1, 7] = -4.0  # the largest magnitude of expert 1: maps to -127
+    flat = torch.cat([flat, torch.zeros(1, 1000)])  # an expert of zeros
+    q, scales = quantize_experts_int8(flat)
+    assert q.dtype == torch.int8 and scales.shape == (4, 1) and scales.dtype == torch.float32
+    assert q[1, 7] == -127 and scales[1, 0] == pytest.approx(4.0 / 127)
+    assert q.abs().amax(dim=1)[:3].tolist() == [127, 127, 127]
+    assert scales[3, 0] == 1.0 and (q[3] == 0).all()
+    error = (scales * q.float() - flat).abs()
+    # Each value within half a step of its own expert's scale, however small the expert.
+    assert (error <= scales / 2 * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("numel", [1000, 3 << 20])  # one product, and the upcast in blocks
+def test_int8_mix_is_the_float32_mix_of_the_dequantized_experts(numel):
+    torch.manual_seed(0)
+    flat = torch.randn(4, numel)
+    routing = torch.rand(1, 4)
+    q, scales = quantize_experts_int8(flat)
+    mixed = mix_int8(routing, q, scales)
+    assert mixed.dtype == torch.float32 and mixed.shape == (1, numel)
+    torch.testing.assert_close(mixed, routing @ (scales * q.float()), rtol=1e-5, atol=1e-5)
+    # And close to the float32 experts' mix: each expert off by at most half its step.
+    bound = (routing * scales.t()).sum() / 2
+    assert (mixed - routing @ flat).abs().max() <= bound * (1 + 1e-4)
+
+
+def test_round_experts_to_int8_rounds_each_expert_and_the_static_kernel_on_its_own_scale():
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(4, 6, 3)
+    layer = CondConv2d(4, 6, 3, num_experts=3)
+    residual = CondConv2d(4, 6, 1, num_experts=2, static_kernel=True)
+    with torch.no_grad():
+        layer.weight[1] *= 100.0  # experts of very different magnitudes
+        residual.weight.normal_()
+    model = torch.nn.Sequential(plain, layer, residual)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert round_experts_to_int8(model) is model
+    after = model.state_dict()
+    for key in ("0.weight", "0.bias", "1.bias", "2.bias", "2.static_bias"):
+        assert torch.equal(after[key], before[key]), key  # only the kernels of CondConv2d
+    for key, rows in (("1.weight", 3), ("2.weight", 2), ("2.static_weight", 1)):
+        flat = before[key].reshape(rows, -1)
+        q, scales = quantize_experts_int8(flat)
+        assert torch.equal(after[key], (scales * q.float()).reshape(before[key].shape)), key
+        assert not torch.equal(after[key], before[key])
+        # Each expert within half a step of its own scale, the small ones included.
+        assert ((after[key].reshape(rows, -1) - flat).abs() <= scales / 2 * (1 + 1e-5)).all()
+    # The rounded model is the model that int8 experts would give: its own rounding is a no-op.
+    again = {k: v.clone() for k, v in model.state_dict().items()}
+    round_experts_to_int8(model)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, again[key], rtol=0, atol=1e-6)
+
+
+def test_round_experts_to_int8_refuses_experts_already_stored_narrower():
+    layer = store_experts_in(CondConv2d(4, 4, 1, num_experts=2).eval(), torch.bfloat16)
+    with pytest.raises(ValueError, match="round_experts_to_int8: weight .* torch.bfloat16"):
+        round_experts_to_int8(layer)
