@@ -37,6 +37,7 @@ __all__ = [
     "TARGET_MIX_BANDWIDTH",
     "MixCase",
     "bench_mix",
+    "cold_copies",
     "mix_header",
     "mix_int8",
     "mix_row",
@@ -65,6 +66,14 @@ MIX_SHAPES = [s for s in SHAPES if s.name.startswith("r50")] + [
     ConvShape("mbv1 pw 1x1 1024->1024", 1024, 1024, 1, 1, 1, 10),
 ]
 QUICK_MIX_SHAPES = [ConvShape("quick pw 1x1 64->64", 64, 64, 1, 1, 1, 8)]
+
+
+def cold_copies(store_bytes: int, cold_bytes: int = COLD_BYTES) -> int:
+    """How many copies of a store of experts of ``store_bytes`` the timed calls cycle through:
+    together at least ``cold_bytes``, and at least one."""
+    if store_bytes <= 0:
+        return 1
+    return max(1, math.ceil(cold_bytes / store_bytes))
 
 
 def quantize_experts_int8(flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -162,15 +171,20 @@ def bench_mix(
     torch.manual_seed(0)
     numel = shape.out_channels * (shape.in_channels // shape.groups) * shape.kernel**2
     expert_bytes = experts * numel * 4
-    copies = max(1, math.ceil(cold_bytes / expert_bytes))
-    flats = [torch.randn(experts, numel, device=device) for _ in range(copies)]
+    flats = [
+        torch.randn(experts, numel, device=device)
+        for _ in range(cold_copies(expert_bytes, cold_bytes))
+    ]
     routing = torch.rand(1, experts, device=device)
     torch.testing.assert_close(
         mix_eager(routing, flats[0], None, False)[0], torch.mm(routing, flats[0])
     )
-    # As many copies of the narrower experts, so that they too are read from memory.
-    bf16 = [flat.to(torch.bfloat16) for flat in flats[: max(1, math.ceil(copies / 2))]]
-    int8 = [quantize_experts_int8(flat) for flat in flats[: max(1, math.ceil(copies / 4))]]
+    # The narrower experts in as many bytes of copies (2x and 4x as many), so that they too are
+    # read from memory.
+    bf16_copies = cold_copies(expert_bytes // 2, cold_bytes)
+    bf16 = [flats[i % len(flats)].to(torch.bfloat16) for i in range(bf16_copies)]
+    int8_copies = cold_copies(expert_bytes // 4, cold_bytes)
+    int8 = [quantize_experts_int8(flats[i % len(flats)]) for i in range(int8_copies)]
     torch.testing.assert_close(
         mix_eager(routing, bf16[0], None, False)[0], torch.mm(routing, bf16[0].float())
     )

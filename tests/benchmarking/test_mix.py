@@ -9,6 +9,7 @@ from condconv_det.benchmarking.mix import (
     TARGET_MIX_BANDWIDTH,
     MixCase,
     bench_mix,
+    cold_copies,
     mix_header,
     mix_int8,
     mix_row,
@@ -121,3 +122,13 @@ def test_round_experts_to_int8_refuses_experts_already_stored_narrower():
     layer = store_experts_in(CondConv2d(4, 4, 1, num_experts=2).eval(), torch.bfloat16)
     with pytest.raises(ValueError, match="round_experts_to_int8: weight .* torch.bfloat16"):
         round_experts_to_int8(layer)
+
+
+def test_every_store_cycles_through_copies_of_at_least_the_cold_bytes():
+    # 8.4 MB of float32 experts: 8 copies for 64 MiB; bfloat16 and int8 take 2x and 4x as many.
+    mib = 1 << 20
+    assert cold_copies(8_400_000, 64 * mib) == 8
+    assert cold_copies(4_200_000, 64 * mib) == 16
+    assert cold_copies(2_100_000, 64 * mib) == 32
+    assert cold_copies(100 * mib, 64 * mib) == 1  # one copy larger than the caches
+    assert cold_copies(0, 64 * mib) == 1 and cold_copies(mib, 0) == 1
