@@ -20,7 +20,8 @@ import json
 import math
 import os
 import statistics
-from typing import Dict, List, Optional, Sequence, Tuple
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from condconv_det.file_io import atomic_write
 
@@ -30,7 +31,9 @@ __all__ = [
     "TwinRun",
     "final_results",
     "format_table",
+    "run_in_order",
     "summarize",
+    "training_order",
     "twin_runs",
 ]
 
@@ -233,6 +236,68 @@ def twin_runs(
                 )
             )
     return runs
+
+
+def training_order(runs: Dict[str, List[TwinRun]]) -> List[Tuple[TwinRun, Optional[TwinRun]]]:
+    """The runs of :func:`twin_runs` in the order to train them, each with the run it starts
+    from (the static model of its seed, or None): the static models first, then both twins of
+    each seed one after the other, so that two trainings at once train the two twins of a seed
+    side by side, under the same load."""
+    bases = {run.seed: run for run in runs.get("base", [])}
+    order: List[Tuple[TwinRun, Optional[TwinRun]]] = [(run, None) for run in bases.values()]
+    twins = [name for name in runs if name != "base"]
+    for i in range(len(runs[twins[0]])):
+        for twin in twins:
+            run = runs[twin][i]
+            order.append((run, bases.get(run.seed)))
+    return order
+
+
+def run_in_order(
+    order: Sequence[Tuple[TwinRun, Optional[TwinRun]]],
+    train: Callable[[TwinRun], float],
+    jobs: int = 1,
+    on_failure: Callable[[], None] = lambda: None,
+) -> Dict[str, float]:
+    """Calls ``train(run)`` for every run of ``order`` (see :func:`training_order`), at most
+    ``jobs`` at once, each once the run it starts from has been trained; returns each run's
+    ``train`` value by its output folder. With ``jobs`` = 1 the runs train in ``order``, one
+    after the other. The first failure stops the scheduling: no other run starts,
+    ``on_failure()`` is called (to stop the trainings still going) and the error is raised once
+    they have returned."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    pending = list(order)
+    done: Dict[str, float] = {}
+    running: Dict[Future, TwinRun] = {}
+    error: Optional[BaseException] = None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            if error is None:
+                for item in list(pending):
+                    run, after = item
+                    if len(running) >= jobs:
+                        break
+                    if after is None or after.output_dir in done:
+                        pending.remove(item)
+                        running[pool.submit(train, run)] = run
+            if not running:
+                if error is None:
+                    names = ", ".join(run.output_dir for run, _ in pending)
+                    raise ValueError(f"runs that start from runs not in the order: {names}")
+                break  # a failed run's dependants never start
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in finished:
+                run = running.pop(future)
+                try:
+                    done[run.output_dir] = future.result()
+                except BaseException as e:  # noqa: B036 (re-raised below, after the others)
+                    if error is None:
+                        error = e
+                        on_failure()
+    if error is not None:
+        raise error
+    return done
 
 
 def final_results(output_dir: str) -> Dict[str, float]:

@@ -252,7 +252,7 @@ def test_from_static_trains_one_static_base_per_seed_and_starts_both_twins_from_
     tool = load_tool("compare_twins")
     trained = []
 
-    def fake_training(config_file, output_dir, opts, quiet):
+    def fake_training(config_file, output_dir, opts, quiet, *_):
         trained.append((output_dir, list(opts)))
         if "base" not in os.path.relpath(output_dir, tmp_path):
             _metrics(output_dir, 30.0 if "condconv" in output_dir else 27.5)
@@ -268,6 +268,8 @@ def test_from_static_trains_one_static_base_per_seed_and_starts_both_twins_from_
         "2",
         "--from-static",
         "40",
+        "--jobs",
+        "1",
     ]
     assert tool.main(argv + ["SOLVER.MAX_ITER", "60"]) == 0
     out = capsys.readouterr().out
@@ -377,7 +379,7 @@ def test_twin_opts_change_both_twins_and_leave_the_static_base_shared(
     tool = load_tool("compare_twins")
     trained = []
 
-    def fake_training(config_file, output_dir, opts, quiet):
+    def fake_training(config_file, output_dir, opts, quiet, *_):
         trained.append((os.path.relpath(output_dir, tmp_path), dict(zip(opts[0::2], opts[1::2]))))
         _metrics(output_dir, 30.0 if "condconv" in output_dir else 27.5)  # bases: finished too
         return 1.0
@@ -407,3 +409,143 @@ def test_twin_opts_change_both_twins_and_leave_the_static_base_shared(
     with pytest.raises(SystemExit):
         tool.main(argv + ["--twin-opt", "SOLVER.NO_SUCH_KEY", "1"])
     assert "SOLVER.NO_SUCH_KEY" in capsys.readouterr().err
+
+
+def test_two_jobs_train_the_twins_of_a_seed_side_by_side_on_shared_cores(
+    tmp_path, monkeypatch, capsys
+):
+    import threading
+
+    tool = load_tool("compare_twins")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(tool, "cores", lambda: 4)
+    lock, running, events = threading.Lock(), set(), []
+    both = threading.Barrier(2, timeout=10)
+
+    def fake_training(config_file, output_dir, opts, quiet, label, env):
+        run = os.path.relpath(output_dir, tmp_path)
+        with lock:
+            running.add(run)
+            events.append((run, sorted(running), label, env["OMP_NUM_THREADS"]))
+        if not run.startswith("base"):
+            both.wait()  # the two twins of the seed are in training at the same time
+        if not run.startswith("base"):
+            _metrics(output_dir, 30.0 if "condconv" in output_dir else 27.5)
+        with lock:
+            running.discard(run)
+        return 2.0
+
+    monkeypatch.setattr(tool, "run_training", fake_training)
+    argv = ["--config-file", CONFIG, "--output-dir", str(tmp_path), "--from-static", "40"]
+    assert tool.main(argv) == 0  # --jobs 2: the default on the CPU
+    out = capsys.readouterr().out
+    assert "Training 2 runs at once, 2 thread(s) each." in out
+    assert "(Training times of runs trained 2 at once.)" in out
+    base, condconv, static = events[0], *sorted(events[1:])
+    assert [run.split("-")[0] for run, *_ in (base, condconv, static)] == [
+        "base",
+        "condconv",
+        "static",
+    ]
+    assert base[1] == [base[0]]  # the twins wait for the static model they start from
+    assert base[2] == "[base 0] " and condconv[2] == "[CondConv 0] " and static[2] == "[static 0] "
+    assert {e[3] for e in events} == {"2"}  # 4 cores over 2 jobs
+    # A thread count the user set is theirs.
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert tool.training_env(2) is None and tool.training_env(1) is None
+    # On the CPU two at once is the default; on CUDA (where there is one) or on one core, one.
+    from condconv_det.config import load_config
+
+    assert tool.default_jobs(load_config(CONFIG, ["MODEL.DEVICE", "cpu"])) == 2
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert tool.default_jobs(load_config(CONFIG, ["MODEL.DEVICE", "cuda"])) == 1
+    monkeypatch.setattr(tool, "cores", lambda: 1)
+    assert tool.default_jobs(load_config(CONFIG, ["MODEL.DEVICE", "cpu"])) == 1
+    with pytest.raises(SystemExit):
+        tool.parse_args(["--config-file", CONFIG, "--jobs", "0"])
+    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_failed_training_stops_the_others_and_starts_nothing_more(tmp_path, monkeypatch):
+    tool = load_tool("compare_twins")
+    started, stopped = [], []
+
+    def fake_training(config_file, output_dir, opts, quiet, label, env):
+        started.append(os.path.relpath(output_dir, tmp_path).split("-")[0])
+        if "base" in output_dir and "seed1" in output_dir:
+            raise RuntimeError("training failed (exit 1): the log's tail")
+        _metrics(output_dir, 30.0)
+        return 1.0
+
+    monkeypatch.setattr(tool, "run_training", fake_training)
+    monkeypatch.setattr(tool, "stop_trainings", lambda: stopped.append(True))
+    argv = ["--config-file", CONFIG, "--output-dir", str(tmp_path), "--from-static", "40"]
+    with pytest.raises(RuntimeError, match="the log's tail"):
+        tool.main(argv + ["--seeds", "2", "--jobs", "2"])
+    assert stopped == [True]
+    # Both bases started at once; at most the twins of seed 0 after them, none of seed 1.
+    assert started[:2] == ["base", "base"] and len(started) <= 4
+
+
+def test_run_training_shares_the_cores_and_labels_the_lines(tmp_path, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    tool = load_tool("compare_twins")
+    real_popen = subprocess.Popen
+
+    def popen(cmd, **kwargs):  # train_net.py replaced by a script that prints its threads
+        script = "import os; print('threads', os.environ.get('OMP_NUM_THREADS'))"
+        return real_popen([sys.executable, "-c", script], **kwargs)
+
+    monkeypatch.setattr(tool.subprocess, "Popen", popen)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    tool.run_training(CONFIG, str(tmp_path / "run"), [], False, "[static 0] ", env)
+    assert capsys.readouterr().out == "[static 0] threads 1\n"
+    assert tool._LIVE == []  # done: nothing left to stop
+
+    def failing(cmd, **kwargs):
+        return real_popen([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], **kwargs)
+
+    monkeypatch.setattr(tool.subprocess, "Popen", failing)
+    with pytest.raises(RuntimeError, match=r"training failed \(exit 3\)(.|\n)*boom"):
+        tool.run_training(CONFIG, str(tmp_path / "run"), [], True)
+
+
+def test_run_in_order_keeps_dependencies_and_the_job_limit():
+    import threading
+    import time
+
+    from condconv_det.twins import TwinRun, run_in_order
+
+    def run(name):
+        return TwinRun(name, CONFIG, [], 0, name)
+
+    b0, b1, c0, s0, c1 = (run(n) for n in ("b0", "b1", "c0", "s0", "c1"))
+    order = [(b0, None), (b1, None), (c0, b0), (s0, b0), (c1, b1)]
+    lock, running, peak, log = threading.Lock(), [0], [0], []
+
+    def train(r):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            log.append(("start", r.twin))
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+            log.append(("end", r.twin))
+        return len(r.twin)
+
+    assert run_in_order(order, train, jobs=2) == {"b0": 2, "b1": 2, "c0": 2, "s0": 2, "c1": 2}
+    assert peak[0] == 2
+    for twin, base in (("c0", "b0"), ("s0", "b0"), ("c1", "b1")):
+        assert log.index(("end", base)) < log.index(("start", twin))
+    log.clear()
+    run_in_order(order, train, jobs=1)
+    assert [t for what, t in log if what == "start"] == ["b0", "b1", "c0", "s0", "c1"]
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        run_in_order(order, train, jobs=0)
+    with pytest.raises(ValueError, match="runs that start from runs not in the order: c0"):
+        run_in_order([(c0, b0)], train, jobs=2)
