@@ -4,7 +4,46 @@ detectron2 itself is not on PyPI and is therefore not listed in install_requires
 first (see docs/install.md, or let `make env` build it from the pinned source distribution).
 """
 
+import os
+import sys
+
 from setuptools import find_packages, setup
+
+
+def native_extensions():
+    """The CPU kernel of the bfloat16 kernel mix (condconv_det/layers/csrc/mix.cpp), built as
+    ``condconv_det._C`` with torch's extension tools. It is optional: without torch at build
+    time, with ``CONDCONV_DET_NATIVE=0`` or where it fails to compile, the package installs
+    without it and the layer mixes bfloat16 experts in eager PyTorch (docs/install.md)."""
+    if os.environ.get("CONDCONV_DET_NATIVE", "1") == "0":
+        return [], {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        return [], {}
+
+    class OptionalBuildExtension(BuildExtension):
+        def build_extension(self, ext):
+            try:
+                super().build_extension(ext)
+            except Exception as e:  # noqa: BLE001 (any compiler failure: install without it)
+                print(
+                    f"condconv_det: the native kernel mix was not built ({e}); bfloat16 experts "
+                    "are mixed in eager PyTorch (set CONDCONV_DET_NATIVE=0 to skip it)",
+                    file=sys.stderr,
+                )
+
+    flags = ["-O3", "-fopenmp"] if sys.platform.startswith("linux") else ["-O3"]
+    extension = CppExtension(
+        "condconv_det._C",
+        ["condconv_det/layers/csrc/mix.cpp"],
+        extra_compile_args=flags,
+        extra_link_args=["-fopenmp"] if sys.platform.startswith("linux") else [],
+    )
+    return [extension], {"build_ext": OptionalBuildExtension}
+
+
+ext_modules, cmdclass = native_extensions()
 
 setup(
     name="condconv_det",
@@ -14,6 +53,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
     packages=find_packages(include=("condconv_det", "condconv_det.*")),
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
     install_requires=[
         "torch>=1.13",
         "torchvision>=0.14",

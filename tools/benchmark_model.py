@@ -130,6 +130,13 @@ def parse_args(argv=None):
         "--inference-mode", action="store_true", help="torch.inference_mode instead of no_grad"
     )
     parser.add_argument(
+        "--expert-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="the CondConv twin's experts stored in this dtype for batch-1 and batch-8 inference "
+        "(and their floors); training rows train float32 experts (default float32)",
+    )
+    parser.add_argument(
         "--with-postprocess", action="store_true", help="time detectors with box decoding and NMS"
     )
     parser.add_argument(
@@ -182,6 +189,7 @@ def run(args) -> None:
         compile=args.compile,
         compile_detector=args.compile_detector,
         compile_backend=args.compile_backend,
+        expert_dtype=args.expert_dtype,
     )
     if args.profile:
         for name in args.profile:
@@ -197,7 +205,13 @@ def run(args) -> None:
     mode = "inference_mode" if args.inference_mode else "no_grad"
     print(
         f"# benchmark_model: {machine_name(device)}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, float32, eval under {mode}, "
+        f"{torch.get_num_threads()} threads, float32, eval under {mode}"
+        + (
+            f" with the CondConv experts in {args.expert_dtype}"
+            if args.expert_dtype != "float32"
+            else ""
+        )
+        + ", "
         f"{'channels-last' if args.channels_last else 'contiguous (NCHW)'}, detectors "
         f"{'with' if args.with_postprocess else 'without'} postprocessing, "
         f"train batch {args.train_batch}, read bandwidth {bandwidth / 1e9:.1f} GB/s"
@@ -226,7 +240,10 @@ def run(args) -> None:
             result = benchmark_pair(pair, options, device, bar)
             size = QUICK_SIZE if args.quick else pair.size
             rows.append(table_row(pair, size, result, bandwidth))
-            experts.append(f"{pair.name} {result.expert_bytes / 1e6:.1f} MB")
+            stored = ""
+            if result.eval_expert_bytes is not None:
+                stored = f" ({result.eval_expert_bytes / 1e6:.1f} MB in {args.expert_dtype})"
+            experts.append(f"{pair.name} {result.expert_bytes / 1e6:.1f} MB{stored}")
     header = COLUMNS + (COMPILED_COLUMNS if args.compile else [])
     header += WHOLE_COMPILED_COLUMNS if args.compile_detector else []
     print("\n".join(format_table(header, rows, args.markdown)))

@@ -10,10 +10,11 @@ other layers evict them from the caches between two calls: it takes the next of 
 of the experts, together larger than the caches (:data:`COLD_BYTES`).
 
 Beside the float32 mix it times the two reduced-precision stores of the experts that would halve
-or quarter the bytes read: bfloat16 (the layer's ``store_experts_in(model, torch.bfloat16)``) and
-int8 with one scale per expert (:func:`quantize_experts_int8`, a candidate the layer does not
-offer), each mixed into a float32 kernel, so that whether they pay is measured on the same
-experts in the same run.
+or quarter the bytes read: bfloat16 (the layer's ``store_experts_in(model, torch.bfloat16)``,
+mixed by the native kernel where the package was built with it, and by the eager upcast in
+blocks, ``"bfloat16 eager"``) and int8 with one scale per expert
+(:func:`quantize_experts_int8`, a candidate the layer does not offer), each mixed into a float32
+kernel, so that whether they pay is measured on the same experts in the same run.
 """
 
 import itertools
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from condconv_det.layers import CondConv2d
-from condconv_det.layers._condconv_fast import mix_eager, mix_narrow
+from condconv_det.layers._condconv_fast import mix_eager, mix_narrow, native_mix
 
 from .layer import SHAPES, ConvShape
 from .timing import round_robin_times
@@ -49,7 +50,7 @@ __all__ = [
 
 # The reduced-precision stores the mix benchmark times, with the time each would take if the mix
 # read its bytes at the float32 mix's rate (the fraction of the float32 experts' bytes).
-REDUCED_PRECISION = {"bfloat16": 0.5, "int8": 0.25}
+REDUCED_PRECISION = {"bfloat16": 0.5, "bfloat16 eager": 0.5, "int8": 0.25}
 
 # The copies of the experts a timed call cycles through add up to at least this many bytes: twice
 # the 32 MiB last-level cache of the x86 machines the tables were measured on, so that every call
@@ -130,8 +131,9 @@ def mix_int8(routing_weights: torch.Tensor, q: torch.Tensor, scales: torch.Tenso
 class MixCase(NamedTuple):
     """Seconds per call: the batch-1 mix, ours (``"ours"``) and as one matrix product (``"one
     product"``, what timm and the official code compute), a plain reduction over the same
-    experts (``"read"``), and the mix of the same experts stored in bfloat16 and in int8
-    (``"bfloat16"``, ``"int8"``); and the bytes of the float32 experts each call reads."""
+    experts (``"read"``), and the mix of the same experts stored in bfloat16 (``"bfloat16"``,
+    the layer's path: the native kernel where it is built; ``"bfloat16 eager"``, the upcast in
+    blocks) and in int8 (``"int8"``); and the bytes of the float32 experts each call reads."""
 
     times: Dict[str, float]
     expert_bytes: int
@@ -191,11 +193,11 @@ def bench_mix(
     q, scales = int8[0]
     torch.testing.assert_close(mix_int8(routing, q, scales), torch.mm(routing, scales * q.float()))
 
-    def cycling(mix, stores=flats):
+    def cycling(mix, stores=flats, native=True):
         each = itertools.cycle(stores)
 
         def call() -> None:
-            with torch.no_grad():
+            with torch.no_grad(), native_mix(native):
                 mix(next(each))
 
         return call
@@ -205,6 +207,9 @@ def bench_mix(
         "ours": cycling(lambda flat: mix_eager(routing, flat, None, False)),
         "one product": cycling(lambda flat: torch.mm(routing, flat)),
         "bfloat16": cycling(lambda flat: mix_eager(routing, flat, None, False), bf16),
+        "bfloat16 eager": cycling(
+            lambda flat: mix_eager(routing, flat, None, False), bf16, native=False
+        ),
         "int8": cycling(lambda store: mix_int8(routing, *store), int8),
     }
     return MixCase(round_robin_times(steps, device, min_time, min_reps, stat), expert_bytes)
@@ -216,6 +221,8 @@ def mix_header() -> List[str]:
         "one product x read bw",
         "bfloat16 ms",
         "bfloat16 x float32",
+        "bfloat16 eager ms",
+        "bfloat16 eager x float32",
         "int8 ms",
         "int8 x float32",
     ]
@@ -234,6 +241,8 @@ def mix_row(shape: ConvShape, experts: int, case: MixCase) -> List[str]:
         f"{case.fraction('one product'):.2f}",
         f"{case.times['bfloat16'] * 1e3:.3f}",
         f"{case.vs_float32('bfloat16'):.2f}",
+        f"{case.times['bfloat16 eager'] * 1e3:.3f}",
+        f"{case.vs_float32('bfloat16 eager'):.2f}",
         f"{case.times['int8'] * 1e3:.3f}",
         f"{case.vs_float32('int8'):.2f}",
     ]

@@ -17,6 +17,8 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequenc
 import torch
 from torch import nn
 
+from condconv_det.layers import store_experts_in
+
 from .floor import EVAL_EXPERT_PASSES, TRAIN_EXPERT_PASSES, expert_bytes, floor_seconds
 from .memory import model_state_bytes, peak_memory
 from .timing import paired_times, sync
@@ -125,6 +127,9 @@ class ModelBenchmarkOptions:
         compile (bool): also time ``torch.compile``'d networks against each other.
         compile_detector (bool): also time each twin's whole model compiled against eager.
         compile_backend (str): the ``torch.compile`` backend of both.
+        expert_dtype (str): "float32", or "bfloat16": the CondConv twin's experts stored in
+            bfloat16 (``store_experts_in``) for batch-1 latency and batch-8 throughput, whose
+            floors then count those bytes; the training rows train float32 experts as ever.
     """
 
     configs_dir: str
@@ -138,6 +143,7 @@ class ModelBenchmarkOptions:
     compile: bool = False
     compile_detector: bool = False
     compile_backend: str = "inductor"
+    expert_dtype: str = "float32"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,6 +394,8 @@ class Result(NamedTuple):
     compiled_batch8: Optional[Timing]
     whole_compiled: Optional[Dict[str, CompiledTiming]]  # by twin, with compile_detector
     expert_bytes: int = 0  # the CondConv twin's expert weights and biases (floor.expert_bytes)
+    # The same at inference where they are stored otherwise (expert_dtype); None: expert_bytes.
+    eval_expert_bytes: Optional[int] = None
 
 
 class ModelFloors(NamedTuple):
@@ -408,7 +416,8 @@ def model_floors(result: Result, bandwidth: float) -> ModelFloors:
     write, the optimizer's reads of weight, gradient and momentum and its writes of weight and
     momentum.
     """
-    eval_bytes = EVAL_EXPERT_PASSES * result.expert_bytes
+    stored = result.expert_bytes if result.eval_expert_bytes is None else result.eval_expert_bytes
+    eval_bytes = EVAL_EXPERT_PASSES * stored
     return ModelFloors(
         floor_seconds(result.latency.static, eval_bytes, bandwidth),
         floor_seconds(result.batch8.static, eval_bytes, bandwidth),
@@ -460,6 +469,10 @@ def benchmark_pair(
 
     for bench in benches.values():
         bench.model.eval()
+    eval_bytes = None
+    if options.expert_dtype != "float32":
+        store_experts_in(benches["condconv"].model, options.expert_dtype)
+        eval_bytes = expert_bytes(benches["condconv"].model)
     progress.set_postfix_str(f"{pair.name}: batch-1 latency")
     latency = time_twins(
         {w: eval_fn(b, 1) for w, b in benches.items()}, device, reps, warmup, options.budget
@@ -471,6 +484,8 @@ def benchmark_pair(
     )
     progress.update()
 
+    if options.expert_dtype != "float32":  # reduced-precision experts do not train: built anew
+        benches["condconv"] = build_bench(pair, "condconv", options, device)
     steps, optimizers = {}, {}
     for which, bench in benches.items():
         bench.model.train()
@@ -532,6 +547,7 @@ def benchmark_pair(
         compiled_batch8,
         whole_compiled,
         expert_bytes(benches["condconv"].model),
+        eval_bytes,
     )
 
 

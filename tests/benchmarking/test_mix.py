@@ -24,7 +24,7 @@ from condconv_det.layers import CondConv2d, store_experts_in
 def test_bench_mix_times_ours_and_one_product_on_the_experts_bytes():
     shape = ConvShape("pw 1x1 16->8", 16, 8, 1, 1, 1, 4)
     case = bench_mix(shape, 4, torch.device("cpu"), 0.0, 2, cold_bytes=1 << 16)
-    assert set(case.times) == {"read", "ours", "one product", "bfloat16", "int8"}
+    assert set(case.times) == {"read", "ours", "one product", "bfloat16", "bfloat16 eager", "int8"}
     assert all(t > 0 for t in case.times.values())
     assert case.expert_bytes == 4 * 8 * 16 * 4  # E x out x in float32
     assert case.bandwidth("ours") == pytest.approx(case.expert_bytes / case.times["ours"])
@@ -34,10 +34,13 @@ def test_bench_mix_times_ours_and_one_product_on_the_experts_bytes():
 def test_mix_row_follows_the_header():
     shape = ConvShape("s", 8, 8, 3, 1, 1, 6)
     times = {"read": 1.6e-3, "ours": 2e-3, "one product": 4e-3, "bfloat16": 5e-3, "int8": 1e-3}
+    times["bfloat16 eager"] = 6e-3
     row = mix_row(shape, 8, MixCase(times, 40_000_000))
     assert row == ["s", "8", "40.0", "25.0", "2.000", "0.80", "4.000", "0.40"] + [
         "5.000",
         "2.50",
+        "6.000",
+        "3.00",
         "1.000",
         "0.50",
     ]
@@ -54,10 +57,11 @@ def test_mix_summary_counts_the_rows_at_the_target():
 
 
 def test_reduced_precision_summary_gives_each_store_s_spread_over_the_float32_mix():
-    a = MixCase({"ours": 1.0, "bfloat16": 3.0, "int8": 2.0}, 100)
-    b = MixCase({"ours": 2.0, "bfloat16": 5.0, "int8": 1.0}, 100)
+    a = MixCase({"ours": 1.0, "bfloat16": 3.0, "bfloat16 eager": 4.0, "int8": 2.0}, 100)
+    b = MixCase({"ours": 2.0, "bfloat16": 5.0, "bfloat16 eager": 4.0, "int8": 1.0}, 100)
     line = reduced_precision_summary([a, b])
     assert "bfloat16 experts 2.50-3.00x the float32 mix's time (its bytes alone: 0.5)" in line
+    assert "bfloat16 eager experts 2.00-4.00x the float32 mix's time" in line
     assert "int8 experts 0.50-2.00x the float32 mix's time (its bytes alone: 0.25)" in line
 
 

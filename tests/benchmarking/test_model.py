@@ -129,6 +129,20 @@ def test_model_floors_add_the_experts_traffic_to_the_static_times():
     assert (floors.latency, floors.batch8, floors.train) == pytest.approx((0.011, 0.081, 0.107))
     # A static pair (no experts) has floors equal to the static twin's times.
     assert tuple(model_floors(_result(), bandwidth=1e9)) == pytest.approx((0.010, 0.08, 0.1))
+    # Experts stored in bfloat16 for inference: half the bytes read at batch 1 and 8; training
+    # moves the float32 ones.
+    halved = model_floors(_result(expert_bytes=10**6, eval_expert_bytes=5 * 10**5), 1e9)
+    assert tuple(halved) == pytest.approx((0.0105, 0.0805, 0.107))
+
+
+def test_benchmark_pair_with_bfloat16_experts_for_inference():
+    options = ModelBenchmarkOptions(configs_dir="", quick=True, expert_dtype="bfloat16")
+    result = benchmark_pair(PAIRS["efficientnet_b0"], options, torch.device("cpu"))
+    quick_twin = build_classifier("efficientnet_b0", num_experts=2, width_mult=0.25)
+    # The experts' weights halve, their biases too; the training rows ran the float32 twin.
+    assert result.expert_bytes == expert_bytes(quick_twin)
+    assert result.eval_expert_bytes == result.expert_bytes // 2
+    assert result.train.condconv > 0 and result.state["condconv"] > result.state["static"]
 
 
 def test_table_row_floor_columns():

@@ -81,10 +81,12 @@ def test_bfloat16_experts_match_the_float32_layer(path, groups_key, options):
             _close_to_float32(got, layer(x, routing))
 
 
-def test_cpu_blocks(monkeypatch):
+@pytest.mark.parametrize("native", [False, True], ids=["eager", "native"])
+def test_cpu_blocks(monkeypatch, native):
     """The CPU's blocks, forced on a small layer: the experts upcast in blocks of columns (a
-    last, shorter one included), the "matmul" path's blocks of output channels; with and
-    without autograd (the routing's gradient is the float32 twin's)."""
+    last, shorter one included; under no_grad the native kernel instead where it is built),
+    the "matmul" path's blocks of output channels; with and without autograd (the routing's
+    gradient is the float32 twin's)."""
     tiny = fast.TUNING._replace(
         split_mix_numel=8, matmul_block_bytes=8 * 4 * 8 * 9, narrow_mix_block_bytes=4 * 4 * 50
     )
@@ -96,7 +98,7 @@ def test_cpu_blocks(monkeypatch):
         x = torch.randn(batch, 8, 7, 6)
         routing = torch.rand(batch, 4, requires_grad=True)
         assert batch == 1 or fast.matmul_blocks(routing, converted.weight, 1) > 1
-        with torch.no_grad():
+        with torch.no_grad(), fast.native_mix(native):
             torch.testing.assert_close(converted(x, routing), twin(x, routing), **EXACT)
         got, want = converted(x, routing), twin(x, routing)
         torch.testing.assert_close(got, want, **EXACT)

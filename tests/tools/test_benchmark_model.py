@@ -74,7 +74,7 @@ def test_quick_markdown_table(capsys):
             assert x_floor == pytest.approx(_ratio(col[f"{t} x"]) / floor_x, rel=0.02, abs=0.01)
 
 
-def test_quick_inference_mode_channels_last_plain_table(capsys):
+def test_quick_inference_mode_channels_last_bfloat16_experts_plain_table(capsys):
     tool = load_tool("benchmark_model")
     threads = torch.get_num_threads()
     args = [
@@ -85,11 +85,19 @@ def test_quick_inference_mode_channels_last_plain_table(capsys):
         "--channels-last",
         "--threads",
         "1",
+        "--expert-dtype",
+        "bfloat16",
     ]
     assert tool.main(args) == 0
     assert torch.get_num_threads() == threads  # the tool restores the caller's setting
     lines = capsys.readouterr().out.strip().splitlines()
     assert "inference_mode" in lines[0] and "channels-last" in lines[0] and "1 threads" in lines[0]
+    assert (
+        "eval under inference_mode with the CondConv experts in bfloat16, channels-last, "
+        in (lines[0])
+    )
+    assert lines[0].count("detectors") == 1
+    assert " MB in bfloat16)" in lines[-2]  # the experts' line: float32 bytes, then stored
     assert lines[2].split()[0] == "model" and lines[3].split()[0] == "efficientnet_b0"
 
 

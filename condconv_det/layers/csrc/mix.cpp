@@ -1,0 +1,102 @@
+// The batch kernel mix of experts stored in bfloat16, accumulated in float32, on the CPU.
+//
+// out[b, p] = sum_e routing[b, e] * float(experts[e, p]). At batch 1 the mix is bound by reading
+// the experts; stored in bfloat16 they are half the bytes of float32 ones, but an eager mix must
+// first write them out in float32 (condconv_det.layers._condconv_fast.mix_narrow), which costs
+// more than the bytes it saves. Here each bfloat16 value is widened in a register as it is read
+// (a bfloat16 is the top half of a float32: a 16-bit shift) and never stored wider.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+// Columns accumulated in registers over all the experts, then stored once: a float32 row buffer
+// between widening and accumulating made the kernel bound by its stores, not by memory.
+constexpr int64_t kLanes = 64;
+// Columns per parallel task; for a batch, the experts' rows of a tile are read from memory for
+// the first example and from cache for the others.
+constexpr int64_t kTile = 4096;
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+// Compiled for AVX-512, AVX2 and plain x86-64; the loader picks the best the CPU has.
+#define CONDCONV_TARGETS __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define CONDCONV_TARGETS
+#endif
+
+inline float widen(uint16_t value) {
+  const uint32_t bits = static_cast<uint32_t>(value) << 16;
+  float result;
+  std::memcpy(&result, &bits, sizeof(float));
+  return result;
+}
+
+// out[i] = sum_e r[e] * float(w[e * stride + i]) for i < len.
+CONDCONV_TARGETS
+void mix_tile(const float* r, const uint16_t* w, int64_t num_experts, int64_t stride, float* out,
+              int64_t len) {
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+    float acc[kLanes];
+#pragma GCC unroll 64
+    for (int64_t j = 0; j < kLanes; ++j) acc[j] = 0.f;
+    for (int64_t e = 0; e < num_experts; ++e) {
+      const float s = r[e];
+      const uint16_t* row = w + e * stride + i;
+#pragma GCC unroll 64
+      for (int64_t j = 0; j < kLanes; ++j) acc[j] += s * widen(row[j]);
+    }
+#pragma GCC unroll 64
+    for (int64_t j = 0; j < kLanes; ++j) out[i + j] = acc[j];
+  }
+  for (; i < len; ++i) {
+    float acc = 0.f;
+    for (int64_t e = 0; e < num_experts; ++e) acc += r[e] * widen(w[e * stride + i]);
+    out[i] = acc;
+  }
+}
+
+}  // namespace
+
+torch::Tensor mix_bf16(const torch::Tensor& routing, const torch::Tensor& experts) {
+  TORCH_CHECK(routing.device().is_cpu() && experts.device().is_cpu(),
+              "mix_bf16: CPU tensors only");
+  TORCH_CHECK(routing.scalar_type() == torch::kFloat32,
+              "mix_bf16: routing must be float32, got ", routing.scalar_type());
+  TORCH_CHECK(experts.scalar_type() == torch::kBFloat16,
+              "mix_bf16: experts must be bfloat16, got ", experts.scalar_type());
+  TORCH_CHECK(routing.dim() == 2 && experts.dim() == 2 && routing.size(1) == experts.size(0),
+              "mix_bf16: expected routing (B, E) and experts (E, P), got ", routing.sizes(),
+              " and ", experts.sizes());
+  const auto r = routing.contiguous();
+  const auto w = experts.contiguous();
+  const int64_t batch = r.size(0), num_experts = r.size(1), numel = w.size(1);
+  auto out = torch::zeros({batch, numel}, r.options());
+  if (numel == 0 || batch == 0 || num_experts == 0) return out;
+  const float* rp = r.data_ptr<float>();
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+  float* op = out.data_ptr<float>();
+  const int64_t tiles = (numel + kTile - 1) / kTile;
+  at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t start = t * kTile;
+      const int64_t len = std::min(kTile, numel - start);
+      for (int64_t b = 0; b < batch; ++b) {
+        mix_tile(rp + b * num_experts, wp + start, num_experts, numel, op + b * numel + start,
+                 len);
+      }
+    }
+  });
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("mix_bf16", &mix_bf16,
+        "routing (B, E) float32 @ experts (E, P) bfloat16 -> (B, P) float32, widened as read");
+}
