@@ -241,8 +241,9 @@ def twin_runs(
 def training_order(runs: Dict[str, List[TwinRun]]) -> List[Tuple[TwinRun, Optional[TwinRun]]]:
     """The runs of :func:`twin_runs` in the order to train them, each with the run it starts
     from (the static model of its seed, or None): the static models first, then both twins of
-    each seed one after the other, so that two trainings at once train the two twins of a seed
-    side by side, under the same load."""
+    each seed one after the other, so that with one seed two trainings at once train its twins
+    side by side, under the same load (with several, :func:`run_in_order` starts each run as
+    soon as a slot is free and its static model is trained)."""
     bases = {run.seed: run for run in runs.get("base", [])}
     order: List[Tuple[TwinRun, Optional[TwinRun]]] = [(run, None) for run in bases.values()]
     twins = [name for name in runs if name != "base"]
