@@ -32,7 +32,8 @@ machine; implementations are timed round-robin so that a busy phase slows all al
 largest experts, reading them from memory as inside a network (``condconv_det.benchmarking.mix``):
 the mix's read rate as a fraction of a plain reduction's over the same experts, timed with it
 round-robin (the read bandwidth), ours and as one matrix product; and the mix of the same experts
-stored in bfloat16 and in int8 (one scale per expert), each as a multiple of the float32 mix's time.
+stored in bfloat16 and in int8 (one scale per expert), each by the native kernel (where the package
+was built with it) and by the eager upcast, as a multiple of the float32 mix's time.
 """
 
 import argparse

@@ -13,8 +13,9 @@ Beside the float32 mix it times the two reduced-precision stores of the experts 
 or quarter the bytes read: bfloat16 (the layer's ``store_experts_in(model, torch.bfloat16)``,
 mixed by the native kernel where the package was built with it, and by the eager upcast in
 blocks, ``"bfloat16 eager"``) and int8 with one scale per expert
-(:func:`quantize_experts_int8`, a candidate the layer does not offer), each mixed into a float32
-kernel, so that whether they pay is measured on the same experts in the same run.
+(:func:`quantize_experts_int8`, a candidate the layer does not offer; likewise native and
+eager), each mixed into a float32 kernel, so that whether they pay is measured on the same
+experts in the same run.
 """
 
 import itertools
@@ -50,7 +51,7 @@ __all__ = [
 
 # The reduced-precision stores the mix benchmark times, with the time each would take if the mix
 # read its bytes at the float32 mix's rate (the fraction of the float32 experts' bytes).
-REDUCED_PRECISION = {"bfloat16": 0.5, "bfloat16 eager": 0.5, "int8": 0.25}
+REDUCED_PRECISION = {"bfloat16": 0.5, "bfloat16 eager": 0.5, "int8": 0.25, "int8 eager": 0.25}
 
 # The copies of the experts a timed call cycles through add up to at least this many bytes: twice
 # the 32 MiB last-level cache of the x86 machines the tables were measured on, so that every call
@@ -123,8 +124,9 @@ def round_experts_to_int8(module: nn.Module) -> nn.Module:
 
 def mix_int8(routing_weights: torch.Tensor, q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """The float32 mix of int8 experts: ``(r * scales^T) @ q``, the per-expert scales folded into
-    the routing, the int8 experts upcast in blocks as the layer upcasts bfloat16 ones (each block
-    cached between its upcast and its product), accumulated in float32."""
+    the routing, accumulated in float32 as the layer mixes bfloat16 experts: by the native kernel
+    where it is built and in use (:func:`.native_mix`), else upcast in blocks (each block cached
+    between its upcast and its product)."""
     return mix_narrow(routing_weights * scales.reshape(1, -1), q)
 
 
@@ -133,7 +135,8 @@ class MixCase(NamedTuple):
     product"``, what timm and the official code compute), a plain reduction over the same
     experts (``"read"``), and the mix of the same experts stored in bfloat16 (``"bfloat16"``,
     the layer's path: the native kernel where it is built; ``"bfloat16 eager"``, the upcast in
-    blocks) and in int8 (``"int8"``); and the bytes of the float32 experts each call reads."""
+    blocks) and in int8 (``"int8"`` and ``"int8 eager"`` likewise); and the bytes of the float32
+    experts each call reads."""
 
     times: Dict[str, float]
     expert_bytes: int
@@ -211,6 +214,7 @@ def bench_mix(
             lambda flat: mix_eager(routing, flat, None, False), bf16, native=False
         ),
         "int8": cycling(lambda store: mix_int8(routing, *store), int8),
+        "int8 eager": cycling(lambda store: mix_int8(routing, *store), int8, native=False),
     }
     return MixCase(round_robin_times(steps, device, min_time, min_reps, stat), expert_bytes)
 
@@ -225,6 +229,8 @@ def mix_header() -> List[str]:
         "bfloat16 eager x float32",
         "int8 ms",
         "int8 x float32",
+        "int8 eager ms",
+        "int8 eager x float32",
     ]
 
 
@@ -245,6 +251,8 @@ def mix_row(shape: ConvShape, experts: int, case: MixCase) -> List[str]:
         f"{case.vs_float32('bfloat16 eager'):.2f}",
         f"{case.times['int8'] * 1e3:.3f}",
         f"{case.vs_float32('int8'):.2f}",
+        f"{case.times['int8 eager'] * 1e3:.3f}",
+        f"{case.vs_float32('int8 eager'):.2f}",
     ]
 
 

@@ -7,9 +7,9 @@ path with a per-example loop):
 - :func:`auto_path`: which path ``path="auto"`` takes for a call;
 - :func:`mix_eager`: the kernel mix outside TorchScript, in the weights' dtype under autocast
   and, for a large batch of one, split into column blocks (:class:`_MixExperts`);
-- :func:`mix_narrow`: the float32 mix of experts stored in a narrower dtype: bfloat16 ones by the
-  native kernel where the package was built with it (``condconv_det._C``, widened as read),
-  others upcast in blocks;
+- :func:`mix_narrow`: the float32 mix of experts stored in a narrower dtype: bfloat16 (and int8,
+  which only the mix benchmark stores) by the native kernel where the package was built with it
+  (``condconv_det._C``, widened as read), otherwise upcast in blocks;
 - :func:`matmul_conv2d` and :func:`blocked_matmul_conv2d`: the "matmul" path;
 - :func:`experts_conv2d`: the "experts" path.
 
@@ -23,7 +23,7 @@ from typing import ContextManager, Iterator, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-try:  # the native CPU kernel of the bfloat16 mix, built with the package where it could be
+try:  # the native CPU kernels of the narrow mixes, built with the package where it could be
     from condconv_det import _C as _native
 except (ImportError, OSError):  # built without it (setup.py), or for another torch
     _native = None
@@ -31,16 +31,28 @@ except (ImportError, OSError):  # built without it (setup.py), or for another to
 _native_enabled = _native is not None
 
 
+# The native kernels by the dtype of the experts they mix into float32.
+_NATIVE_KERNELS = {torch.bfloat16: "mix_bf16", torch.int8: "mix_int8"}
+
+
+def _native_kernel(dtype: torch.dtype):
+    """The native mix of experts of ``dtype`` into float32, or None (not built, or built before
+    it had that kernel)."""
+    name = _NATIVE_KERNELS.get(dtype)
+    return None if name is None else getattr(_native, name, None)
+
+
 def native_mix_available() -> bool:
-    """Whether the package was built with its native bfloat16 mix (``condconv_det._C``) and it is
-    in use (see :func:`native_mix`)."""
+    """Whether the package was built with its native mix of narrow experts (``condconv_det._C``)
+    and it is in use (see :func:`native_mix`)."""
     return _native_enabled
 
 
 @contextlib.contextmanager
 def native_mix(enabled: bool) -> Iterator[None]:
-    """Within the block the bfloat16 mix takes the native kernel (``enabled``, where it was
-    built) or the eager upcast in blocks: what the mix benchmark compares."""
+    """Within the block the mix of bfloat16 (or int8) experts takes the native kernel
+    (``enabled``, where it was built) or the eager upcast in blocks: what the mix benchmark
+    compares."""
     global _native_enabled
     before = _native_enabled
     _native_enabled = enabled and _native is not None
@@ -250,12 +262,12 @@ def mix_narrow(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tenso
     (bfloat16 under float32): the experts are upcast and multiplied in the routing's dtype, so
     the mixed kernel is accumulated and kept in float32 and the only rounding is the experts'.
 
-    On the CPU, bfloat16 experts under float32 routing go to the native kernel where the
-    package was built with it (``condconv_det/layers/csrc/mix.cpp``): it widens each value in a
-    register as it reads it, so the mix reads half the float32 experts' bytes and writes no
-    float32 copy. Otherwise, and for a backward, the experts are upcast in blocks of columns
-    (``TUNING.narrow_mix_block_bytes`` of float32 experts each): one upcast copy of all of them
-    would be a fresh buffer twice the float32 experts' size, written, read back and, past the
+    On the CPU, bfloat16 (and int8) experts under float32 routing go to the native kernel where
+    the package was built with it (``condconv_det/layers/csrc/mix.cpp``): it widens each value in
+    a register as it reads it, so the mix reads half (a quarter of) the float32 experts' bytes and
+    writes no float32 copy. Otherwise, and for a backward, the experts are upcast in blocks of
+    columns (``TUNING.narrow_mix_block_bytes`` of float32 experts each): one upcast copy of all of
+    them would be a fresh buffer twice the float32 experts' size, written, read back and, past the
     allocator's mmap threshold, page-faulted anew on every call. A block stays in cache between
     its upcast and its product.
     """
@@ -270,14 +282,14 @@ def mix_narrow(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tenso
     ):
         return torch.mm(routing_weights, flat.to(dtype))
     needs_grad = torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad)
+    native = _native_kernel(flat.dtype) if _native_enabled else None
     if (
-        _native_enabled
+        native is not None
         and not needs_grad
-        and flat.dtype == torch.bfloat16
         and dtype == torch.float32
         and routing_weights.device.type == "cpu"
     ):
-        return _native.mix_bf16(routing_weights, flat)
+        return native(routing_weights, flat)
     if numel <= block:
         return torch.mm(routing_weights, flat.to(dtype))
     blocks = flat.split(block, dim=1)

@@ -24,7 +24,8 @@ from condconv_det.layers import CondConv2d, store_experts_in
 def test_bench_mix_times_ours_and_one_product_on_the_experts_bytes():
     shape = ConvShape("pw 1x1 16->8", 16, 8, 1, 1, 1, 4)
     case = bench_mix(shape, 4, torch.device("cpu"), 0.0, 2, cold_bytes=1 << 16)
-    assert set(case.times) == {"read", "ours", "one product", "bfloat16", "bfloat16 eager", "int8"}
+    names = {"read", "ours", "one product", "bfloat16", "bfloat16 eager", "int8", "int8 eager"}
+    assert set(case.times) == names
     assert all(t > 0 for t in case.times.values())
     assert case.expert_bytes == 4 * 8 * 16 * 4  # E x out x in float32
     assert case.bandwidth("ours") == pytest.approx(case.expert_bytes / case.times["ours"])
@@ -34,7 +35,7 @@ def test_bench_mix_times_ours_and_one_product_on_the_experts_bytes():
 def test_mix_row_follows_the_header():
     shape = ConvShape("s", 8, 8, 3, 1, 1, 6)
     times = {"read": 1.6e-3, "ours": 2e-3, "one product": 4e-3, "bfloat16": 5e-3, "int8": 1e-3}
-    times["bfloat16 eager"] = 6e-3
+    times["bfloat16 eager"], times["int8 eager"] = 6e-3, 7e-3
     row = mix_row(shape, 8, MixCase(times, 40_000_000))
     assert row == ["s", "8", "40.0", "25.0", "2.000", "0.80", "4.000", "0.40"] + [
         "5.000",
@@ -43,6 +44,8 @@ def test_mix_row_follows_the_header():
         "3.00",
         "1.000",
         "0.50",
+        "7.000",
+        "3.50",
     ]
     assert len(row) == len(mix_header())
 
@@ -59,10 +62,12 @@ def test_mix_summary_counts_the_rows_at_the_target():
 def test_reduced_precision_summary_gives_each_store_s_spread_over_the_float32_mix():
     a = MixCase({"ours": 1.0, "bfloat16": 3.0, "bfloat16 eager": 4.0, "int8": 2.0}, 100)
     b = MixCase({"ours": 2.0, "bfloat16": 5.0, "bfloat16 eager": 4.0, "int8": 1.0}, 100)
+    a.times["int8 eager"], b.times["int8 eager"] = 3.0, 3.0
     line = reduced_precision_summary([a, b])
     assert "bfloat16 experts 2.50-3.00x the float32 mix's time (its bytes alone: 0.5)" in line
     assert "bfloat16 eager experts 2.00-4.00x the float32 mix's time" in line
     assert "int8 experts 0.50-2.00x the float32 mix's time (its bytes alone: 0.25)" in line
+    assert "int8 eager experts 1.50-3.00x the float32 mix's time (its bytes alone: 0.25)" in line
 
 
 def test_int8_experts_round_each_expert_to_127_steps_of_its_own_scale():

@@ -1,7 +1,8 @@
-"""The native bfloat16 kernel mix (condconv_det._C, condconv_det/layers/csrc/mix.cpp): equal to
-the product with the experts upcast, for every batch, expert count and column count around its
-block size; bad inputs refused by name; taken by the layer's eval mix of bfloat16 experts and
-not by a mix with a backward to follow."""
+"""The native kernel mixes (condconv_det._C, condconv_det/layers/csrc/mix.cpp) of bfloat16 and
+int8 experts: equal to the product with the experts upcast, for every batch, expert count and
+column count around its block size; bad inputs refused by name; taken by the layer's eval mix of
+bfloat16 experts (and the int8 mix of the benchmark) and not by a mix with a backward to
+follow."""
 
 import copy
 import os
@@ -23,36 +24,96 @@ def test_the_native_kernel_is_built_unless_asked_not_to():
     assert BUILT and fast.native_mix_available()
 
 
+def narrow_experts(dtype, *shape):
+    """Random experts in ``dtype``: bfloat16 rounded from normals, int8 over its whole range."""
+    if dtype == torch.int8:
+        return torch.randint(-128, 128, shape, dtype=torch.int8)
+    return torch.randn(*shape).to(dtype)
+
+
+KERNELS = [(torch.bfloat16, "mix_bf16"), (torch.int8, "mix_int8")]
+
+
 @needs_native
+@pytest.mark.parametrize("dtype, kernel", KERNELS)
 @pytest.mark.parametrize("batch", [1, 2, 5])
 @pytest.mark.parametrize("experts", [1, 3, 8])
 @pytest.mark.parametrize("numel", [1, 1023, 1024, 1025, 4099])
-def test_native_mix_equals_the_upcast_product(batch, experts, numel):
+def test_native_mix_equals_the_upcast_product(dtype, kernel, batch, experts, numel):
     torch.manual_seed(0)
-    flat = torch.randn(experts, numel).bfloat16()
+    mix = getattr(fast._native, kernel)
+    flat = narrow_experts(dtype, experts, numel)
     routing = torch.rand(experts, batch).t()  # not contiguous
-    got = fast._native.mix_bf16(routing, flat)
+    got = mix(routing, flat)
     assert got.dtype == torch.float32 and got.shape == (batch, numel)
-    torch.testing.assert_close(got, routing @ flat.float(), rtol=1e-5, atol=1e-5)
+    # int8 values reach 128, 100x the normals: the absolute tolerance scales with them (the two
+    # sums round in different orders).
+    atol = 1e-5 * (128 if dtype == torch.int8 else 1)
+    torch.testing.assert_close(got, routing @ flat.float(), rtol=1e-5, atol=atol)
     # Columns of a wider tensor: the experts need not be contiguous either.
-    wide = torch.randn(experts, numel + 7).bfloat16()
+    wide = narrow_experts(dtype, experts, numel + 7)
     torch.testing.assert_close(
-        fast._native.mix_bf16(routing, wide[:, 3 : 3 + numel]),
+        mix(routing, wide[:, 3 : 3 + numel]),
         routing @ wide[:, 3 : 3 + numel].float(),
         rtol=1e-5,
-        atol=1e-5,
+        atol=atol,
     )
 
 
 @needs_native
-def test_bad_inputs_are_refused_by_name():
-    routing, flat = torch.rand(1, 4), torch.randn(4, 10).bfloat16()
-    with pytest.raises(RuntimeError, match="experts must be bfloat16, got Float"):
-        fast._native.mix_bf16(routing, flat.float())
-    with pytest.raises(RuntimeError, match="routing must be float32, got BFloat16"):
-        fast._native.mix_bf16(routing.bfloat16(), flat)
+@pytest.mark.parametrize("dtype, kernel", KERNELS)
+def test_bad_inputs_are_refused_by_name(dtype, kernel):
+    mix = getattr(fast._native, kernel)
+    name = {torch.bfloat16: "bfloat16", torch.int8: "int8"}[dtype]
+    routing, flat = torch.rand(1, 4), narrow_experts(dtype, 4, 10)
+    with pytest.raises(RuntimeError, match=f"{kernel}: experts must be {name}, got Float"):
+        mix(routing, flat.float())
+    with pytest.raises(RuntimeError, match=f"{kernel}: routing must be float32, got BFloat16"):
+        mix(routing.bfloat16(), flat)
     with pytest.raises(RuntimeError, match=r"expected routing \(B, E\) and experts \(E, P\)"):
-        fast._native.mix_bf16(torch.rand(1, 3), flat)
+        mix(torch.rand(1, 3), flat)
+    with pytest.raises(RuntimeError, match=f"{kernel}: CPU tensors only"):
+        mix(routing.to("meta"), flat)
+
+
+@needs_native
+def test_the_int8_mix_of_the_benchmark_takes_it_unless_switched_off(monkeypatch):
+    from condconv_det.benchmarking.mix import mix_int8, quantize_experts_int8
+
+    calls = []
+    real = fast._native
+
+    class Recording:
+        mix_bf16 = staticmethod(real.mix_bf16)
+
+        @staticmethod
+        def mix_int8(routing, flat):
+            calls.append(tuple(flat.shape))
+            return real.mix_int8(routing, flat)
+
+    monkeypatch.setattr(fast, "_native", Recording)
+    torch.manual_seed(0)
+    q, scales = quantize_experts_int8(torch.randn(3, 5000))
+    routing = torch.rand(1, 3)
+    with torch.no_grad():
+        native = mix_int8(routing, q, scales)
+        assert calls == [(3, 5000)]
+        with fast.native_mix(False):
+            eager = mix_int8(routing, q, scales)
+    assert calls == [(3, 5000)]
+    torch.testing.assert_close(native, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_a_module_built_before_a_kernel_existed_falls_back_to_the_upcast(monkeypatch):
+    class Older:  # a condconv_det._C built with the bfloat16 kernel only
+        pass
+
+    monkeypatch.setattr(fast, "_native", Older)
+    assert fast._native_kernel(torch.int8) is None
+    assert fast._native_kernel(torch.float16) is None
+    flat, routing = torch.randint(-128, 128, (3, 100), dtype=torch.int8), torch.rand(2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.mix_narrow(routing, flat), routing @ flat.float())
 
 
 @needs_native

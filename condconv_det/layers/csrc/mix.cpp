@@ -1,10 +1,13 @@
-// The batch kernel mix of experts stored in bfloat16, accumulated in float32, on the CPU.
+// The batch kernel mix of experts stored narrower than float32, accumulated in float32, on the
+// CPU.
 //
 // out[b, p] = sum_e routing[b, e] * float(experts[e, p]). At batch 1 the mix is bound by reading
-// the experts; stored in bfloat16 they are half the bytes of float32 ones, but an eager mix must
-// first write them out in float32 (condconv_det.layers._condconv_fast.mix_narrow), which costs
-// more than the bytes it saves. Here each bfloat16 value is widened in a register as it is read
-// (a bfloat16 is the top half of a float32: a 16-bit shift) and never stored wider.
+// the experts; stored in bfloat16 they are half the bytes of float32 ones (int8, a quarter), but
+// an eager mix must first write them out in float32 (condconv_det.layers._condconv_fast.
+// mix_narrow), which costs more than the bytes it saves. Here each value is widened in a register
+// as it is read (a bfloat16 is the top half of a float32: a 16-bit shift; an int8 converts
+// exactly) and never stored wider. For int8 experts with one scale per expert, the scales are
+// folded into the routing by the caller: routing[b, e] * scale[e].
 
 #include <torch/extension.h>
 
@@ -13,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 namespace {
 
@@ -37,7 +41,7 @@ inline float widen(uint16_t value) {
   return result;
 }
 
-// out[i] = sum_e r[e] * float(w[e * stride + i]) for i < len.
+// out[i] = sum_e r[e] * float(w[e * stride + i]) for i < len, bfloat16 experts.
 CONDCONV_TARGETS
 void mix_tile(const float* r, const uint16_t* w, int64_t num_experts, int64_t stride, float* out,
               int64_t len) {
@@ -62,25 +66,52 @@ void mix_tile(const float* r, const uint16_t* w, int64_t num_experts, int64_t st
   }
 }
 
-}  // namespace
+// The same for int8 experts. Left to GCC's loop vectorizer (sign-extend, convert, multiply-add a
+// vector at a time): fully unrolled as above, it converted the 64 values one by one.
+CONDCONV_TARGETS
+void mix_tile(const float* r, const int8_t* w, int64_t num_experts, int64_t stride, float* out,
+              int64_t len) {
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes) {
+    float acc[kLanes];
+    for (int64_t j = 0; j < kLanes; ++j) acc[j] = 0.f;
+    for (int64_t e = 0; e < num_experts; ++e) {
+      const float s = r[e];
+      const int8_t* row = w + e * stride + i;
+      for (int64_t j = 0; j < kLanes; ++j) acc[j] += s * static_cast<float>(row[j]);
+    }
+    for (int64_t j = 0; j < kLanes; ++j) out[i + j] = acc[j];
+  }
+  for (; i < len; ++i) {
+    float acc = 0.f;
+    for (int64_t e = 0; e < num_experts; ++e) acc += r[e] * static_cast<float>(w[e * stride + i]);
+    out[i] = acc;
+  }
+}
 
-torch::Tensor mix_bf16(const torch::Tensor& routing, const torch::Tensor& experts) {
-  TORCH_CHECK(routing.device().is_cpu() && experts.device().is_cpu(),
-              "mix_bf16: CPU tensors only");
-  TORCH_CHECK(routing.scalar_type() == torch::kFloat32,
-              "mix_bf16: routing must be float32, got ", routing.scalar_type());
-  TORCH_CHECK(experts.scalar_type() == torch::kBFloat16,
-              "mix_bf16: experts must be bfloat16, got ", experts.scalar_type());
+// Checks the arguments of the mix named `name`; returns the routing and the experts contiguous.
+std::pair<torch::Tensor, torch::Tensor> checked(const char* name, const torch::Tensor& routing,
+                                                const torch::Tensor& experts,
+                                                torch::ScalarType narrow,
+                                                const char* narrow_name) {
+  TORCH_CHECK(routing.device().is_cpu() && experts.device().is_cpu(), name,
+              ": CPU tensors only");
+  TORCH_CHECK(routing.scalar_type() == torch::kFloat32, name, ": routing must be float32, got ",
+              routing.scalar_type());
+  TORCH_CHECK(experts.scalar_type() == narrow, name, ": experts must be ", narrow_name,
+              ", got ", experts.scalar_type());
   TORCH_CHECK(routing.dim() == 2 && experts.dim() == 2 && routing.size(1) == experts.size(0),
-              "mix_bf16: expected routing (B, E) and experts (E, P), got ", routing.sizes(),
-              " and ", experts.sizes());
-  const auto r = routing.contiguous();
-  const auto w = experts.contiguous();
+              name, ": expected routing (B, E) and experts (E, P), got ", routing.sizes(), " and ",
+              experts.sizes());
+  return {routing.contiguous(), experts.contiguous()};
+}
+
+template <typename Narrow>
+torch::Tensor mix(const torch::Tensor& r, const torch::Tensor& w, const Narrow* wp) {
   const int64_t batch = r.size(0), num_experts = r.size(1), numel = w.size(1);
   auto out = torch::zeros({batch, numel}, r.options());
   if (numel == 0 || batch == 0 || num_experts == 0) return out;
   const float* rp = r.data_ptr<float>();
-  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   float* op = out.data_ptr<float>();
   const int64_t tiles = (numel + kTile - 1) / kTile;
   at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
@@ -96,7 +127,22 @@ torch::Tensor mix_bf16(const torch::Tensor& routing, const torch::Tensor& expert
   return out;
 }
 
+}  // namespace
+
+torch::Tensor mix_bf16(const torch::Tensor& routing, const torch::Tensor& experts) {
+  const auto [r, w] = checked("mix_bf16", routing, experts, torch::kBFloat16, "bfloat16");
+  return mix(r, w, reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()));
+}
+
+torch::Tensor mix_int8(const torch::Tensor& routing, const torch::Tensor& experts) {
+  const auto [r, w] = checked("mix_int8", routing, experts, torch::kInt8, "int8");
+  return mix(r, w, w.data_ptr<int8_t>());
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mix_bf16", &mix_bf16,
         "routing (B, E) float32 @ experts (E, P) bfloat16 -> (B, P) float32, widened as read");
+  m.def("mix_int8", &mix_int8,
+        "routing (B, E) float32 (scales folded in) @ experts (E, P) int8 -> (B, P) float32, "
+        "widened as read");
 }
