@@ -33,6 +33,7 @@ from .timing import round_robin_times
 
 __all__ = [
     "COLD_BYTES",
+    "INT8_SCALES",
     "MIX_SHAPES",
     "QUICK_MIX_SHAPES",
     "REDUCED_PRECISION",
@@ -93,15 +94,32 @@ def quantize_experts_int8(flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tenso
     return q, scales
 
 
-def round_experts_to_int8(module: nn.Module) -> nn.Module:
+# The scales :func:`round_experts_to_int8` can round with.
+INT8_SCALES = ("expert", "channel")
+
+
+def round_experts_to_int8(module: nn.Module, scales: str = "expert") -> nn.Module:
     """Rounds the experts (and static kernels) of every :class:`.CondConv2d` in ``module`` to
-    int8 with one scale per expert (:func:`quantize_experts_int8`), in place, and keeps them in
-    float32: the module then computes what a store of int8 experts would, so that its accuracy
-    can be measured with any evaluation. Returns ``module``.
+    int8, in place, and keeps them in float32: the module then computes what a store of int8
+    experts would, so that its accuracy can be measured with any evaluation. Returns ``module``.
+
+    Args:
+        module: a model or layer with float32 experts.
+        scales: ``"expert"``, one scale per expert (:func:`quantize_experts_int8`, what
+            :func:`mix_int8` mixes: the scales fold into the routing); or ``"channel"``, one
+            scale per output channel shared by all the experts of a layer, which the same mix
+            computes with the routing as it is and the mixed kernel's rows scaled afterwards
+            (``W(x)[c] = s[c] * sum_i r_i q_i[c]``). The static kernel has scales of its own,
+            one in all or one per output channel.
 
     Raises:
-        ValueError: experts that are not float32 (e.g. already stored in bfloat16).
+        ValueError: experts that are not float32 (e.g. already stored in bfloat16), or another
+            ``scales``.
     """
+    if scales not in INT8_SCALES:
+        raise ValueError(
+            f"round_experts_to_int8: scales must be one of {INT8_SCALES}, got {scales!r}"
+        )
     for layer in module.modules():
         if not isinstance(layer, CondConv2d):
             continue
@@ -114,11 +132,22 @@ def round_experts_to_int8(module: nn.Module) -> nn.Module:
                     f"round_experts_to_int8: {name} of a CondConv2d is {param.dtype}; round the "
                     "float32 experts (before store_experts_in)"
                 )
-            # One scale per expert; the static kernel is one more expert, with a scale of its own.
-            rows = param.shape[0] if name == "weight" else 1
-            q, scales = quantize_experts_int8(param.detach().reshape(rows, -1))
+            values = param.detach()
+            if scales == "channel" and name == "weight":
+                # (E, O, ...) -> (O, E, ...): each output channel's values over all the experts.
+                values = values.transpose(0, 1)
+            if scales == "channel":
+                rows = values.shape[0]
+            else:
+                # One scale per expert; the static kernel is one more expert, with a scale of
+                # its own.
+                rows = values.shape[0] if name == "weight" else 1
+            q, step = quantize_experts_int8(values.reshape(rows, -1))
+            rounded = (step * q.float()).reshape(values.shape)
+            if scales == "channel" and name == "weight":
+                rounded = rounded.transpose(0, 1)
             with torch.no_grad():
-                param.copy_((scales * q.float()).reshape(param.shape))
+                param.copy_(rounded)
     return module
 
 

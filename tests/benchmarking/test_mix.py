@@ -127,6 +127,41 @@ def test_round_experts_to_int8_rounds_each_expert_and_the_static_kernel_on_its_o
         torch.testing.assert_close(value, again[key], rtol=0, atol=1e-6)
 
 
+def test_round_experts_to_int8_per_channel_shares_each_output_channel_s_scale_over_experts():
+    torch.manual_seed(0)
+    layer = CondConv2d(4, 6, 3, num_experts=3, static_kernel=True)
+    with torch.no_grad():
+        layer.weight.normal_()
+        layer.weight[:, 2] *= 100.0  # one output channel far larger, in every expert
+        layer.weight[1, 4] *= 0.01  # one channel small in one expert only
+        layer.static_weight.normal_()
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    assert round_experts_to_int8(layer, scales="channel") is layer
+    weight, static = layer.weight.detach(), layer.static_weight.detach()
+    # Each output channel: one step over all the experts, set by its largest magnitude.
+    by_channel = before["weight"].transpose(0, 1).reshape(6, -1)
+    step = by_channel.abs().amax(dim=1) / 127
+    error = (weight - before["weight"]).transpose(0, 1).reshape(6, -1).abs()
+    assert (error <= step[:, None] / 2 * (1 + 1e-5)).all()
+    q = weight.transpose(0, 1).reshape(6, -1) / step[:, None]
+    torch.testing.assert_close(q, q.round(), rtol=0, atol=1e-3)  # whole steps of its channel
+    # The small channel of expert 1 shares the others' step: rounded coarsely, unlike "expert".
+    assert error.reshape(6, 3, -1)[4, 1].max() > 1e-4
+    static_step = before["static_weight"].reshape(6, -1).abs().amax(dim=1) / 127
+    static_error = (static - before["static_weight"]).reshape(6, -1).abs()
+    assert (static_error <= static_step[:, None] / 2 * (1 + 1e-5)).all()
+    # The mix of the rounded experts is the mix of the int8 values, scaled per row afterwards.
+    routing = torch.rand(2, 3)
+    q8 = q.round().to(torch.int8).reshape(6, 3, -1).transpose(0, 1).reshape(3, -1)
+    mixed = (routing @ q8.float()).reshape(2, 6, -1) * step[None, :, None]
+    torch.testing.assert_close(mixed.reshape(2, -1), routing @ weight.reshape(3, -1))
+
+
+def test_round_experts_to_int8_refuses_an_unknown_scale():
+    with pytest.raises(ValueError, match=r"scales must be one of \('expert', 'channel'\)"):
+        round_experts_to_int8(CondConv2d(4, 4, 1, num_experts=2), scales="tensor")
+
+
 def test_round_experts_to_int8_refuses_experts_already_stored_narrower():
     layer = store_experts_in(CondConv2d(4, 4, 1, num_experts=2).eval(), torch.bfloat16)
     with pytest.raises(ValueError, match="round_experts_to_int8: weight .* torch.bfloat16"):
