@@ -82,6 +82,7 @@ from condconv_det.benchmarking.model import (
     table_row,
 )
 from condconv_det.benchmarking.table import format_table
+from condconv_det.layers import EXPERT_DTYPES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "COCO-Detection")
@@ -132,7 +133,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--expert-dtype",
         default="float32",
-        choices=["float32", "bfloat16"],
+        choices=list(EXPERT_DTYPES),
         help="the CondConv twin's experts stored in this dtype for batch-1 and batch-8 inference "
         "(and their floors); training rows train float32 experts (default float32)",
     )

@@ -44,11 +44,19 @@ def read_bandwidth(device: torch.device, min_time: float) -> float:
 
 def expert_bytes(model: nn.Module) -> int:
     """Bytes of the expert weights and biases of every CondConv layer in ``model``, each tensor
-    once (:func:`condconv_det.analysis.expert_parameters`); 0 for a static model."""
+    once (:func:`condconv_det.analysis.expert_parameters`), with the scales of int8 experts
+    (``store_experts_in``); 0 for a static model."""
     # Imported here: condconv_det.analysis imports fvcore, which the layer benchmark never needs.
     from condconv_det.analysis import expert_parameters
+    from condconv_det.layers import CondConv2d
 
-    return sum(p.numel() * p.element_size() for p in expert_parameters(model))
+    tensors = {id(p): p for p in expert_parameters(model)}
+    for layer in model.modules():
+        if isinstance(layer, CondConv2d):
+            for scale in (layer.weight_scale, layer.static_weight_scale):
+                if scale is not None:
+                    tensors[id(scale)] = scale
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def floor_seconds(static_seconds: float, bytes_moved: float, bandwidth: float) -> float:

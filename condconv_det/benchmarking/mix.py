@@ -12,10 +12,11 @@ of the experts, together larger than the caches (:data:`COLD_BYTES`).
 Beside the float32 mix it times the two reduced-precision stores of the experts that would halve
 or quarter the bytes read: bfloat16 (the layer's ``store_experts_in(model, torch.bfloat16)``,
 mixed by the native kernel where the package was built with it, and by the eager upcast in
-blocks, ``"bfloat16 eager"``) and int8 with one scale per expert
-(:func:`quantize_experts_int8`, a candidate the layer does not offer; likewise native and
-eager), each mixed into a float32 kernel, so that whether they pay is measured on the same
-experts in the same run.
+blocks, ``"bfloat16 eager"``) and int8 (:func:`quantize_experts_int8`, one scale per expert
+folded into the routing; likewise native and eager), each mixed into a float32 kernel, so that
+whether they pay is measured on the same experts in the same run. The layer's int8 store
+(``store_experts_in(model, torch.int8)``) has one scale per output channel instead, applied to
+the convolution's output: its mix is the same product of the int8 experts.
 """
 
 import itertools
@@ -27,6 +28,11 @@ from torch import nn
 
 from condconv_det.layers import CondConv2d
 from condconv_det.layers._condconv_fast import mix_eager, mix_narrow, native_mix
+from condconv_det.layers.expert_storage import (
+    dequantize_per_channel,
+    quantize_per_channel_int8,
+    quantize_rows_int8,
+)
 
 from .layer import SHAPES, ConvShape
 from .timing import round_robin_times
@@ -88,10 +94,7 @@ def quantize_experts_int8(flat: torch.Tensor) -> Tuple[torch.Tensor, torch.Tenso
     Returns:
         ``q`` (E, P) int8 and ``scales`` (E, 1) float32.
     """
-    scales = flat.detach().abs().amax(dim=1, keepdim=True).float() / 127.0
-    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
-    q = torch.round(flat.detach().float() / scales).clamp_(-127, 127).to(torch.int8)
-    return q, scales
+    return quantize_rows_int8(flat)
 
 
 # The scales :func:`round_experts_to_int8` can round with.
@@ -107,9 +110,9 @@ def round_experts_to_int8(module: nn.Module, scales: str = "expert") -> nn.Modul
         module: a model or layer with float32 experts.
         scales: ``"expert"``, one scale per expert (:func:`quantize_experts_int8`, what
             :func:`mix_int8` mixes: the scales fold into the routing); or ``"channel"``, one
-            scale per output channel shared by all the experts of a layer, which the same mix
-            computes with the routing as it is and the mixed kernel's rows scaled afterwards
-            (``W(x)[c] = s[c] * sum_i r_i q_i[c]``). The static kernel has scales of its own,
+            scale per output channel shared by all the experts of a layer, as the layer's own
+            int8 store rounds them (``store_experts_in(model, torch.int8)``:
+            ``W(x)[c] = s[c] * sum_i r_i q_i[c]``). The static kernel has scales of its own,
             one in all or one per output channel.
 
     Raises:
@@ -133,19 +136,17 @@ def round_experts_to_int8(module: nn.Module, scales: str = "expert") -> nn.Modul
                     "float32 experts (before store_experts_in)"
                 )
             values = param.detach()
-            if scales == "channel" and name == "weight":
-                # (E, O, ...) -> (O, E, ...): each output channel's values over all the experts.
-                values = values.transpose(0, 1)
             if scales == "channel":
-                rows = values.shape[0]
+                experts = name == "weight"
+                rounded = dequantize_per_channel(
+                    *quantize_per_channel_int8(values, experts), experts
+                )
             else:
                 # One scale per expert; the static kernel is one more expert, with a scale of
                 # its own.
                 rows = values.shape[0] if name == "weight" else 1
-            q, step = quantize_experts_int8(values.reshape(rows, -1))
-            rounded = (step * q.float()).reshape(values.shape)
-            if scales == "channel" and name == "weight":
-                rounded = rounded.transpose(0, 1)
+                q, step = quantize_experts_int8(values.reshape(rows, -1))
+                rounded = (step * q.float()).reshape(values.shape)
             with torch.no_grad():
                 param.copy_(rounded)
     return module

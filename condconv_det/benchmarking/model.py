@@ -127,8 +127,8 @@ class ModelBenchmarkOptions:
         compile (bool): also time ``torch.compile``'d networks against each other.
         compile_detector (bool): also time each twin's whole model compiled against eager.
         compile_backend (str): the ``torch.compile`` backend of both.
-        expert_dtype (str): "float32", or "bfloat16": the CondConv twin's experts stored in
-            bfloat16 (``store_experts_in``) for batch-1 latency and batch-8 throughput, whose
+        expert_dtype (str): "float32", or "bfloat16" or "int8": the CondConv twin's experts
+            stored so (``store_experts_in``) for batch-1 latency and batch-8 throughput, whose
             floors then count those bytes; the training rows train float32 experts as ever.
     """
 

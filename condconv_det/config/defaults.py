@@ -87,8 +87,9 @@ def add_condconv_config(cfg: CN) -> None:
     # CondConv from scratch in stacks without residuals, e.g. MobileNetV1 (docs/training.md).
     _C.MODEL.CONDCONV.ROUTER_INIT = "glorot"
     # Inference only: the dtype the experts (and static kernels) are stored in once a model is
-    # built for evaluation, the demo or export: "float32", or "bfloat16" for half the bytes to
-    # read at batch 1 (kernels still mixed in float32; docs/performance.md). Training: float32.
+    # built for evaluation, the demo or export: "float32", "bfloat16" for half the bytes to
+    # read at batch 1, or "int8" (one scale per output channel) for a quarter (kernels still
+    # mixed in float32; docs/performance.md). Training: float32.
     _C.MODEL.CONDCONV.EXPERT_DTYPE = "float32"
     # Routing statistics logged during training (condconv_det.engine.hooks.RoutingStatsHook):
     # per router, the entropy of the routing and each expert's mean weight, in metrics.json and

@@ -21,7 +21,7 @@ def store_experts_for_inference(model: nn.Module, cfg: CN) -> nn.Module:
 
     Raises:
         ValueError: a value of ``MODEL.CONDCONV.EXPERT_DTYPE`` that is not allowed, or a model
-            in training mode with "bfloat16" (the key is for inference only).
+            in training mode with "bfloat16" or "int8" (the key is for inference only).
     """
     check_config(cfg, check_condconv_config)
     dtype = cfg.MODEL.CONDCONV.EXPERT_DTYPE

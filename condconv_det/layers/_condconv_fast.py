@@ -7,8 +7,8 @@ path with a per-example loop):
 - :func:`auto_path`: which path ``path="auto"`` takes for a call;
 - :func:`mix_eager`: the kernel mix outside TorchScript, in the weights' dtype under autocast
   and, for a large batch of one, split into column blocks (:class:`_MixExperts`);
-- :func:`mix_narrow`: the float32 mix of experts stored in a narrower dtype: bfloat16 (and int8,
-  which only the mix benchmark stores) by the native kernel where the package was built with it
+- :func:`mix_narrow`: the float32 mix of experts stored in a narrower dtype, bfloat16 or int8
+  (``store_experts_in``), by the native kernel where the package was built with it
   (``condconv_det._C``, widened as read), otherwise upcast in blocks;
 - :func:`matmul_conv2d` and :func:`blocked_matmul_conv2d`: the "matmul" path;
 - :func:`experts_conv2d`: the "experts" path.
@@ -485,7 +485,8 @@ def experts_conv2d(
     stacked = stacked.transpose(0, 1).reshape([groups * num_experts * per_group] + kernel_shape)
     if torch.promote_types(stacked.dtype, routing_weights.dtype) != stacked.dtype:
         # Experts stored in bfloat16 under float32 routing (CondConv2d.reduced_precision_experts)
-        # convolve in float32: E x a kernel upcast, for the tiny maps this path is for.
+        # convolve in float32: E x a kernel upcast, for the tiny maps this path is for. (The
+        # layer never sends int8 experts here: it mixes them once.)
         stacked = stacked.to(routing_weights.dtype)
     out = F.conv2d(x, stacked, None, stride, padding, dilation, groups)
     batch, out_h, out_w = out.shape[0], out.shape[2], out.shape[3]

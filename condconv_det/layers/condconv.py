@@ -93,8 +93,39 @@ def cond_conv2d(
             )
 
     kernels, biases = _mix_kernels(routing_weights, weight, bias)
+    return _conv_mixed(
+        x, kernels, biases, list(weight.shape[1:]), stride, padding, dilation, groups, path
+    )
+
+
+def _conv_mixed(
+    x: torch.Tensor,
+    kernels: torch.Tensor,
+    biases: Optional[torch.Tensor],
+    kernel_shape: List[int],
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    groups: int,
+    path: str,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """Each example convolved with its mixed kernel, on ``path`` ("single", "matmul" or
+    "grouped"): ``kernels`` (B, O, C/g, kh, kw), ``biases`` (B, O) or None, ``kernel_shape`` the
+    experts' (O, C/g, kh, kw), constants in a traced graph unlike the sizes of ``kernels``.
+    ``normalize`` scales every example's kernel to unit norm per output channel first and takes
+    the "grouped" path ("matmul" where the call is recorded for other batch sizes)."""
+    if normalize:
+        norms = kernels.flatten(2).square().sum(dim=2)
+        rsqrt = torch.rsqrt(norms + 1e-12)
+        kernels = kernels * rsqrt.reshape(norms.shape[0], norms.shape[1], 1, 1, 1)
+        path = "grouped"
+        if not torch.jit.is_scripting():
+            if fast.records_graph():
+                # As "auto" does: the grouped convolution would fix the batch size in the graph.
+                path = "matmul"
     if path == "matmul":
-        kernel_size = (weight.shape[3], weight.shape[4])
+        kernel_size = (kernel_shape[2], kernel_shape[3])
         return fast.matmul_conv2d(
             x, kernels, biases, kernel_size, stride, padding, dilation, groups
         )
@@ -110,8 +141,8 @@ def cond_conv2d(
         # and copy a whole kernel gradient, that of a reshape is a view (docs/performance.md).
         b0: Optional[torch.Tensor] = None
         if biases is not None:
-            b0 = biases.reshape(weight.shape[1])
-        kernel = kernels.reshape(weight.shape[1:])
+            b0 = biases.reshape(kernel_shape[0])
+        kernel = kernels.reshape(kernel_shape)
         return F.conv2d(x, kernel, b0, stride, padding, dilation, groups)
     return _grouped_conv2d(x, kernels, biases, stride, padding, dilation, groups)
 
@@ -192,16 +223,18 @@ def _normalized_cond_conv2d(
     channel (``CondConv2d(normalize_kernel=True)``); args as there."""
     # Under autocast, the mix and the norms in the autocast dtype.
     kernels, biases = _mix_kernels(routing_weights, weight, bias, in_weight_dtype=False)
-    norms = kernels.flatten(2).square().sum(dim=2)
-    kernels = kernels * torch.rsqrt(norms + 1e-12).reshape(norms.shape[0], norms.shape[1], 1, 1, 1)
-    if not torch.jit.is_scripting():
-        if fast.records_graph():
-            # As "auto" does: the grouped convolution would fix the batch size in the graph.
-            kernel_size = (weight.shape[3], weight.shape[4])
-            return fast.matmul_conv2d(
-                x, kernels, biases, kernel_size, stride, padding, dilation, groups
-            )
-    return _grouped_conv2d(x, kernels, biases, stride, padding, dilation, groups)
+    return _conv_mixed(
+        x,
+        kernels,
+        biases,
+        list(weight.shape[1:]),
+        stride,
+        padding,
+        dilation,
+        groups,
+        "grouped",
+        True,
+    )
 
 
 class CondConv2d(nn.Module):
@@ -229,9 +262,15 @@ class CondConv2d(nn.Module):
             norm, with statistics over the batch, cannot undo. Computed on the "grouped" path
             (on "matmul" when traced or exported) whatever ``path`` says.
         reduced_precision_experts: True once :func:`.store_experts_in` has stored ``weight``
-            (and ``static_weight``) in bfloat16 for inference: half the bytes to read, mixed
-            into float32 kernels (float32 routing, float32 accumulation). Such a layer refuses
-            to run in training mode.
+            (and ``static_weight``) in bfloat16 or int8 for inference: half or a quarter of the
+            bytes to read, mixed into float32 kernels (float32 routing, float32 accumulation).
+            Such a layer refuses to run in training mode.
+        weight_scale: (out_channels,) float32 for int8 experts, else None: output channel ``c``
+            of every expert is ``weight_scale[c] * weight[:, c]``. One scale per output channel
+            shared by the experts, so the mix stays one product of the int8 experts and the
+            scale applies to the convolution's output, which at batch 1 is far smaller than the
+            kernel.
+        static_weight_scale: the same for an int8 ``static_weight``, its own scales.
     """
 
     __constants__ = [
@@ -249,6 +288,8 @@ class CondConv2d(nn.Module):
         "reduced_precision_experts",
     ]
     _pre_pad: List[int]
+    weight_scale: Optional[torch.Tensor]
+    static_weight_scale: Optional[torch.Tensor]
     _min_input_size: Tuple[int, int]
 
     def __init__(
@@ -330,6 +371,9 @@ class CondConv2d(nn.Module):
             self.register_parameter("bias", None)
         self.register_parameter("static_weight", None)
         self.register_parameter("static_bias", None)
+        # Set by store_experts_in for int8 experts (see the class docstring).
+        self.register_buffer("weight_scale", None)
+        self.register_buffer("static_weight_scale", None)
         if static_kernel:
             self.static_weight = nn.Parameter(torch.empty(self.weight.shape[1:], **factory))
             if bias:
@@ -411,12 +455,15 @@ class CondConv2d(nn.Module):
         if self.reduced_precision_experts:
             if self.training:
                 raise RuntimeError(
-                    "CondConv2d: the experts are stored in bfloat16 for inference "
+                    "CondConv2d: the experts are stored in bfloat16 or int8 for inference "
                     "(store_experts_in); call model.eval(), or store_experts_in(model, "
                     "torch.float32) to train"
                 )
-            # The kernels are mixed in float32 from the bfloat16 experts (see _mix_kernels).
+            # The kernels are mixed in float32 from the narrow experts (see _mix_kernels).
             routing_weights = routing_weights.to(torch.float32)
+            weight_scale = self.weight_scale
+            if weight_scale is not None:
+                return self._int8_forward(x, routing_weights, weight_scale)
         else:
             routing_weights = routing_weights.to(self.weight.dtype)
         weight, bias = self.weight, self.bias
@@ -453,6 +500,77 @@ class CondConv2d(nn.Module):
             self.path,
         )
 
+    def _int8_forward(
+        self, x: torch.Tensor, routing_weights: torch.Tensor, weight_scale: torch.Tensor
+    ) -> torch.Tensor:
+        """The layer with int8 experts ``q_i`` and output-channel scales ``s``: each example
+        convolved with ``sum_i r_i q_i`` mixed into float32 (plus the static kernel, as
+        ``(s_0 / s) q_0``), the output's channels then scaled by ``s`` and the mixed bias added.
+        Equal to the float32 layer with the dequantized experts up to the order of the sums."""
+        kernel_shape = list(self.weight.shape[1:])
+        out_channels = kernel_shape[0]
+        if x.shape[0] == 0:
+            # Nothing to mix: a kernel of zeros gives the empty batch its output shape.
+            zeros = torch.zeros(kernel_shape, dtype=torch.float32, device=x.device)
+            return F.conv2d(x, zeros, None, self.stride, self.padding, self.dilation, self.groups)
+        kernels, biases = _mix_kernels(routing_weights, self.weight, self.bias)
+        static_weight = self.static_weight
+        static_scale = self.static_weight_scale
+        if static_weight is not None and static_scale is not None:
+            ratio = (static_scale / weight_scale).reshape(out_channels, 1, 1, 1)
+            kernels = kernels + (static_weight.to(torch.float32) * ratio).unsqueeze(0)
+        static_bias = self.static_bias
+        if biases is not None and static_bias is not None:
+            biases = biases + static_bias.unsqueeze(0)
+        if self.normalize_kernel:
+            # A kernel scaled to unit norm per output channel loses the channel's scale: the
+            # unscaled kernel normalises to the same one.
+            return _conv_mixed(
+                x,
+                kernels,
+                biases,
+                kernel_shape,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups,
+                "grouped",
+                True,
+            )
+        path = self.path
+        if path == "auto":
+            path = fast.auto_path(x, self.weight, self.stride, self.padding, self.dilation)
+        if path == "experts":
+            # The int8 experts are mixed once rather than convolved one by one.
+            path = "grouped"
+        out = _conv_mixed(
+            x,
+            kernels,
+            None,
+            kernel_shape,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            path,
+        )
+        out = out * weight_scale.reshape(1, out_channels, 1, 1)
+        if biases is not None:
+            out = out + biases.reshape(biases.shape[0], out_channels, 1, 1)
+        return out
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # Experts saved in another store than this layer's (float32 into int8, int8 into
+        # float32) are converted first: copied as they are, int8 values would load as floats.
+        from .expert_storage import convert_saved_experts  # it imports this module
+
+        convert_saved_experts(self, state_dict, prefix, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def expert_conv(self, expert: int) -> nn.Conv2d:
         """Expert ``expert`` as a plain ``nn.Conv2d`` (a copy), e.g. to inspect or export it."""
         conv = nn.Conv2d(
@@ -466,10 +584,13 @@ class CondConv2d(nn.Module):
             self.bias is not None,
             self.padding_mode,
             device=self.weight.device,
-            dtype=self.weight.dtype,
+            dtype=torch.float32 if self.weight_scale is not None else self.weight.dtype,
         )
         with torch.no_grad():
-            conv.weight.copy_(self.weight[expert])
+            kernel = self.weight[expert]
+            if self.weight_scale is not None:  # int8: dequantized
+                kernel = kernel.float() * self.weight_scale.reshape(-1, 1, 1, 1)
+            conv.weight.copy_(kernel)
             if self.bias is not None:
                 conv.bias.copy_(self.bias[expert])
         return conv

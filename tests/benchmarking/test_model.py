@@ -135,13 +135,22 @@ def test_model_floors_add_the_experts_traffic_to_the_static_times():
     assert tuple(halved) == pytest.approx((0.0105, 0.0805, 0.107))
 
 
-def test_benchmark_pair_with_bfloat16_experts_for_inference():
-    options = ModelBenchmarkOptions(configs_dir="", quick=True, expert_dtype="bfloat16")
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_benchmark_pair_with_narrow_experts_for_inference(dtype):
+    options = ModelBenchmarkOptions(configs_dir="", quick=True, expert_dtype=dtype)
     result = benchmark_pair(PAIRS["efficientnet_b0"], options, torch.device("cpu"))
     quick_twin = build_classifier("efficientnet_b0", num_experts=2, width_mult=0.25)
-    # The experts' weights halve, their biases too; the training rows ran the float32 twin.
+    # The experts' weights (B0's CondConv layers have no biases) halve in bfloat16 and quarter
+    # in int8, which adds one float32 scale per output channel of every CondConv layer; the
+    # training rows ran the float32 twin.
     assert result.expert_bytes == expert_bytes(quick_twin)
-    assert result.eval_expert_bytes == result.expert_bytes // 2
+    layers = [m for m in quick_twin.modules() if isinstance(m, CondConv2d)]
+    assert layers and all(m.bias is None for m in layers)
+    if dtype == "bfloat16":
+        assert result.eval_expert_bytes == result.expert_bytes // 2
+    else:
+        scales = 4 * sum(m.out_channels for m in layers)
+        assert result.eval_expert_bytes == result.expert_bytes // 4 + scales
     assert result.train.condconv > 0 and result.state["condconv"] > result.state["static"]
 
 

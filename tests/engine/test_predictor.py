@@ -70,20 +70,21 @@ def test_low_threshold_lowers_the_models_threshold():
     assert cfg.MODEL.RETINANET.SCORE_THRESH_TEST == 0.001
 
 
-def test_bfloat16_experts_give_the_float32_detections(tmp_path):
-    """MODEL.CONDCONV.EXPERT_DTYPE bfloat16: the experts are stored in bfloat16 once the weights
+@pytest.mark.parametrize("narrow", ["bfloat16", "int8"])
+def test_narrow_experts_give_the_float32_detections(tmp_path, narrow):
+    """MODEL.CONDCONV.EXPERT_DTYPE bfloat16 or int8: the experts are stored so once the weights
     are loaded, and the detections stay those of the float32 model up to that rounding."""
     weights = str(tmp_path / "model.pth")
     calibrated_detector(weights)
     image = (random_images(1, seed=0)[0].permute(1, 2, 0)).to(torch.uint8).numpy()
     predictors = {
         dtype: Predictor(tiny_cfg("MODEL.WEIGHTS", weights, "MODEL.CONDCONV.EXPERT_DTYPE", dtype))
-        for dtype in ("float32", "bfloat16")
+        for dtype in ("float32", narrow)
     }
     for dtype, predictor in predictors.items():
         experts = [m for m in predictor.model.modules() if isinstance(m, CondConv2d)]
         assert experts and all(m.weight.dtype == getattr(torch, dtype) for m in experts)
-    want, got = (predictors[d](image) for d in ("float32", "bfloat16"))
+    want, got = (predictors[d](image) for d in ("float32", narrow))
     assert len(want) > 0
     torch.testing.assert_close(got.scores[:10], want.scores[:10], rtol=0, atol=1e-2)
 
