@@ -15,8 +15,8 @@ mixed by the native kernel where the package was built with it, and by the eager
 blocks, ``"bfloat16 eager"``) and int8 (:func:`quantize_experts_int8`, one scale per expert
 folded into the routing; likewise native and eager), each mixed into a float32 kernel, so that
 whether they pay is measured on the same experts in the same run. The layer's int8 store
-(``store_experts_in(model, torch.int8)``) has one scale per output channel instead, applied to
-the convolution's output: its mix is the same product of the int8 experts.
+(``store_experts_in(model, torch.int8)``) has one scale per output channel instead, applied
+after the mix: its mix is the same product of the int8 experts.
 """
 
 import itertools

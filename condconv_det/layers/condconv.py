@@ -268,8 +268,8 @@ class CondConv2d(nn.Module):
         weight_scale: (out_channels,) float32 for int8 experts, else None: output channel ``c``
             of every expert is ``weight_scale[c] * weight[:, c]``. One scale per output channel
             shared by the experts, so the mix stays one product of the int8 experts and the
-            scale applies to the convolution's output, which at batch 1 is far smaller than the
-            kernel.
+            scales apply to the mixed kernel or to the convolution's output, whichever is
+            smaller (at batch 1 on small maps, the output).
         static_weight_scale: the same for an int8 ``static_weight``, its own scales.
     """
 
@@ -503,10 +503,12 @@ class CondConv2d(nn.Module):
     def _int8_forward(
         self, x: torch.Tensor, routing_weights: torch.Tensor, weight_scale: torch.Tensor
     ) -> torch.Tensor:
-        """The layer with int8 experts ``q_i`` and output-channel scales ``s``: each example
-        convolved with ``sum_i r_i q_i`` mixed into float32 (plus the static kernel, as
-        ``(s_0 / s) q_0``), the output's channels then scaled by ``s`` and the mixed bias added.
-        Equal to the float32 layer with the dequantized experts up to the order of the sums."""
+        """The layer with int8 experts ``q_i`` and output-channel scales ``s``: each example's
+        kernel ``s * sum_i r_i q_i`` (plus the static kernel ``s_0 q_0``), mixed into float32.
+        The scales multiply whichever is smaller per output channel, the mixed kernel or the
+        convolution's output (with the static kernel mixed in as ``(s_0 / s) q_0``); at batch 1
+        on the small maps of a network's last blocks, the output. Equal to the float32 layer
+        with the dequantized experts up to the order of the sums."""
         kernel_shape = list(self.weight.shape[1:])
         out_channels = kernel_shape[0]
         if x.shape[0] == 0:
@@ -514,17 +516,34 @@ class CondConv2d(nn.Module):
             zeros = torch.zeros(kernel_shape, dtype=torch.float32, device=x.device)
             return F.conv2d(x, zeros, None, self.stride, self.padding, self.dilation, self.groups)
         kernels, biases = _mix_kernels(routing_weights, self.weight, self.bias)
-        static_weight = self.static_weight
-        static_scale = self.static_weight_scale
-        if static_weight is not None and static_scale is not None:
-            ratio = (static_scale / weight_scale).reshape(out_channels, 1, 1, 1)
-            kernels = kernels + (static_weight.to(torch.float32) * ratio).unsqueeze(0)
         static_bias = self.static_bias
         if biases is not None and static_bias is not None:
             biases = biases + static_bias.unsqueeze(0)
-        if self.normalize_kernel:
-            # A kernel scaled to unit norm per output channel loses the channel's scale: the
-            # unscaled kernel normalises to the same one.
+        static_weight = self.static_weight
+        static_scale = self.static_weight_scale
+        kh, kw = kernel_shape[2], kernel_shape[3]
+        out_h = fast.conv_out_size(
+            x.shape[2], kh, self.stride[0], self.padding[0], self.dilation[0]
+        )
+        out_w = fast.conv_out_size(
+            x.shape[3], kw, self.stride[1], self.padding[1], self.dilation[1]
+        )
+        channel_scale = weight_scale.reshape(1, out_channels, 1, 1, 1)
+        path = self.path
+        if path == "auto":
+            path = fast.auto_path(x, self.weight, self.stride, self.padding, self.dilation)
+        if path == "experts":
+            # The int8 experts are mixed once rather than convolved one by one.
+            path = "grouped"
+        if self.normalize_kernel or out_h * out_w >= kernel_shape[1] * kh * kw:
+            # The kernel is the smaller (or is normalised, which needs it whole).
+            if kernels.requires_grad:
+                kernels = kernels * channel_scale
+            else:
+                kernels = kernels.mul_(channel_scale)  # the mix's own fresh tensor
+            if static_weight is not None and static_scale is not None:
+                static = static_weight.to(torch.float32) * static_scale.reshape(-1, 1, 1, 1)
+                kernels = kernels + static.unsqueeze(0)
             return _conv_mixed(
                 x,
                 kernels,
@@ -534,15 +553,12 @@ class CondConv2d(nn.Module):
                 self.padding,
                 self.dilation,
                 self.groups,
-                "grouped",
-                True,
+                path,
+                self.normalize_kernel,
             )
-        path = self.path
-        if path == "auto":
-            path = fast.auto_path(x, self.weight, self.stride, self.padding, self.dilation)
-        if path == "experts":
-            # The int8 experts are mixed once rather than convolved one by one.
-            path = "grouped"
+        if static_weight is not None and static_scale is not None:
+            ratio = (static_scale / weight_scale).reshape(out_channels, 1, 1, 1)
+            kernels = kernels + (static_weight.to(torch.float32) * ratio).unsqueeze(0)
         out = _conv_mixed(
             x,
             kernels,

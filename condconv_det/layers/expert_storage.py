@@ -7,8 +7,9 @@ float32, so the only rounding is that of the stored experts.
 
 int8 experts are symmetric, with one float32 scale per output channel shared by all the experts
 of a layer (``CondConv2d.weight_scale``): ``W_i[c] = s[c] * q_i[c]``. A shared scale keeps the mix
-one product of the int8 experts, ``sum_i r_i q_i``, and the scale applies to the convolution's
-output. A static kernel has scales of its own (``static_weight_scale``).
+one product of the int8 experts, ``sum_i r_i q_i``, and the scales apply to the mixed kernel or to
+the convolution's output, whichever is smaller. A static kernel has scales of its own
+(``static_weight_scale``).
 """
 
 from typing import Dict, List, Tuple, Union
