@@ -61,8 +61,8 @@ def test_coco_configs_carry_the_chosen_recipe(path):
 @pytest.mark.parametrize(
     "name, hidden_ratio, expert_dropout, experts",
     [
-        ("shapes/ssd_condconv_MNv1.yaml", 0.25, 0.1, 7),
-        ("digits/ssd_condconv_MNv1.yaml", 0.25, 0.1, 7),
+        ("shapes/ssd_condconv_MNv1.yaml", 0.25, 0.2, 7),
+        ("digits/ssd_condconv_MNv1.yaml", 0.25, 0.2, 7),
         ("shapes_large/ssd_condconv_MNv1.yaml", 0.0, 0.0, 8),
     ],
 )
@@ -70,8 +70,8 @@ def test_bundled_main_job_configs_carry_their_measured_routers(
     name, hidden_ratio, expert_dropout, experts
 ):
     # docs/training.md: the main job (and the digits, which inherit it) route 7 experts through a
-    # hidden layer of a quarter of the input channels; shapes_large keeps what it was measured
-    # with.
+    # hidden layer of a quarter of the input channels, with DropExpert 0.2; shapes_large keeps
+    # what it was measured with.
     model = build_model(_load(CONFIGS / name))
     routers = [m for m in model.modules() if isinstance(m, CondConvRouter)]
     assert routers and {r.expert_dropout for r in routers} == {expert_dropout}
