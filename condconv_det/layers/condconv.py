@@ -535,41 +535,32 @@ class CondConv2d(nn.Module):
         if path == "experts":
             # The int8 experts are mixed once rather than convolved one by one.
             path = "grouped"
-        if self.normalize_kernel or out_h * out_w >= kernel_shape[1] * kh * kw:
-            # The kernel is the smaller (or is normalised, which needs it whole).
+        # The scales go on the kernel where it is the smaller (or is normalised, which needs it
+        # whole), else on the output, the static kernel then mixed in relative to them.
+        on_kernel = self.normalize_kernel or out_h * out_w >= kernel_shape[1] * kh * kw
+        if on_kernel:
             if kernels.requires_grad:
                 kernels = kernels * channel_scale
             else:
                 kernels = kernels.mul_(channel_scale)  # the mix's own fresh tensor
-            if static_weight is not None and static_scale is not None:
-                static = static_weight.to(torch.float32) * static_scale.reshape(-1, 1, 1, 1)
-                kernels = kernels + static.unsqueeze(0)
-            return _conv_mixed(
-                x,
-                kernels,
-                biases,
-                kernel_shape,
-                self.stride,
-                self.padding,
-                self.dilation,
-                self.groups,
-                path,
-                self.normalize_kernel,
-            )
         if static_weight is not None and static_scale is not None:
-            ratio = (static_scale / weight_scale).reshape(out_channels, 1, 1, 1)
-            kernels = kernels + (static_weight.to(torch.float32) * ratio).unsqueeze(0)
+            static_factor = static_scale if on_kernel else static_scale / weight_scale
+            static = static_weight.to(torch.float32) * static_factor.reshape(-1, 1, 1, 1)
+            kernels = kernels + static.unsqueeze(0)
         out = _conv_mixed(
             x,
             kernels,
-            None,
+            biases if on_kernel else None,
             kernel_shape,
             self.stride,
             self.padding,
             self.dilation,
             self.groups,
             path,
+            self.normalize_kernel,
         )
+        if on_kernel:
+            return out
         out = out * weight_scale.reshape(1, out_channels, 1, 1)
         if biases is not None:
             out = out + biases.reshape(biases.shape[0], out_channels, 1, 1)
