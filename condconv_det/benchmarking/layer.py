@@ -3,10 +3,11 @@ against the static conv of the same shape and timm's ``CondConv2d``, on conv sha
 MobileNetV2 and ResNet-50, with a floor set by the time it takes to read the experts
 (:mod:`.floor`)."""
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, NamedTuple, Sequence
+from typing import Callable, Dict, Iterator, List, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +142,16 @@ class Case(NamedTuple):
         return floor_seconds(self.times["static"], batch * self.expert_bytes, bandwidth)
 
 
+@contextlib.contextmanager
+def _without_tf32() -> Iterator[None]:
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def bench_case(
     shape: ConvShape,
     batch: int,
@@ -183,8 +194,10 @@ def bench_case(
             x, routing, cond.weight, cond.bias, cond.stride, cond.padding, cond.groups
         )
 
-    # Every peer must compute what we compute, or its time means nothing.
-    with torch.no_grad():
+    # Every peer must compute what we compute, or its time means nothing. In full float32: a
+    # GPU's TensorFloat-32 products differ by up to ~1e-3 of the output's scale, and differently
+    # for each way of ordering the sums.
+    with torch.no_grad(), _without_tf32():
         want = cond(x, routing)
         for name, fn in modules.items():
             if name != "static":

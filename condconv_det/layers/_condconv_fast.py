@@ -137,9 +137,6 @@ def auto_path(
     if x.shape[0] == 1:
         # One plain convolution: the mixed kernel is read once, as a static conv reads its own.
         return "single"
-    if x.device.type != "cpu":
-        # The choices below are measured on the CPU only; elsewhere the plain grouped conv.
-        return "grouped"
     groups = x.shape[1] // weight.shape[2]
     if groups > 1:
         # Depthwise and grouped convs: per-example kernels are tiny and the folded grouped
@@ -148,7 +145,12 @@ def auto_path(
     kh, kw = weight.shape[3], weight.shape[4]
     if kh == 1 and kw == 1:
         # A 1x1 conv is already a matrix product; the grouped conv would reorder B kernels.
+        # On a GPU as well: one batched product took 0.5-0.7x the grouped conv's time at batch
+        # 8, forward and backward (docs/performance.md, "On a GPU").
         return "matmul"
+    if x.device.type != "cpu":
+        # The threshold below is measured on the CPU only; elsewhere the plain grouped conv.
+        return "grouped"
     # k x k: the matmul path copies the input's patches (C*kh*kw per output pixel) and its
     # backward folds them back; the grouped conv reorders each example's kernel (O*C*kh*kw).
     # So the matmul path wins where the kernels outweigh the patches enough.

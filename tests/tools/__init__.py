@@ -1,3 +1,4 @@
+import contextlib
 import importlib.util
 import pathlib
 import sys
@@ -14,3 +15,19 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def small_shapes(root):
+    """The bundled shapes datasets registered on 16 training and 4 validation images of 128x128
+    generated under ``root``, for trainings that must learn within a few hundred iterations;
+    the default registration is restored afterwards."""
+    from condconv_det.data import register_shapes_plain
+
+    register_shapes_plain(
+        root, num_train=16, num_val=4, image_size=128, object_size=(20, 56), progress=False
+    )
+    try:
+        yield root
+    finally:
+        register_shapes_plain()

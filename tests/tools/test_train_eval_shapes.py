@@ -5,10 +5,9 @@ import os
 
 import pytest
 
-from condconv_det.data import register_shapes_plain
 from condconv_det.engine import Trainer
 
-from . import load_tool
+from . import load_tool, small_shapes
 
 CONFIG = os.path.join(
     os.path.dirname(__file__), "..", "..", "configs", "shapes", "ssd_condconv_MNv1.yaml"
@@ -50,12 +49,8 @@ SMALL = [
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    register_shapes_plain(
-        root, num_train=16, num_val=4, image_size=128, object_size=(20, 56), progress=False
-    )
-    yield root
-    register_shapes_plain()  # back to the default registration
+    with small_shapes(tmp_path_factory.mktemp("shapes")) as root:
+        yield root
 
 
 def _args(train_net, *extra):
