@@ -137,7 +137,25 @@ def _plot_depth(ax, summary: RoutingSummary) -> None:
     ax.set_xticks(depth)
     ax.set_xticklabels([_short(layer) for layer in summary.layers], rotation=90, fontsize=6)
     ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=7, loc="center left")
+    handles, labels = ax.get_legend_handles_labels()
+    top = ax  # the legend goes on the axis drawn last, above every line
+    # How far apart the classes' mean routings lie (what the paper's plots of mean routing per
+    # class show), not relative to the spread between images; it spans orders of magnitude.
+    variance = np.array([summary.between_class_var[layer] for layer in summary.layers], float)
+    shown = np.isfinite(variance) & (variance > 0)
+    if shown.any():
+        right = ax.twinx()
+        line = right.semilogy(
+            depth[shown],
+            variance[shown],
+            "d:",
+            color="tab:purple",
+            label="between-class variance (right)",
+        )
+        right.tick_params(axis="y", labelsize=7, colors="tab:purple")
+        handles, labels = handles + line, labels + [line[0].get_label()]
+        top = right
+    top.legend(handles, labels, fontsize=6, loc="center left", framealpha=0.8)
     ax.set_title("routing by depth", fontsize=9)
     ax.grid(alpha=0.3)
 

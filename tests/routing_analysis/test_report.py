@@ -67,3 +67,27 @@ def test_plots_are_pngs(summary, tmp_path):
     for path in paths:
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) > 100
+
+
+def test_the_depth_plot_shows_the_between_class_variance_on_a_log_axis(summary):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from condconv_det.routing_analysis.report import _plot_depth
+
+    fig, ax = plt.subplots()
+    try:
+        _plot_depth(ax, summary)
+        assert len(fig.axes) == 2
+        right = fig.axes[1]
+        assert right.get_yscale() == "log"
+        (line,) = right.get_lines()
+        want = [summary.between_class_var[layer] for layer in summary.layers]
+        shown = [v for v in want if v > 0]
+        assert list(line.get_ydata()) == pytest.approx(shown)
+        labels = [text.get_text() for text in right.get_legend().get_texts()]
+        assert "between-class variance (right)" in labels
+    finally:
+        plt.close(fig)
