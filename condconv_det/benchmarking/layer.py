@@ -143,7 +143,9 @@ class Case(NamedTuple):
 
 
 @contextlib.contextmanager
-def _without_tf32() -> Iterator[None]:
+def without_tf32() -> Iterator[None]:
+    """Within the block, CUDA's matrix products and convolutions in full float32 (TensorFloat-32
+    off), as comparisons against a float32 reference need."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
@@ -197,7 +199,7 @@ def bench_case(
     # Every peer must compute what we compute, or its time means nothing. In full float32: a
     # GPU's TensorFloat-32 products differ by up to ~1e-3 of the output's scale, and differently
     # for each way of ordering the sums.
-    with torch.no_grad(), _without_tf32():
+    with torch.no_grad(), without_tf32():
         want = cond(x, routing)
         for name, fn in modules.items():
             if name != "static":

@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from condconv_det.benchmarking.layer import without_tf32
 from condconv_det.layers import CONDCONV_PATHS, CondConv2d, RoutedCondConv2d, store_experts_in
 
 from ..layers.reference import condconv_reference
@@ -22,10 +23,8 @@ GROUPS = {1: (8, 6, 1), 2: (8, 6, 2), "dw": (8, 8, 8)}
 @pytest.fixture(autouse=True)
 def exact_float32():
     """TensorFloat-32 off: the comparisons below are float32 against float32."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    with without_tf32():
+        yield
 
 
 def _layer(groups_key, path, **kwargs):
