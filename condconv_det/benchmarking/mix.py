@@ -73,6 +73,10 @@ MIX_SHAPES = [s for s in SHAPES if s.name.startswith("r50")] + [
     ConvShape("mbv1 pw 1x1 512->512", 512, 512, 1, 1, 1, 19),
     ConvShape("mbv1 pw 1x1 512->1024", 512, 1024, 1, 1, 1, 10),
     ConvShape("mbv1 pw 1x1 1024->1024", 1024, 1024, 1, 1, 1, 10),
+    # EfficientNet-B0's last stages: many smaller experts, 0.9-7 MB per layer with 8.
+    ConvShape("b0 s6 expand 1x1 192->1152", 192, 1152, 1, 1, 1, 7),
+    ConvShape("b0 s6 dw 5x5 1152", 1152, 1152, 5, 1, 1152, 7),
+    ConvShape("b0 s7 project 1x1 1152->320", 1152, 320, 1, 1, 1, 7),
 ]
 QUICK_MIX_SHAPES = [ConvShape("quick pw 1x1 64->64", 64, 64, 1, 1, 1, 8)]
 
@@ -161,7 +165,9 @@ def mix_int8(routing_weights: torch.Tensor, q: torch.Tensor, scales: torch.Tenso
 
 
 class MixCase(NamedTuple):
-    """Seconds per call: the batch-1 mix, ours (``"ours"``) and as one matrix product (``"one
+    """Seconds per call: the batch-1 mix, ours (``"ours"``: the layer's inference mix, the native
+    kernel where it is built), ours without the native kernel (``"column blocks"``: BLAS's product
+    in column blocks, as the layer mixes for a backward) and as one matrix product (``"one
     product"``, what timm and the official code compute), a plain reduction over the same
     experts (``"read"``), and the mix of the same experts stored in bfloat16 (``"bfloat16"``,
     the layer's path: the native kernel where it is built; ``"bfloat16 eager"``, the upcast in
@@ -238,6 +244,7 @@ def bench_mix(
     steps = {
         "read": cycling(lambda flat: flat.sum()),
         "ours": cycling(lambda flat: mix_eager(routing, flat, None, False)),
+        "column blocks": cycling(lambda flat: mix_eager(routing, flat, None, False), native=False),
         "one product": cycling(lambda flat: torch.mm(routing, flat)),
         "bfloat16": cycling(lambda flat: mix_eager(routing, flat, None, False), bf16),
         "bfloat16 eager": cycling(
@@ -251,6 +258,8 @@ def bench_mix(
 
 def mix_header() -> List[str]:
     return ["shape", "E", "experts MB", "read GB/s", "ours ms", "ours x read bw"] + [
+        "column blocks ms",
+        "column blocks x read bw",
         "one product ms",
         "one product x read bw",
         "bfloat16 ms",
@@ -273,6 +282,8 @@ def mix_row(shape: ConvShape, experts: int, case: MixCase) -> List[str]:
         f"{case.bandwidth('read') / 1e9:.1f}",
         f"{case.times['ours'] * 1e3:.3f}",
         f"{case.fraction('ours'):.2f}",
+        f"{case.times['column blocks'] * 1e3:.3f}",
+        f"{case.fraction('column blocks'):.2f}",
         f"{case.times['one product'] * 1e3:.3f}",
         f"{case.fraction('one product'):.2f}",
         f"{case.times['bfloat16'] * 1e3:.3f}",

@@ -5,8 +5,10 @@ module holds what beats it on the CPU, each equal to it up to rounding (the test
 path with a per-example loop):
 
 - :func:`auto_path`: which path ``path="auto"`` takes for a call;
-- :func:`mix_eager`: the kernel mix outside TorchScript, in the weights' dtype under autocast
-  and, for a large batch of one, split into column blocks (:class:`_MixExperts`);
+- :func:`mix_eager`: the kernel mix outside TorchScript, in the weights' dtype under autocast;
+  for inference at small batches by the native kernel (``condconv_det._C``, which reads the
+  experts at the memory bandwidth), and for a large batch of one with a backward to follow, or
+  without the native kernel, split into column blocks (:class:`_MixExperts`);
 - :func:`mix_narrow`: the float32 mix of experts stored in a narrower dtype, bfloat16 or int8
   (``store_experts_in``), by the native kernel where the package was built with it
   (``condconv_det._C``, widened as read), otherwise upcast in blocks;
@@ -23,7 +25,7 @@ from typing import ContextManager, Iterator, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-try:  # the native CPU kernels of the narrow mixes, built with the package where it could be
+try:  # the native CPU kernels of the inference mixes, built with the package where it could be
     from condconv_det import _C as _native
 except (ImportError, OSError):  # built without it (setup.py), or for another torch
     _native = None
@@ -32,7 +34,7 @@ _native_enabled = _native is not None
 
 
 # The native kernels by the dtype of the experts they mix into float32.
-_NATIVE_KERNELS = {torch.bfloat16: "mix_bf16", torch.int8: "mix_int8"}
+_NATIVE_KERNELS = {torch.float32: "mix_f32", torch.bfloat16: "mix_bf16", torch.int8: "mix_int8"}
 
 
 def _native_kernel(dtype: torch.dtype):
@@ -43,16 +45,16 @@ def _native_kernel(dtype: torch.dtype):
 
 
 def native_mix_available() -> bool:
-    """Whether the package was built with its native mix of narrow experts (``condconv_det._C``)
-    and it is in use (see :func:`native_mix`)."""
+    """Whether the package was built with its native inference mix (``condconv_det._C``) and it
+    is in use (see :func:`native_mix`)."""
     return _native_enabled
 
 
 @contextlib.contextmanager
 def native_mix(enabled: bool) -> Iterator[None]:
-    """Within the block the mix of bfloat16 (or int8) experts takes the native kernel
-    (``enabled``, where it was built) or the eager upcast in blocks: what the mix benchmark
-    compares."""
+    """Within the block the inference mix takes the native kernel (``enabled``, where it was
+    built) or the eager one: BLAS's product (or its column blocks) for float32 experts, the
+    upcast in blocks for bfloat16 (or int8) ones. What the mix benchmark compares."""
     global _native_enabled
     before = _native_enabled
     _native_enabled = enabled and _native is not None
@@ -70,8 +72,11 @@ class _Tuning(NamedTuple):
     paths"). Other CPUs may want other values; other devices do not use them.
 
     Attributes:
+        native_mix_max_batch: without a backward to follow, a float32 mix of at most this many
+            examples takes the native kernel where it was built.
         split_mix_numel: a batch-1 mix of at least this many weights per expert runs as column
-            blocks, which keep every thread reading the experts.
+            blocks, which keep every thread reading the experts (with a backward to follow, or
+            without the native kernel).
         split_mix_grad_factor: with a backward to follow, the split starts at this many times
             ``split_mix_numel``: its backward costs more than one product's.
         split_mix_chunks: the number of column blocks of a split mix.
@@ -83,6 +88,7 @@ class _Tuning(NamedTuple):
             columns of about this many bytes of float32 experts, small enough to stay cached.
     """
 
+    native_mix_max_batch: int
     split_mix_numel: int
     split_mix_grad_factor: int
     split_mix_chunks: int
@@ -92,6 +98,7 @@ class _Tuning(NamedTuple):
 
 
 TUNING = _Tuning(
+    native_mix_max_batch=8,
     split_mix_numel=1 << 18,
     split_mix_grad_factor=2,
     split_mix_chunks=8,
@@ -205,32 +212,47 @@ def mix_dtype(routing_weights: torch.Tensor, weight: torch.Tensor) -> torch.dtyp
 
 
 def _mix_rows(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-    """``routing_weights @ flat``, (B, E) x (E, P), in the routing's dtype; a large batch of one
-    on the CPU in column blocks (:func:`_mix_split`); experts in a narrower dtype than the
-    routing's (bfloat16 under float32) by :func:`mix_narrow`."""
+    """``routing_weights @ flat``, (B, E) x (E, P), in the routing's dtype. On the CPU: without
+    a backward to follow, a float32 mix of a small batch by the native kernel (it reads the
+    experts at the memory bandwidth, BLAS's product at 60-70% of it); a large batch of one
+    otherwise in column blocks (:func:`_mix_split`). Experts in a narrower dtype than the
+    routing's (bfloat16 under float32) go to :func:`mix_narrow`."""
     if flat.dtype != routing_weights.dtype:
         return mix_narrow(routing_weights, flat)
-    numel = flat.shape[1]
+    if flat.device.type != "cpu":
+        return torch.mm(routing_weights, flat)
     needs_grad = torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad)
+    if (
+        not needs_grad
+        and _native_enabled
+        and flat.dtype == torch.float32
+        and routing_weights.shape[0] <= TUNING.native_mix_max_batch
+        and not _records_or_compiles()
+    ):
+        native = _native_kernel(torch.float32)
+        if native is not None:
+            return native(routing_weights, flat)
     threshold = TUNING.split_mix_numel * (TUNING.split_mix_grad_factor if needs_grad else 1)
     split = (
         routing_weights.shape[0] == 1
-        and numel >= threshold
-        and numel % TUNING.split_mix_chunks == 0
-        and flat.device.type == "cpu"
+        and flat.shape[1] >= threshold
+        and flat.shape[1] % TUNING.split_mix_chunks == 0
     )
-    if (
-        not split
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    ):
+    if not split or _records_or_compiles():
         # One product: graphs record it as one op, compilers fuse it, and autograd's backward
         # for it is as good as any.
         return torch.mm(routing_weights, flat)
     if needs_grad:
         return _MixExperts.apply(routing_weights, flat)
     return _mix_split(routing_weights, flat)
+
+
+def _records_or_compiles() -> bool:
+    """Whether this call is traced, exported or compiled: graphs and compilers see the plain
+    product, not the eager-only forms of the mix."""
+    return (
+        torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+    )
 
 
 class _MixExperts(torch.autograd.Function):
@@ -276,12 +298,7 @@ def mix_narrow(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tenso
     dtype = routing_weights.dtype
     numel = flat.shape[1]
     block = max(1, TUNING.narrow_mix_block_bytes // (flat.shape[0] * dtype.itemsize))
-    if (
-        flat.device.type != "cpu"
-        or torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    ):
+    if flat.device.type != "cpu" or _records_or_compiles():
         return torch.mm(routing_weights, flat.to(dtype))
     needs_grad = torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad)
     native = _native_kernel(flat.dtype) if _native_enabled else None

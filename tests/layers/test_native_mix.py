@@ -1,8 +1,9 @@
-"""The native kernel mixes (condconv_det._C, condconv_det/layers/csrc/mix.cpp) of bfloat16 and
-int8 experts: equal to the product with the experts upcast, for every batch, expert count and
-column count around its block size; bad inputs refused by name; taken by the layer's eval mix of
-bfloat16 experts (and the int8 mix of the benchmark) and not by a mix with a backward to
-follow."""
+"""The native kernel mixes (condconv_det._C, condconv_det/layers/csrc/mix.cpp) of float32,
+bfloat16 and int8 experts: equal to the product with the experts upcast, for every batch, expert
+count and column count around its block size; bad inputs refused by name; taken by the layer's
+inference mix (float32 up to TUNING.native_mix_max_batch examples, bfloat16 at any batch; the
+benchmark's int8 mix) and not by a mix with a backward to follow, a traced one, or one off the
+CPU."""
 
 import copy
 import os
@@ -31,7 +32,7 @@ def narrow_experts(dtype, *shape):
     return torch.randn(*shape).to(dtype)
 
 
-KERNELS = [(torch.bfloat16, "mix_bf16"), (torch.int8, "mix_int8")]
+KERNELS = [(torch.float32, "mix_f32"), (torch.bfloat16, "mix_bf16"), (torch.int8, "mix_int8")]
 
 
 @needs_native
@@ -67,10 +68,11 @@ def test_native_mix_equals_the_upcast_product(dtype, kernel, batch, experts, num
 @pytest.mark.parametrize("dtype, kernel", KERNELS)
 def test_bad_inputs_are_refused_by_name(dtype, kernel):
     mix = getattr(fast._native, kernel)
-    name = {torch.bfloat16: "bfloat16", torch.int8: "int8"}[dtype]
+    name = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.int8: "int8"}[dtype]
     routing, flat = torch.rand(1, 4), narrow_experts(dtype, 4, 10)
-    with pytest.raises(RuntimeError, match=f"{kernel}: experts must be {name}, got Float"):
-        mix(routing, flat.float())
+    other = torch.float64 if dtype == torch.float32 else torch.float32
+    with pytest.raises(RuntimeError, match=f"{kernel}: experts must be {name}, got "):
+        mix(routing, flat.to(other))
     with pytest.raises(RuntimeError, match=f"{kernel}: routing must be float32, got BFloat16"):
         mix(routing.bfloat16(), flat)
     with pytest.raises(RuntimeError, match=r"expected routing \(B, E\) and experts \(E, P\)"):
@@ -119,18 +121,23 @@ def test_a_module_built_before_a_kernel_existed_falls_back_to_the_upcast(monkeyp
         torch.testing.assert_close(fast.mix_narrow(routing, flat), routing @ flat.float())
 
 
+def _recording(monkeypatch, kernel):
+    """Replaces the native module with one that has only ``kernel``, which records the shapes of
+    the experts it mixes."""
+    calls = []
+    real = getattr(fast._native, kernel)
+
+    def recording(routing, flat):
+        calls.append(tuple(flat.shape))
+        return real(routing, flat)
+
+    monkeypatch.setattr(fast, "_native", type("Recording", (), {kernel: staticmethod(recording)}))
+    return calls
+
+
 @needs_native
 def test_the_eval_mix_takes_it_and_a_mix_with_a_backward_does_not(monkeypatch):
-    calls = []
-    real = fast._native
-
-    class Recording:
-        @staticmethod
-        def mix_bf16(routing, flat):
-            calls.append(tuple(flat.shape))
-            return real.mix_bf16(routing, flat)
-
-    monkeypatch.setattr(fast, "_native", Recording)
+    calls = _recording(monkeypatch, "mix_bf16")
     torch.manual_seed(0)
     layer = CondConv2d(8, 16, 3, padding=1, num_experts=4).eval()
     converted = store_experts_in(copy.deepcopy(layer), torch.bfloat16)
@@ -154,3 +161,49 @@ def test_switching_it_off_and_back():
             assert fast.native_mix_available() == BUILT
         assert not fast.native_mix_available()
     assert fast.native_mix_available() == BUILT
+
+
+@needs_native
+@pytest.mark.parametrize("batch", [1, 3, 8, 9])
+def test_the_float32_inference_mix_takes_it_up_to_its_batch(monkeypatch, batch):
+    calls = _recording(monkeypatch, "mix_f32")
+    torch.manual_seed(0)
+    layer = CondConv2d(8, 16, 3, padding=1, num_experts=4, bias=True).eval()
+    x, routing = torch.randn(batch, 8, 6, 6), torch.rand(batch, 4)
+    with torch.no_grad():
+        out = layer(x, routing)
+        with fast.native_mix(False):
+            eager = layer(x, routing)
+    native = batch <= fast.TUNING.native_mix_max_batch
+    assert calls == ([(4, 16 * 8 * 9)] if native else [])
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    reference = torch.cat(
+        [
+            torch.nn.functional.conv2d(
+                x[b : b + 1],
+                torch.einsum("e,eocij->ocij", routing[b], layer.weight),
+                routing[b] @ layer.bias,
+                padding=1,
+            )
+            for b in range(batch)
+        ]
+    )
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_the_float32_mix_with_a_backward_traced_or_in_float64_does_not(monkeypatch):
+    calls = _recording(monkeypatch, "mix_f32")
+    torch.manual_seed(0)
+    layer = CondConv2d(8, 16, 1, num_experts=4).eval()
+    x, routing = torch.randn(1, 8, 5, 5), torch.rand(1, 4, requires_grad=True)
+    layer(x, routing).sum().backward()  # autograd records the product
+    assert calls == [] and routing.grad is not None
+    with torch.no_grad():
+        # A graph records the plain product (check_trace would rerun the module eagerly).
+        torch.jit.trace(layer, (x, routing.detach()), check_trace=False)
+        layer.double()(x.double(), routing.detach().double())  # float32 only
+    assert calls == []
+    with torch.no_grad():
+        layer.float()(x, routing.detach())
+    assert calls == [(4, 16 * 8)]

@@ -1,9 +1,12 @@
-// The batch kernel mix of experts stored narrower than float32, accumulated in float32, on the
-// CPU.
+// The inference kernel mix on the CPU, accumulated in float32, of experts stored in float32,
+// bfloat16 or int8.
 //
-// out[b, p] = sum_e routing[b, e] * float(experts[e, p]). At batch 1 the mix is bound by reading
-// the experts; stored in bfloat16 they are half the bytes of float32 ones (int8, a quarter), but
-// an eager mix must first write them out in float32 (condconv_det.layers._condconv_fast.
+// out[b, p] = sum_e routing[b, e] * float(experts[e, p]). At small batches the mix is bound by
+// reading the experts. For float32 experts, BLAS's (B, E) x (E, P) product reads them at 60-70%
+// of the memory bandwidth on the machines measured (docs/performance.md); this kernel streams
+// the E rows of a tile of columns at once, every thread on its own tiles, and reads at the
+// bandwidth. Stored in bfloat16 the experts are half the bytes of float32 ones (int8, a quarter),
+// but an eager mix must first write them out in float32 (condconv_det.layers._condconv_fast.
 // mix_narrow), which costs more than the bytes it saves. Here each value is widened in a register
 // as it is read (a bfloat16 is the top half of a float32: a 16-bit shift; an int8 converts
 // exactly) and never stored wider. For int8 experts with one scale per expert, the scales are
@@ -41,10 +44,14 @@ inline float widen(uint16_t value) {
   return result;
 }
 
-// out[i] = sum_e r[e] * float(w[e * stride + i]) for i < len, bfloat16 experts.
-CONDCONV_TARGETS
-void mix_tile(const float* r, const uint16_t* w, int64_t num_experts, int64_t stride, float* out,
-              int64_t len) {
+inline float widen(float value) { return value; }
+
+// out[i] = sum_e r[e] * float(w[e * stride + i]) for i < len, bfloat16 or float32 experts.
+// Inlined into each target's clone below, so that it is compiled for that target.
+template <typename Stored>
+__attribute__((always_inline)) inline void mix_tile_lanes(const float* r, const Stored* w,
+                                                          int64_t num_experts, int64_t stride,
+                                                          float* out, int64_t len) {
   int64_t i = 0;
   for (; i + kLanes <= len; i += kLanes) {
     float acc[kLanes];
@@ -52,7 +59,7 @@ void mix_tile(const float* r, const uint16_t* w, int64_t num_experts, int64_t st
     for (int64_t j = 0; j < kLanes; ++j) acc[j] = 0.f;
     for (int64_t e = 0; e < num_experts; ++e) {
       const float s = r[e];
-      const uint16_t* row = w + e * stride + i;
+      const Stored* row = w + e * stride + i;
 #pragma GCC unroll 64
       for (int64_t j = 0; j < kLanes; ++j) acc[j] += s * widen(row[j]);
     }
@@ -64,6 +71,18 @@ void mix_tile(const float* r, const uint16_t* w, int64_t num_experts, int64_t st
     for (int64_t e = 0; e < num_experts; ++e) acc += r[e] * widen(w[e * stride + i]);
     out[i] = acc;
   }
+}
+
+CONDCONV_TARGETS
+void mix_tile(const float* r, const uint16_t* w, int64_t num_experts, int64_t stride, float* out,
+              int64_t len) {
+  mix_tile_lanes(r, w, num_experts, stride, out, len);
+}
+
+CONDCONV_TARGETS
+void mix_tile(const float* r, const float* w, int64_t num_experts, int64_t stride, float* out,
+              int64_t len) {
+  mix_tile_lanes(r, w, num_experts, stride, out, len);
 }
 
 // The same for int8 experts. Left to GCC's loop vectorizer (sign-extend, convert, multiply-add a
@@ -92,13 +111,13 @@ void mix_tile(const float* r, const int8_t* w, int64_t num_experts, int64_t stri
 // Checks the arguments of the mix named `name`; returns the routing and the experts contiguous.
 std::pair<torch::Tensor, torch::Tensor> checked(const char* name, const torch::Tensor& routing,
                                                 const torch::Tensor& experts,
-                                                torch::ScalarType narrow,
-                                                const char* narrow_name) {
+                                                torch::ScalarType dtype,
+                                                const char* dtype_name) {
   TORCH_CHECK(routing.device().is_cpu() && experts.device().is_cpu(), name,
               ": CPU tensors only");
   TORCH_CHECK(routing.scalar_type() == torch::kFloat32, name, ": routing must be float32, got ",
               routing.scalar_type());
-  TORCH_CHECK(experts.scalar_type() == narrow, name, ": experts must be ", narrow_name,
+  TORCH_CHECK(experts.scalar_type() == dtype, name, ": experts must be ", dtype_name,
               ", got ", experts.scalar_type());
   TORCH_CHECK(routing.dim() == 2 && experts.dim() == 2 && routing.size(1) == experts.size(0),
               name, ": expected routing (B, E) and experts (E, P), got ", routing.sizes(), " and ",
@@ -132,6 +151,11 @@ torch::Tensor mix(const torch::Tensor& r, const torch::Tensor& w, const Narrow* 
 
 }  // namespace
 
+torch::Tensor mix_f32(const torch::Tensor& routing, const torch::Tensor& experts) {
+  const auto [r, w] = checked("mix_f32", routing, experts, torch::kFloat32, "float32");
+  return mix(r, w, w.data_ptr<float>());
+}
+
 torch::Tensor mix_bf16(const torch::Tensor& routing, const torch::Tensor& experts) {
   const auto [r, w] = checked("mix_bf16", routing, experts, torch::kBFloat16, "bfloat16");
   return mix(r, w, reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()));
@@ -143,6 +167,7 @@ torch::Tensor mix_int8(const torch::Tensor& routing, const torch::Tensor& expert
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("mix_f32", &mix_f32, "routing (B, E) float32 @ experts (E, P) float32 -> (B, P) float32");
   m.def("mix_bf16", &mix_bf16,
         "routing (B, E) float32 @ experts (E, P) bfloat16 -> (B, P) float32, widened as read");
   m.def("mix_int8", &mix_int8,
