@@ -464,7 +464,7 @@ class CondConv2d(nn.Module):
             weight_scale = self.weight_scale
             if weight_scale is not None:
                 return self._int8_forward(x, routing_weights, weight_scale)
-        else:
+        elif routing_weights.dtype != self.weight.dtype:
             routing_weights = routing_weights.to(self.weight.dtype)
         weight, bias = self.weight, self.bias
         static_weight = self.static_weight

@@ -182,7 +182,9 @@ class CondConvRouter(nn.Module):
             h = F.relu(self.norm(h))
         else:
             h = self.norm(h)
-        logits = self._linear(h, self.fc.weight, self.fc.bias) / self.temperature
+        logits = self._linear(h, self.fc.weight, self.fc.bias)
+        if self.temperature != 1.0:  # one operator less per router at the default temperature
+            logits = logits / self.temperature
         if self.activation == "softmax":
             r = F.softmax(logits, dim=1)
         else:
