@@ -250,9 +250,7 @@ def _mix_rows(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor
 def _records_or_compiles() -> bool:
     """Whether this call is traced, exported or compiled: graphs and compilers see the plain
     product, not the eager-only forms of the mix."""
-    return (
-        torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
-    )
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
 
 
 class _MixExperts(torch.autograd.Function):

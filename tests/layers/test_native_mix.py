@@ -109,16 +109,20 @@ def test_the_int8_mix_of_the_benchmark_takes_it_unless_switched_off(monkeypatch)
     torch.testing.assert_close(native, eager, rtol=1e-5, atol=1e-5)
 
 
-def test_a_module_built_before_a_kernel_existed_falls_back_to_the_upcast(monkeypatch):
+def test_a_module_built_before_a_kernel_existed_falls_back_to_eager(monkeypatch):
     class Older:  # a condconv_det._C built with the bfloat16 kernel only
         pass
 
     monkeypatch.setattr(fast, "_native", Older)
     assert fast._native_kernel(torch.int8) is None
     assert fast._native_kernel(torch.float16) is None
+    assert fast._native_kernel(torch.float32) is None
     flat, routing = torch.randint(-128, 128, (3, 100), dtype=torch.int8), torch.rand(2, 3)
     with torch.no_grad():
         torch.testing.assert_close(fast.mix_narrow(routing, flat), routing @ flat.float())
+        # float32 experts: BLAS's product
+        flat = torch.randn(3, 100)
+        torch.testing.assert_close(fast._mix_rows(routing, flat), routing @ flat)
 
 
 def _recording(monkeypatch, kernel):
