@@ -211,3 +211,22 @@ def test_the_float32_mix_with_a_backward_traced_or_in_float64_does_not(monkeypat
     with torch.no_grad():
         layer.float()(x, routing.detach())
     assert calls == [(4, 16 * 8)]
+
+
+@needs_native
+@pytest.mark.parametrize("dtype, kernel", KERNELS)
+def test_native_mix_gives_the_same_bits_at_any_thread_count(dtype, kernel):
+    # Each output column is summed by one thread in a fixed order, so an inference result does
+    # not depend on how many threads torch runs.
+    torch.manual_seed(0)
+    mix = getattr(fast._native, kernel)
+    flat, routing = narrow_experts(dtype, 8, 3 * 4096 + 77), torch.rand(2, 8)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = mix(routing, flat)
+        torch.set_num_threads(3)
+        three = mix(routing, flat)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, three)
