@@ -51,6 +51,7 @@ over the step minus ``memory_allocated`` before it.
     python tools/benchmark_model.py --models ssd300_MNv1 --compile-detector
     python tools/benchmark_model.py --quick              # tiny models, one repeat: checks it runs
     python tools/benchmark_model.py --profile ssd300_MNv1  # top ops, static vs CondConv
+    python tools/benchmark_model.py --models efficientnet_b0 --eager-mix  # without the native mix
 """
 
 import argparse
@@ -83,6 +84,7 @@ from condconv_det.benchmarking.model import (
 )
 from condconv_det.benchmarking.table import format_table
 from condconv_det.layers import EXPERT_DTYPES
+from condconv_det.layers._condconv_fast import native_mix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "COCO-Detection")
@@ -136,6 +138,12 @@ def parse_args(argv=None):
         choices=list(EXPERT_DTYPES),
         help="the CondConv twin's experts stored in this dtype for batch-1 and batch-8 inference "
         "(and their floors); training rows train float32 experts (default float32)",
+    )
+    parser.add_argument(
+        "--eager-mix",
+        action="store_true",
+        help="mix float32 experts with PyTorch's product, not the native kernel (as a build "
+        "without it): what the kernel gains",
     )
     parser.add_argument(
         "--with-postprocess", action="store_true", help="time detectors with box decoding and NMS"
@@ -212,6 +220,7 @@ def run(args) -> None:
             if args.expert_dtype != "float32"
             else ""
         )
+        + (", eager kernel mix" if args.eager_mix else "")
         + ", "
         f"{'channels-last' if args.channels_last else 'contiguous (NCHW)'}, detectors "
         f"{'with' if args.with_postprocess else 'without'} postprocessing, "
@@ -266,7 +275,8 @@ def main(argv=None) -> int:
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*meshgrid.*")
             config_logger.setLevel(logging.ERROR)
-            run(args)
+            with native_mix(not args.eager_mix):
+                run(args)
     finally:
         torch.set_num_threads(threads)
         config_logger.setLevel(config_level)

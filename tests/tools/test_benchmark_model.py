@@ -131,3 +131,20 @@ def test_bad_arguments_are_named(capsys):
         with pytest.raises(SystemExit):
             tool.main(["--device", "cuda"])
         assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_eager_mix_switches_the_native_kernel_off_for_the_run_only(capsys, monkeypatch):
+    from condconv_det.layers import _condconv_fast as fast
+
+    tool = load_tool("benchmark_model")
+    seen = []
+    monkeypatch.setattr(tool, "run", lambda args: seen.append(fast.native_mix_available()))
+    before = fast.native_mix_available()
+    assert tool.main(["--quick", "--eager-mix"]) == 0
+    assert tool.main(["--quick"]) == 0
+    assert seen == [False, before] and fast.native_mix_available() == before
+    monkeypatch.undo()
+    tool = load_tool("benchmark_model")
+    assert tool.main(["--quick", "--eager-mix", "--models", "efficientnet_b0"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "eval under no_grad, eager kernel mix, contiguous (NCHW)" in first
