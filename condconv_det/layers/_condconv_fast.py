@@ -23,6 +23,7 @@ import contextlib
 from typing import ContextManager, Iterator, NamedTuple, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 
 try:  # the native CPU kernels of the inference mixes, built with the package where it could be
@@ -214,20 +215,21 @@ def mix_dtype(routing_weights: torch.Tensor, weight: torch.Tensor) -> torch.dtyp
 def _mix_rows(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
     """``routing_weights @ flat``, (B, E) x (E, P), in the routing's dtype. On the CPU: without
     a backward to follow, a float32 mix of a small batch by the native kernel (it reads the
-    experts at the memory bandwidth, BLAS's product at 60-70% of it); a large batch of one
+    experts at the memory bandwidth, BLAS's product at 60-85% of it); a large batch of one
     otherwise in column blocks (:func:`_mix_split`). Experts in a narrower dtype than the
     routing's (bfloat16 under float32) go to :func:`mix_narrow`."""
     if flat.dtype != routing_weights.dtype:
         return mix_narrow(routing_weights, flat)
-    if flat.device.type != "cpu":
+    if flat.device.type != "cpu" or _records_or_compiles():
+        # One product: graphs record it as one op (and see no test of the batch size), compilers
+        # fuse it.
         return torch.mm(routing_weights, flat)
     needs_grad = torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad)
     if (
         not needs_grad
-        and _native_enabled
         and flat.dtype == torch.float32
         and routing_weights.shape[0] <= TUNING.native_mix_max_batch
-        and not _records_or_compiles()
+        and _native_applies(routing_weights, flat)
     ):
         native = _native_kernel(torch.float32)
         if native is not None:
@@ -238,9 +240,8 @@ def _mix_rows(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor
         and flat.shape[1] >= threshold
         and flat.shape[1] % TUNING.split_mix_chunks == 0
     )
-    if not split or _records_or_compiles():
-        # One product: graphs record it as one op, compilers fuse it, and autograd's backward
-        # for it is as good as any.
+    if not split:
+        # One product: autograd's backward for it is as good as any.
         return torch.mm(routing_weights, flat)
     if needs_grad:
         return _MixExperts.apply(routing_weights, flat)
@@ -251,6 +252,35 @@ def _records_or_compiles() -> bool:
     """Whether this call is traced, exported or compiled: graphs and compilers see the plain
     product, not the eager-only forms of the mix."""
     return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+
+
+def _no_active(name: str):
+    """``torch._C``'s test ``name``, or one that says no where this torch has none."""
+    return getattr(torch._C, name, lambda: False)
+
+
+_functorch_transforms_active = _no_active("_are_functorch_transforms_active")
+_torch_function_mode_enabled = _no_active("_is_torch_function_mode_enabled")
+_dispatch_modes = getattr(torch._C, "_len_torch_dispatch_stack", lambda: 0)
+
+
+def _native_applies(routing_weights: torch.Tensor, flat: torch.Tensor) -> bool:
+    """Whether the native kernel may compute this (eager, CPU) mix. It reads the tensors' memory
+    itself, past PyTorch's dispatcher, so it steps aside for whatever works through the
+    dispatcher: tensor subclasses (fake tensors, ...), function transforms (``vmap``,
+    ``grad``), forward-mode AD, dispatch and function modes (FLOP counters, ...), and autocast
+    (whose product would run in the autocast dtype). Also where switched off
+    (:func:`native_mix`)."""
+    return (
+        _native_enabled
+        and type(routing_weights) is torch.Tensor
+        and type(flat) is torch.Tensor
+        and not torch.is_autocast_enabled("cpu")
+        and forward_ad._current_level < 0
+        and not _functorch_transforms_active()
+        and _dispatch_modes() == 0
+        and not _torch_function_mode_enabled()
+    )
 
 
 class _MixExperts(torch.autograd.Function):
@@ -299,12 +329,13 @@ def mix_narrow(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tenso
     if flat.device.type != "cpu" or _records_or_compiles():
         return torch.mm(routing_weights, flat.to(dtype))
     needs_grad = torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad)
-    native = _native_kernel(flat.dtype) if _native_enabled else None
+    native = _native_kernel(flat.dtype)
     if (
         native is not None
         and not needs_grad
         and dtype == torch.float32
         and routing_weights.device.type == "cpu"
+        and _native_applies(routing_weights, flat)
     ):
         return native(routing_weights, flat)
     if numel <= block:

@@ -230,3 +230,53 @@ def test_native_mix_gives_the_same_bits_at_any_thread_count(dtype, kernel):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, three)
+
+
+@needs_native
+def test_what_works_through_the_dispatcher_gets_the_plain_product(monkeypatch):
+    """The kernel reads memory past PyTorch's dispatcher: under vmap, forward-mode AD, fake
+    tensors, a dispatch mode or autocast the mix stays PyTorch's, with the right values."""
+    from torch.autograd import forward_ad
+    from torch.utils.flop_counter import FlopCounterMode
+
+    calls = _recording(monkeypatch, "mix_f32")
+    torch.manual_seed(0)
+    flat, routing, tangent = torch.randn(4, 300), torch.rand(3, 4), torch.rand(3, 4)
+    with torch.no_grad():
+        rows = torch.func.vmap(lambda r: fast._mix_rows(r.unsqueeze(0), flat)[0])(routing)
+        torch.testing.assert_close(rows, routing @ flat)
+        with forward_ad.dual_level():
+            dual = fast._mix_rows(forward_ad.make_dual(routing, tangent), flat)
+            torch.testing.assert_close(forward_ad.unpack_dual(dual).tangent, tangent @ flat)
+        with FlopCounterMode(display=False) as counter:
+            fast._mix_rows(routing, flat)
+        assert counter.get_total_flops() == 2 * 3 * 4 * 300
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the autocast dtype, as eager
+            assert fast.mix_eager(routing, flat, None, False)[0].dtype == torch.bfloat16
+            assert fast.mix_eager(routing, flat, None, True)[0].dtype == torch.float32
+        assert len(calls) == 1  # only the mix in its own dtype under autocast
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode() as mode:
+            fake = fast._mix_rows(mode.from_tensor(routing), mode.from_tensor(flat))
+        assert fake.shape == (3, 300)
+        assert len(calls) == 1
+        fast._mix_rows(routing, flat)  # plain tensors again: the kernel
+    assert len(calls) == 2
+
+
+def test_a_dynamic_batch_exports_without_grad():
+    """No test of the batch size on the way to the plain product: torch.export keeps the batch
+    dynamic (a guard 'batch <= native_mix_max_batch' would break it)."""
+    from condconv_det.layers import RoutedCondConv2d
+
+    torch.manual_seed(0)
+    layer = RoutedCondConv2d(8, 8, 3, padding=1, num_experts=4).eval()
+    batch = torch.export.Dim("batch", min=2, max=64)
+    with torch.no_grad():
+        program = torch.export.export(
+            layer, (torch.randn(3, 8, 9, 9),), dynamic_shapes=({0: batch},)
+        )
+        for size in (2, 9, 20):
+            x = torch.randn(size, 8, 9, 9)
+            torch.testing.assert_close(program.module()(x), layer(x), rtol=1e-5, atol=1e-5)

@@ -2,8 +2,8 @@
 // bfloat16 or int8.
 //
 // out[b, p] = sum_e routing[b, e] * float(experts[e, p]). At small batches the mix is bound by
-// reading the experts. For float32 experts, BLAS's (B, E) x (E, P) product reads them at 60-70%
-// of the memory bandwidth on the machines measured (docs/performance.md); this kernel streams
+// reading the experts. For float32 experts, BLAS's (B, E) x (E, P) product reads them at 60-85%
+// of the memory bandwidth on the machine measured (docs/performance.md); this kernel streams
 // the E rows of a tile of columns at once, every thread on its own tiles, and reads at the
 // bandwidth. Stored in bfloat16 the experts are half the bytes of float32 ones (int8, a quarter),
 // but an eager mix must first write them out in float32 (condconv_det.layers._condconv_fast.
@@ -167,10 +167,14 @@ torch::Tensor mix_int8(const torch::Tensor& routing, const torch::Tensor& expert
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("mix_f32", &mix_f32, "routing (B, E) float32 @ experts (E, P) float32 -> (B, P) float32");
-  m.def("mix_bf16", &mix_bf16,
+  // The mixes release the GIL, as PyTorch's own operators do: other Python threads run while
+  // they read the experts.
+  using release_gil = py::call_guard<py::gil_scoped_release>;
+  m.def("mix_f32", &mix_f32, release_gil(),
+        "routing (B, E) float32 @ experts (E, P) float32 -> (B, P) float32");
+  m.def("mix_bf16", &mix_bf16, release_gil(),
         "routing (B, E) float32 @ experts (E, P) bfloat16 -> (B, P) float32, widened as read");
-  m.def("mix_int8", &mix_int8,
+  m.def("mix_int8", &mix_int8, release_gil(),
         "routing (B, E) float32 (scales folded in) @ experts (E, P) int8 -> (B, P) float32, "
         "widened as read");
 }
