@@ -142,6 +142,18 @@ def auto_path(
         # one not make it symbolic: ONNX's Conv takes its group count as a constant.
         if records_graph():
             return "matmul"
+    return eager_path(x, weight, stride, padding, dilation, kernels_per_pixel)
+
+
+def eager_path(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    kernels_per_pixel: int = TUNING.matmul_kernels_per_pixel,
+) -> str:
+    """:func:`auto_path` for a call that no graph records."""
     if x.shape[0] == 1:
         # One plain convolution: the mixed kernel is read once, as a static conv reads its own.
         return "single"
@@ -225,15 +237,10 @@ def _mix_rows(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor
         # fuse it.
         return torch.mm(routing_weights, flat)
     needs_grad = torch.is_grad_enabled() and (routing_weights.requires_grad or flat.requires_grad)
-    if (
-        not needs_grad
-        and flat.dtype == torch.float32
-        and routing_weights.shape[0] <= TUNING.native_mix_max_batch
-        and _native_applies(routing_weights, flat)
-    ):
-        native = _native_kernel(torch.float32)
-        if native is not None:
-            return native(routing_weights, flat)
+    if not needs_grad:
+        mixed = _native_float32_mix(routing_weights, flat)
+        if mixed is not None:
+            return mixed
     threshold = TUNING.split_mix_numel * (TUNING.split_mix_grad_factor if needs_grad else 1)
     split = (
         routing_weights.shape[0] == 1
@@ -248,10 +255,76 @@ def _mix_rows(routing_weights: torch.Tensor, flat: torch.Tensor) -> torch.Tensor
     return _mix_split(routing_weights, flat)
 
 
+def _native_float32_mix(
+    routing_weights: torch.Tensor, flat: torch.Tensor
+) -> Optional[torch.Tensor]:
+    """The native kernel's ``routing_weights @ flat`` for float32 experts where it applies, else
+    None: at most ``TUNING.native_mix_max_batch`` examples, eager (:func:`_native_applies`),
+    the kernel built. The caller has checked the rest: CPU tensors of one dtype, no graph being
+    recorded or compiled (before any test of the batch size, which a graph would keep as a guard)
+    and no backward to follow."""
+    if flat.dtype != torch.float32 or routing_weights.shape[0] > TUNING.native_mix_max_batch:
+        return None
+    if not _native_applies(routing_weights, flat):
+        return None
+    native = _native_kernel(torch.float32)
+    return None if native is None else native(routing_weights, flat)
+
+
+@torch.jit.unused
+def single_native_conv2d(
+    x: torch.Tensor,
+    routing_weights: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: Tuple[int, int],
+    padding: Tuple[int, int],
+    dilation: Tuple[int, int],
+    groups: int,
+    path: str,
+) -> Optional[torch.Tensor]:
+    """The CondConv of a batch of one on the "single" path with the native float32 mix, or None
+    where that is not what :func:`.condconv.cond_conv2d` would compute (another path, a graph
+    being recorded or compiled, a backward to follow, the mix not native).
+
+    The same computation as ``cond_conv2d`` with ``path`` ("auto" or "single") there, without its
+    general plumbing: at batch 1 a MobileNet-sized layer's time is mostly per call, and this is
+    the inference call of every layer of such a network (docs/performance.md, "Where the rest
+    goes").
+    """
+    if x.shape[0] != 1 or x.device.type != "cpu" or routing_weights.dtype != weight.dtype:
+        return None
+    if _records_or_compiles():  # the graphs of auto_path too
+        return None
+    if path == "auto" and eager_path(x, weight, stride, padding, dilation) != "single":
+        return None
+    if torch.is_grad_enabled() and (
+        routing_weights.requires_grad
+        or weight.requires_grad
+        or x.requires_grad
+        or (bias is not None and bias.requires_grad)
+    ):
+        return None
+    kernel_shape = weight.shape[1:]
+    mixed = _native_float32_mix(routing_weights, weight.reshape(weight.shape[0], -1))
+    if mixed is None:
+        return None
+    mixed_bias: Optional[torch.Tensor] = None
+    if bias is not None:
+        mixed_bias = torch.mm(routing_weights, bias).reshape(bias.shape[1])
+    return F.conv2d(x, mixed.reshape(kernel_shape), mixed_bias, stride, padding, dilation, groups)
+
+
 def _records_or_compiles() -> bool:
-    """Whether this call is traced, exported or compiled: graphs and compilers see the plain
-    product, not the eager-only forms of the mix."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+    """Whether this call is traced, exported or compiled (:func:`records_graph`, or
+    ``torch.compile``): graphs and compilers see the plain product, not the eager-only forms of
+    the mix."""
+    return (
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 def _no_active(name: str):

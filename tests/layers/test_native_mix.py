@@ -280,3 +280,86 @@ def test_a_dynamic_batch_exports_without_grad():
         for size in (2, 9, 20):
             x = torch.randn(size, 8, 9, 9)
             torch.testing.assert_close(program.module()(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+SINGLE_CASES = [
+    dict(kernel_size=1),
+    dict(kernel_size=3, padding=1, bias=True),
+    dict(kernel_size=3, padding=1, stride=2, groups=8),  # depthwise
+    dict(kernel_size=3, padding=2, dilation=2, groups=2, bias=True),
+]
+
+
+def _recording_short_way(monkeypatch):
+    """Records whether each call of the batch-1 short way computed the output (True) or left it
+    to the general way (False)."""
+    calls = []
+    short = fast.single_native_conv2d
+
+    def recording(*args):
+        out = short(*args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(fast, "single_native_conv2d", recording)
+    return calls
+
+
+@needs_native
+@pytest.mark.parametrize("kwargs", SINGLE_CASES, ids=["1x1", "3x3-bias", "dw-s2", "g2-dil2"])
+@pytest.mark.parametrize("path", ["auto", "single"])
+@pytest.mark.parametrize("static_kernel", [False, True], ids=["experts", "static+experts"])
+def test_batch_one_inference_takes_the_short_way_to_the_same_bits(
+    monkeypatch, kwargs, path, static_kernel
+):
+    calls = _recording_short_way(monkeypatch)
+    torch.manual_seed(0)
+    layer = CondConv2d(8, 8, num_experts=4, path=path, **kwargs).eval()
+    if static_kernel:
+        layer.add_static_kernel()
+        with torch.no_grad():
+            layer.weight.normal_()  # not the zeros it starts from
+    x, routing = torch.randn(1, 8, 9, 9), torch.rand(1, 4)
+    with torch.no_grad():
+        got = layer(x, routing)
+        assert calls == [True]
+        # The general way: the same operators, so the same bits.
+        monkeypatch.setattr(fast, "single_native_conv2d", lambda *args: None)
+        want = layer(x, routing)
+    assert torch.equal(got, want)
+    weight, bias = layer.weight, layer.bias
+    kernel = torch.einsum("e,eocij->ocij", routing[0], weight)
+    if static_kernel:
+        kernel = kernel + layer.static_weight
+    reference = torch.nn.functional.conv2d(
+        x,
+        kernel,
+        None if bias is None else routing[0] @ bias + (layer.static_bias if static_kernel else 0),
+        layer.stride,
+        layer.padding,
+        layer.dilation,
+        layer.groups,
+    )
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_the_short_way_is_not_taken_where_the_general_one_differs(monkeypatch):
+    calls = _recording_short_way(monkeypatch)
+    torch.manual_seed(0)
+    layer = CondConv2d(8, 8, 3, padding=1, num_experts=4).eval()
+    x, routing = torch.randn(1, 8, 9, 9), torch.rand(1, 4)
+    layer(x, routing)  # a backward to follow: autograd's product
+    with torch.no_grad():
+        layer(x.expand(2, -1, -1, -1), routing.expand(2, -1))  # batch 2: not asked
+        layer.double()(x.double(), routing.double())  # float64: no native mix
+        layer.float()
+        layer.path = "grouped"
+        layer(x, routing)  # another path: not asked
+        layer.path = "auto"
+        torch.jit.trace(layer, (x, routing), check_trace=False)  # a graph: the general way
+        store_experts_in(layer, torch.bfloat16)(x, routing)  # narrow experts: their own mix
+        store_experts_in(layer, torch.float32)
+        layer.normalize_kernel = True
+        layer(x, routing)  # normalised kernels: not asked
+    assert calls == [False, False, False, False]
