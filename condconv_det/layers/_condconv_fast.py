@@ -294,6 +294,8 @@ def single_native_conv2d(
     """
     if x.shape[0] != 1 or x.device.type != "cpu" or routing_weights.dtype != weight.dtype:
         return None
+    if bias is not None and bias.dtype != weight.dtype:
+        return None  # the general way casts it
     if _records_or_compiles():  # the graphs of auto_path too
         return None
     if path == "auto" and eager_path(x, weight, stride, padding, dilation) != "single":

@@ -72,14 +72,7 @@ class CondConvRouter(nn.Module):
             gradient flows from the routing back into the features it is computed from.
     """
 
-    __constants__ = [
-        "in_channels",
-        "num_experts",
-        "activation",
-        "expert_dropout",
-        "detach_input",
-        "has_norm",
-    ]
+    __constants__ = ["in_channels", "num_experts", "activation", "expert_dropout", "detach_input"]
 
     def __init__(
         self,
@@ -135,7 +128,6 @@ class CondConvRouter(nn.Module):
             # No bias before a norm: the norm's shift takes its place.
             self.reduce = nn.Linear(in_channels, fc_in, bias=not norm)
         self.norm: nn.Module = _router_norm(norm, fc_in)
-        self.has_norm = bool(norm)  # else self.norm is an nn.Identity, not called
         self.fc = nn.Linear(fc_in, num_experts)
         self.reset_parameters(init)
 
@@ -185,13 +177,13 @@ class CondConvRouter(nn.Module):
             x = x.detach()
         fc = self.fc
         h = x.mean(dim=(2, 3), dtype=fc.weight.dtype)
-        if self.training:  # dropout (nn.Dropout or nn.Identity) acts in training only
+        if self.dropout.training:  # an nn.Dropout (or nn.Identity) that is not training: identity
             h = self.dropout(h)
         reduce = self.reduce
         if reduce is not None:
             h = self._linear(h, reduce.weight, reduce.bias)
             h = F.relu(self.norm(h))
-        elif self.has_norm:
+        else:
             h = self.norm(h)
         logits = self._linear(h, fc.weight, fc.bias)
         if self.temperature != 1.0:  # one operator less per router at the default temperature

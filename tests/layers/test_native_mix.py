@@ -363,3 +363,16 @@ def test_the_short_way_is_not_taken_where_the_general_one_differs(monkeypatch):
         layer.normalize_kernel = True
         layer(x, routing)  # normalised kernels: not asked
     assert calls == [False, False, False, False]
+
+
+@needs_native
+def test_a_bias_of_another_dtype_goes_the_general_way():
+    from condconv_det.layers.condconv import cond_conv2d
+
+    torch.manual_seed(0)
+    x, routing = torch.randn(1, 4, 5, 5), torch.rand(1, 3)
+    weight, bias = torch.randn(3, 6, 4, 3, 3), torch.randn(3, 6, dtype=torch.float64)
+    with torch.no_grad():
+        out = cond_conv2d(x, routing, weight, bias, (1, 1), (1, 1), (1, 1), 1, "auto")
+        want = cond_conv2d(x, routing, weight, bias.float(), (1, 1), (1, 1), (1, 1), 1, "grouped")
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)

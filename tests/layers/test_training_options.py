@@ -287,3 +287,15 @@ def test_shared_init_starts_and_learns_as_the_static_twin(experts):
             F.mse_loss(m(x), target).backward()
             opt.step()
     torch.testing.assert_close(layer(x), static(x), rtol=1e-4, atol=1e-5)
+
+
+def test_router_dropout_follows_its_own_mode():
+    """Monte-Carlo dropout: a router in eval whose dropout is put back in training still drops."""
+    torch.manual_seed(0)
+    router = CondConvRouter(64, 4, dropout=0.5).eval()
+    x = torch.randn(2, 64, 3, 3)
+    torch.testing.assert_close(router(x), router(x))
+    router.dropout.train()
+    assert not torch.allclose(router(x), router(x))
+    scripted = torch.jit.script(router)
+    assert not torch.allclose(scripted(x), scripted(x))
