@@ -321,12 +321,7 @@ def _records_or_compiles() -> bool:
     """Whether this call is traced, exported or compiled (:func:`records_graph`, or
     ``torch.compile``): graphs and compilers see the plain product, not the eager-only forms of
     the mix."""
-    return (
-        torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-        or torch.onnx.is_in_onnx_export()
-    )
+    return records_graph() or torch.compiler.is_compiling()
 
 
 def _no_active(name: str):
