@@ -271,6 +271,10 @@ def _native_float32_mix(
     return None if native is None else native(routing_weights, flat)
 
 
+# One native call for the whole batch-1 inference CondConv (absent from builds before it).
+_native_single = getattr(_native, "single_conv2d_f32", None)
+
+
 @torch.jit.unused
 def single_native_conv2d(
     x: torch.Tensor,
@@ -291,14 +295,38 @@ def single_native_conv2d(
     general plumbing: at batch 1 a MobileNet-sized layer's time is mostly per call, and this is
     the inference call of every layer of such a network (docs/performance.md, "Where the rest
     goes").
+
+    Where the package was built with it, one native call (``condconv_det._C.single_conv2d_f32``:
+    the native mix, the bias's product, one convolution; the same operators, so the same result
+    bit for bit) does it all and also checks the arguments (shapes, dtypes, devices, the
+    smallest input), returning None where anything is off: a layer may call it before its own
+    checks, which then name what is wrong. Python tests the state only Python knows (the switch
+    :func:`native_mix`, ``torch.compile`` and ``torch.export``, before any size, which a graph
+    would keep as a guard; forward-mode AD) and the tensor types (a ``__torch_function__``
+    subclass wants to see the operators); the native side tests the rest (a trace, autocast,
+    modes, functorch, a backward to follow).
     """
+    if path != "auto" and path != "single":
+        return None
+    if _native_single is not None:
+        if (
+            not _native_enabled
+            or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()
+            or forward_ad._current_level >= 0
+            or type(x) is not torch.Tensor
+            or type(routing_weights) is not torch.Tensor
+            or not _plain_parameter(weight)
+            or (bias is not None and not _plain_parameter(bias))
+            or x.shape[0] != 1
+        ):
+            return None
+        return _native_single(x, routing_weights, weight, bias, stride, padding, dilation, groups)
     if x.shape[0] != 1 or x.device.type != "cpu" or routing_weights.dtype != weight.dtype:
         return None
     if bias is not None and bias.dtype != weight.dtype:
         return None  # the general way casts it
     if _records_or_compiles():  # the graphs of auto_path too
-        return None
-    if path == "auto" and eager_path(x, weight, stride, padding, dilation) != "single":
         return None
     if torch.is_grad_enabled() and (
         routing_weights.requires_grad
@@ -315,6 +343,44 @@ def single_native_conv2d(
     if bias is not None:
         mixed_bias = torch.mm(routing_weights, bias).reshape(bias.shape[1])
     return F.conv2d(x, mixed.reshape(kernel_shape), mixed_bias, stride, padding, dilation, groups)
+
+
+def _plain_parameter(t: torch.Tensor) -> bool:
+    """A plain tensor or ``nn.Parameter`` (whose ``__torch_function__`` is switched off)."""
+    return type(t) is torch.nn.Parameter or type(t) is torch.Tensor
+
+
+# One native call for a router's routing in inference (absent from builds before it).
+_native_route = getattr(_native, "route_f32", None)
+
+
+@torch.jit.unused
+def native_route(
+    x: torch.Tensor,
+    hidden_weight: Optional[torch.Tensor],
+    hidden_bias: Optional[torch.Tensor],
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    softmax: bool,
+    temperature: float,
+) -> Optional[torch.Tensor]:
+    """A router's inference routing in one native call (``condconv_det._C.route_f32``): global
+    average pool, the optional hidden layer and its ReLU, the output layer, the temperature and
+    sigmoid or softmax, within float32 rounding of those operators; or None where it does not
+    apply or was not built. Here the state only Python knows (the switch, ``torch.compile``,
+    ``torch.export``, forward-mode AD) and tensor types; the native side tests the rest."""
+    if (
+        not _native_enabled
+        or _native_route is None
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or forward_ad._current_level >= 0
+    ):
+        return None
+    for t in (hidden_weight, hidden_bias, weight, bias):
+        if t is not None and not _plain_parameter(t):
+            return None
+    return _native_route(x, hidden_weight, hidden_bias, weight, bias, softmax, temperature)
 
 
 def _records_or_compiles() -> bool:

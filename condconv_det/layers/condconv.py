@@ -438,6 +438,12 @@ class CondConv2d(nn.Module):
         return self._conv_forward(x, routing_weights)
 
     def _conv_forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            # A batch of one in inference, the commonest call: one native call, which also
+            # checks the arguments (None where anything is off, so the checks below name it).
+            out = self._single_forward(x, routing_weights)
+            if out is not None:
+                return out
         # One combined test on the fast path; the messages are built only on failure.
         if (
             not isinstance(x, torch.Tensor)
@@ -506,6 +512,34 @@ class CondConv2d(nn.Module):
             routing_weights,
             weight,
             bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.path,
+        )
+
+    @torch.jit.unused
+    def _single_forward(
+        self, x: torch.Tensor, routing_weights: torch.Tensor
+    ) -> Optional[torch.Tensor]:
+        """What ``cond_conv2d`` computes for a batch of one on the "single" path, by the native
+        call of :func:`._condconv_fast.single_native_conv2d` (which checks the arguments), for a
+        layer that adds nothing to it (no padding of its own, float32 experts, no static kernel,
+        no kernel normalisation); else None."""
+        if (
+            fast._native_single is None
+            or self.reduced_precision_experts
+            or self.normalize_kernel
+            or len(self._pre_pad) > 0
+            or self.static_weight is not None
+        ):
+            return None
+        return fast.single_native_conv2d(
+            x,
+            routing_weights,
+            self.weight,
+            self.bias,
             self.stride,
             self.padding,
             self.dilation,

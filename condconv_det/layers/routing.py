@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _condconv_fast as fast
 from ._checks import IntOrPair, check_integer, check_number
 from .condconv import CondConv2d
 
@@ -152,6 +153,12 @@ class CondConvRouter(nn.Module):
         Returns:
             (B, num_experts) routing weights.
         """
+        if not torch.jit.is_scripting() and not self.training:
+            # Inference: one native call, which also checks the input (None where anything is
+            # off, so the checks below name it).
+            r = self._native_forward(x)
+            if r is not None:
+                return r
         if not isinstance(x, torch.Tensor):
             raise TypeError(
                 f"CondConvRouter expects input to be a torch.Tensor, got {type(x).__name__}"
@@ -196,6 +203,27 @@ class CondConvRouter(nn.Module):
             keep = 1.0 - self.expert_dropout
             r = r * torch.bernoulli(torch.full_like(r, keep)) / keep
         return r
+
+    @torch.jit.unused
+    def _native_forward(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The routing by :func:`._condconv_fast.native_route` for a router in inference with
+        no norm and no dropout running, else None."""
+        if self.dropout.training or type(self.norm) is not nn.Identity:
+            return None
+        reduce = self.reduce
+        if reduce is not None and type(reduce) is not nn.Linear:
+            return None
+        if type(x) is not torch.Tensor or x.dim() != 4 or x.shape[1] != self.in_channels:
+            return None
+        return fast.native_route(
+            x,
+            None if reduce is None else reduce.weight,
+            None if reduce is None else reduce.bias,
+            self.fc.weight,
+            self.fc.bias,
+            self.activation == "softmax",
+            self.temperature,
+        )
 
     def _linear(
         self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]

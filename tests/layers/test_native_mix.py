@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from condconv_det.layers import CondConv2d, store_experts_in
+from condconv_det.layers import CondConv2d, CondConvRouter, store_experts_in
 from condconv_det.layers import _condconv_fast as fast
 
 BUILT = fast._native is not None
@@ -123,6 +123,20 @@ def test_a_module_built_before_a_kernel_existed_falls_back_to_eager(monkeypatch)
         # float32 experts: BLAS's product
         flat = torch.randn(3, 100)
         torch.testing.assert_close(fast._mix_rows(routing, flat), routing @ flat)
+    # Without the batch-1 call and the router's (None where absent, as in such a build) a layer
+    # and its router take the operators.
+    monkeypatch.setattr(fast, "_native_single", getattr(Older, "single_conv2d_f32", None))
+    monkeypatch.setattr(fast, "_native_route", getattr(Older, "route_f32", None))
+    torch.manual_seed(0)
+    router = CondConvRouter(4, 3).eval()
+    layer = CondConv2d(4, 6, 3, padding=1, num_experts=3).eval()
+    x = torch.randn(1, 4, 5, 5)
+    with torch.no_grad():
+        routing = router(x)
+        torch.testing.assert_close(routing, router.fc(x.mean((2, 3))).sigmoid())
+        kernel = torch.einsum("e,eocij->ocij", routing[0], layer.weight)
+        want = torch.nn.functional.conv2d(x, kernel, routing[0] @ layer.bias, padding=1)
+        torch.testing.assert_close(layer(x, routing), want, rtol=1e-5, atol=1e-5)
 
 
 def _recording(monkeypatch, kernel):
@@ -136,6 +150,7 @@ def _recording(monkeypatch, kernel):
         return real(routing, flat)
 
     monkeypatch.setattr(fast, "_native", type("Recording", (), {kernel: staticmethod(recording)}))
+    monkeypatch.setattr(fast, "_native_single", None)  # a batch of one mixes through it as well
     return calls
 
 
@@ -290,19 +305,30 @@ SINGLE_CASES = [
 ]
 
 
-def _recording_short_way(monkeypatch):
-    """Records whether each call of the batch-1 short way computed the output (True) or left it
-    to the general way (False)."""
+def _recording_native_call(monkeypatch, name):
+    """Records whether each call of the native call ``fast.<name>`` computed the result (True)
+    or left it to the operators (False)."""
     calls = []
-    short = fast.single_native_conv2d
+    native = getattr(fast, name)
 
     def recording(*args):
-        out = short(*args)
+        out = native(*args)
         calls.append(out is not None)
         return out
 
-    monkeypatch.setattr(fast, "single_native_conv2d", recording)
+    monkeypatch.setattr(fast, name, recording)
     return calls
+
+
+def _recording_short_way(monkeypatch):
+    """The batch-1 short way's native call (:func:`_recording_native_call`)."""
+    return _recording_native_call(monkeypatch, "_native_single")
+
+
+def _without_short_way(monkeypatch):
+    """Every CondConv from here on takes the general way."""
+    monkeypatch.setattr(fast, "_native_single", None)
+    monkeypatch.setattr(fast, "single_native_conv2d", lambda *args: None)
 
 
 @needs_native
@@ -323,10 +349,14 @@ def test_batch_one_inference_takes_the_short_way_to_the_same_bits(
     with torch.no_grad():
         got = layer(x, routing)
         assert calls == [True]
+        # The short way in Python, as a build without the native call takes it.
+        monkeypatch.setattr(fast, "_native_single", None)
+        python_way = layer(x, routing)
         # The general way: the same operators, so the same bits.
-        monkeypatch.setattr(fast, "single_native_conv2d", lambda *args: None)
+        _without_short_way(monkeypatch)
         want = layer(x, routing)
-    assert torch.equal(got, want)
+    assert calls == [True]
+    assert torch.equal(got, want) and torch.equal(python_way, want)
     weight, bias = layer.weight, layer.bias
     kernel = torch.einsum("e,eocij->ocij", routing[0], weight)
     if static_kernel:
@@ -362,7 +392,7 @@ def test_the_short_way_is_not_taken_where_the_general_one_differs(monkeypatch):
         store_experts_in(layer, torch.float32)
         layer.normalize_kernel = True
         layer(x, routing)  # normalised kernels: not asked
-    assert calls == [False, False, False, False]
+    assert len(calls) >= 3 and not any(calls)
 
 
 @needs_native
@@ -376,3 +406,182 @@ def test_a_bias_of_another_dtype_goes_the_general_way():
         out = cond_conv2d(x, routing, weight, bias, (1, 1), (1, 1), (1, 1), 1, "auto")
         want = cond_conv2d(x, routing, weight, bias.float(), (1, 1), (1, 1), (1, 1), 1, "grouped")
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_what_works_through_the_dispatcher_gets_the_general_way_at_batch_one(monkeypatch):
+    """The short way reads the experts past the dispatcher and calls the convolution from C++:
+    under vmap, forward-mode AD, fake tensors, a dispatch mode, a torch function mode, autocast,
+    a trace or on a negative view it leaves the call to the general way, with the right values
+    (and the operators seen)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.autograd import forward_ad
+    from torch.overrides import TorchFunctionMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    calls = _recording_short_way(monkeypatch)
+    torch.manual_seed(0)
+    layer = CondConv2d(4, 6, 3, padding=1, num_experts=3).eval()
+    x, routing, tangent = torch.randn(1, 4, 5, 5), torch.rand(1, 3), torch.rand(1, 3)
+
+    def general(run):
+        calls.clear()
+        out = run()
+        assert not any(calls)  # the native call computed nothing (or was not made)
+        return out
+
+    class Seen(TorchFunctionMode):
+        names = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(getattr(func, "__name__", ""))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad():
+        want = layer(x, routing)
+        assert calls == [True]
+        xs, rs = torch.randn(2, 1, 4, 5, 5), torch.rand(2, 1, 3)  # vmap: each call a batch of one
+        mapped = general(lambda: torch.func.vmap(layer)(xs, rs))
+        torch.testing.assert_close(mapped[1], layer(xs[1], rs[1]))
+        with forward_ad.dual_level():
+            dual = general(lambda: layer(x, forward_ad.make_dual(routing, tangent)))
+            assert forward_ad.unpack_dual(dual).tangent is not None
+        with FlopCounterMode(display=False) as counter:
+            general(lambda: layer(x, routing))
+        assert counter.get_total_flops() > 0
+        with Seen():
+            torch.testing.assert_close(general(lambda: layer(x, routing)), want)
+        assert "conv2d" in Seen.names
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the general way's dtype
+            assert general(lambda: layer(x, routing)).dtype == torch.bfloat16
+        traced = general(lambda: torch.jit.trace(layer, (x, routing), check_trace=False))
+        assert "conv" in str(traced.graph)
+        negated = torch._neg_view(routing)  # the sign is a flag the data does not carry
+        torch.testing.assert_close(general(lambda: layer(x, negated)), layer(x, -routing))
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            fake = general(lambda: layer(mode.from_tensor(x), mode.from_tensor(routing)))
+        assert fake.shape == want.shape
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "case",
+    ["in_channels", "experts", "batch", "routing_batch", "small", "float64", "bias_shape", "grad"],
+)
+def test_the_native_call_leaves_what_does_not_fit_to_the_general_way(case):
+    """``single_conv2d_f32`` checks its arguments and returns None where anything is off, so a
+    layer may call it before its own checks and still name the problem."""
+    torch.manual_seed(0)
+    x, routing = torch.randn(1, 4, 5, 5), torch.rand(1, 3)
+    weight, bias = torch.randn(3, 6, 4, 3, 3), torch.randn(3, 6)
+    args = dict(x=x, routing=routing, weight=weight, bias=bias)
+    changed = {
+        "in_channels": dict(x=torch.randn(1, 5, 5, 5)),
+        "experts": dict(routing=torch.rand(1, 4)),
+        "batch": dict(x=torch.randn(2, 4, 5, 5), routing=torch.rand(2, 3)),
+        "routing_batch": dict(routing=torch.rand(2, 3)),
+        "small": dict(x=torch.randn(1, 4, 2, 5)),  # a 3x3 kernel, no padding
+        "float64": dict(x=x.double()),
+        "bias_shape": dict(bias=torch.randn(3, 5)),
+        "grad": dict(weight=weight.clone().requires_grad_()),
+    }[case]
+    args.update(changed)
+    native = fast._native_single
+    with torch.set_grad_enabled(case == "grad"):
+        out = native(
+            args["x"], args["routing"], args["weight"], args["bias"], (1, 1), (0, 0), (1, 1), 1
+        )
+        assert out is None
+        fitting = native(x, routing, weight, bias, (1, 1), (0, 0), (1, 1), 1)
+    assert fitting is not None and fitting.shape == (1, 6, 3, 3)
+
+
+@needs_native
+def test_bad_input_at_batch_one_is_still_named():
+    layer = CondConv2d(4, 6, 3, num_experts=3).eval()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"input of shape \(B, 4, H, W\), got \[1, 5, 5, 5\]"):
+            layer(torch.randn(1, 5, 5, 5), torch.rand(1, 3))
+        with pytest.raises(
+            ValueError, match=r"routing_weights of shape .* = \(1, 3\), got \[1, 4\]"
+        ):
+            layer(torch.randn(1, 4, 5, 5), torch.rand(1, 4))
+        with pytest.raises(ValueError, match=r"at least \(H, W\) = \(3, 3\)"):
+            layer(torch.randn(1, 4, 2, 2), torch.rand(1, 3))
+
+
+ROUTER_CASES = [
+    dict(),
+    dict(activation="softmax", temperature=3.0),
+    dict(hidden_ratio=0.25),
+    dict(hidden_ratio=0.25, activation="softmax", temperature=0.5),
+    dict(hidden_ratio=0.25, norm="LN"),  # a norm: the operators
+    dict(dropout=0.2),
+]
+
+
+@needs_native
+@pytest.mark.parametrize("options", ROUTER_CASES)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_the_native_router_routes_as_the_operators_do(monkeypatch, options, batch, channels_last):
+    calls = _recording_native_call(monkeypatch, "_native_route")
+    torch.manual_seed(0)
+    router = CondConvRouter(40, 6, **options)
+    torch.nn.init.normal_(router.fc.weight)  # routing that differs by example and expert
+    router.eval()
+    x = torch.randn(batch, 40, 7, 9) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = router(x)
+        with fast.native_mix(False):  # switched off with the native mix
+            want = router(x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    reference = x.double().mean(dim=(2, 3))
+    if router.reduce is not None:
+        reference = router.norm.double()(router.reduce.double()(reference)).relu()
+    reference = router.fc.double()(reference) / router.temperature
+    reference = reference.softmax(1) if router.activation == "softmax" else reference.sigmoid()
+    torch.testing.assert_close(got.double(), reference, rtol=1e-6, atol=1e-7)
+    # A norm is not the native call's: the operators. Dropout in inference is the identity.
+    assert calls == ([] if options.get("norm") else [True])
+
+
+@needs_native
+def test_the_native_router_leaves_training_grad_and_the_dispatcher_to_the_operators(monkeypatch):
+    from torch.autograd import forward_ad
+    from torch.utils.flop_counter import FlopCounterMode
+
+    calls = _recording_native_call(monkeypatch, "_native_route")
+    torch.manual_seed(0)
+    router = CondConvRouter(8, 4)
+    x = torch.randn(1, 8, 5, 5)
+    router(x).sum().backward()  # training
+    router.eval()
+    router(x).sum().backward()  # a backward to follow
+    assert router.fc.weight.grad is not None
+    with torch.no_grad():
+        router.dropout.train()  # Monte-Carlo dropout: the module's own mode
+        router(x)
+        router.dropout.eval()
+        assert not any(calls)
+        with forward_ad.dual_level():
+            dual = router(forward_ad.make_dual(x, torch.ones_like(x)))
+            assert forward_ad.unpack_dual(dual).tangent is not None
+        with FlopCounterMode(display=False) as counter:
+            router(x)
+        assert counter.get_total_flops() > 0
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.testing.assert_close(router(x), router.float()(x.float()), rtol=1e-2, atol=1e-2)
+        traced = torch.jit.trace(router, (x,), check_trace=False)
+        assert "mean" in str(traced.graph)
+        torch.testing.assert_close(router(torch._neg_view(x)), router(-x))
+        router(x.double())  # float64: the operators
+        router.double()(x.double())
+        assert sum(calls) == 1  # only router(-x), a plain float32 call
+        router.float()
+        with pytest.raises(ValueError, match=r"shape \(B, 8, H, W\)"):
+            router(torch.randn(1, 7, 5, 5))  # still named
+        with pytest.raises(ValueError, match="at least one pixel"):
+            router(torch.randn(1, 8, 0, 5))
