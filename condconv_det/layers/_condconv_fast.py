@@ -318,10 +318,16 @@ def single_native_conv2d(
             or type(routing_weights) is not torch.Tensor
             or not _plain_parameter(weight)
             or (bias is not None and not _plain_parameter(bias))
+            or x.dim() != 4
             or x.shape[0] != 1
         ):
             return None
-        return _native_single(x, routing_weights, weight, bias, stride, padding, dilation, groups)
+        try:
+            return _native_single(
+                x, routing_weights, weight, bias, stride, padding, dilation, groups
+            )
+        except TypeError:  # not two ints each (an int, "same", ...): F.conv2d's business
+            return None
     if x.shape[0] != 1 or x.device.type != "cpu" or routing_weights.dtype != weight.dtype:
         return None
     if bias is not None and bias.dtype != weight.dtype:

@@ -585,3 +585,47 @@ def test_the_native_router_leaves_training_grad_and_the_dispatcher_to_the_operat
             router(torch.randn(1, 7, 5, 5))  # still named
         with pytest.raises(ValueError, match="at least one pixel"):
             router(torch.randn(1, 8, 0, 5))
+
+
+@needs_native
+def test_the_short_way_leaves_other_argument_forms_and_ranks_to_the_general_way():
+    from condconv_det.layers.condconv import cond_conv2d
+
+    torch.manual_seed(0)
+    x, routing = torch.randn(1, 4, 5, 5), torch.rand(1, 3)
+    weight, bias = torch.randn(3, 6, 4, 3, 3), torch.randn(3, 6)
+    with torch.no_grad():
+        want = cond_conv2d(x, routing, weight, bias, (1, 1), (1, 1), (1, 1), 1, "grouped")
+        # Ints and "same", as F.conv2d takes them: not the native call's, the same result.
+        for padding in (1, "same"):
+            got = cond_conv2d(x, routing, weight, bias, 1, padding, 1, 1, "auto")
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        layer = CondConv2d(4, 6, 3, padding=1, num_experts=3).eval()
+        with pytest.raises(ValueError, match=r"input of shape \(B, 4, H, W\), got \[\]"):
+            layer(torch.tensor(1.0), routing)  # no dimensions: still named
+
+
+@needs_native
+def test_a_router_without_experts_routes_nothing(monkeypatch):
+    calls = _recording_native_call(monkeypatch, "_native_route")
+    router = CondConvRouter(4, 3, activation="softmax").eval()
+    router.fc = torch.nn.Linear(4, 0)
+    with torch.no_grad():
+        assert router(torch.randn(2, 4, 3, 3)).shape == (2, 0)
+    assert calls == [False]
+
+
+@needs_native
+def test_the_native_pool_of_a_large_map_is_as_exact_as_the_operators():
+    torch.manual_seed(0)
+    router = CondConvRouter(2, 3).eval()
+    torch.nn.init.normal_(router.fc.weight)
+    x = torch.rand(1, 2, 512, 512) + 100.0  # a long sum of values far from zero
+    with torch.no_grad():
+        got = router(x)
+        exact = router.fc.double()(x.double().mean((2, 3))).sigmoid()
+        router.float()
+        with fast.native_mix(False):
+            operators = router(x)
+    error, operators_error = (got.double() - exact).abs().max(), (operators - exact).abs().max()
+    assert error <= max(operators_error, 1e-7)

@@ -258,17 +258,21 @@ void affine(const float* weight, const float* bias, const float* in, int64_t in_
 }
 
 // The sum of n floats: 16 float accumulators side by side (one chain of dependent additions
-// would take a cycle count of n times an addition's latency), added up in double.
+// would take a cycle count of n times an addition's latency), each emptied into the double
+// total every 64 additions, so that no float sum grows long.
 double plane_sum(const float* values, int64_t n) {
-  constexpr int64_t kSumLanes = 16;
-  float lanes[kSumLanes] = {};
-  int64_t i = 0;
-  for (; i + kSumLanes <= n; i += kSumLanes) {
-#pragma GCC unroll 16
-    for (int64_t j = 0; j < kSumLanes; ++j) lanes[j] += values[i + j];
-  }
+  constexpr int64_t kSumLanes = 16, kBlock = 64 * kSumLanes;
   double total = 0.0;
-  for (int64_t j = 0; j < kSumLanes; ++j) total += lanes[j];
+  int64_t i = 0;
+  while (i + kSumLanes <= n) {
+    float lanes[kSumLanes] = {};
+    const int64_t end = std::min(n, i + kBlock);
+    for (; i + kSumLanes <= end; i += kSumLanes) {
+#pragma GCC unroll 16
+      for (int64_t j = 0; j < kSumLanes; ++j) lanes[j] += values[i + j];
+    }
+    for (int64_t j = 0; j < kSumLanes; ++j) total += lanes[j];
+  }
   for (; i < n; ++i) total += values[i];
   return total;
 }
@@ -312,7 +316,7 @@ std::optional<torch::Tensor> route_f32(const torch::Tensor& x,
   } else if (hidden_bias) {
     return std::nullopt;
   }
-  if (!fits_affine(weight, bias, features)) return std::nullopt;
+  if (!fits_affine(weight, bias, features) || weight.size(0) == 0) return std::nullopt;
   if (at::GradMode::is_enabled() &&
       (x.requires_grad() || weight.requires_grad() || (bias && bias->requires_grad()) ||
        (hidden_weight && hidden_weight->requires_grad()) ||
