@@ -310,10 +310,7 @@ def single_native_conv2d(
         return None
     if _native_single is not None:
         if (
-            not _native_enabled
-            or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting()
-            or forward_ad._current_level >= 0
+            not _python_state_allows_native_call()
             or type(x) is not torch.Tensor
             or type(routing_weights) is not torch.Tensor
             or not _plain_parameter(weight)
@@ -351,6 +348,18 @@ def single_native_conv2d(
     return F.conv2d(x, mixed.reshape(kernel_shape), mixed_bias, stride, padding, dilation, groups)
 
 
+def _python_state_allows_native_call() -> bool:
+    """What the one-call native paths (the short way, the router) cannot test themselves: the
+    switch (:func:`native_mix`), ``torch.compile`` and ``torch.export`` (tested before any
+    size, which a graph would keep as a guard) and forward-mode AD."""
+    return (
+        _native_enabled
+        and not torch.compiler.is_compiling()
+        and not torch.compiler.is_exporting()
+        and forward_ad._current_level < 0
+    )
+
+
 def _plain_parameter(t: torch.Tensor) -> bool:
     """A plain tensor or ``nn.Parameter`` (whose ``__torch_function__`` is switched off)."""
     return type(t) is torch.nn.Parameter or type(t) is torch.Tensor
@@ -375,13 +384,7 @@ def native_route(
     sigmoid or softmax, within float32 rounding of those operators; or None where it does not
     apply or was not built. Here the state only Python knows (the switch, ``torch.compile``,
     ``torch.export``, forward-mode AD) and tensor types; the native side tests the rest."""
-    if (
-        not _native_enabled
-        or _native_route is None
-        or torch.compiler.is_compiling()
-        or torch.compiler.is_exporting()
-        or forward_ad._current_level >= 0
-    ):
+    if _native_route is None or not _python_state_allows_native_call():
         return None
     for t in (hidden_weight, hidden_bias, weight, bias):
         if t is not None and not _plain_parameter(t):
